@@ -1,0 +1,202 @@
+"""Names, labels and manifests of the objects a run creates (pure functions, plain dicts).
+
+Every object carries `app.kubernetes.io/managed-by=hmk8s` and the run id, so one label selector
+finds all of a run's objects, and `managed-by` alone finds the leftovers of every run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from hmk8s.k8s.config import ClusterMap
+from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
+
+MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGER = "hmk8s"
+RUN_ID = "hmk8s.io/run-id"
+FUNCTION = "hmk8s.io/function"
+CONFIG = "hmk8s.io/config"
+INSTANCE = "hmk8s.io/instance"
+PROXY = "hmk8s.io/proxy"
+COMPONENT = "app.kubernetes.io/component"
+CHAIN_KEY = "chain.json"
+
+
+def instance_name(function: int, config: int) -> str:
+    """`hmk8s-<function>-<config>`: one instance per (function, config) per cluster namespace."""
+    return f"hmk8s-{FUNCTION_NAMES[function]}-{CONFIG_NAMES[config]}"
+
+
+def proxy_name(cmap: ClusterMap, proxy: int) -> str:
+    return cmap.proxy_name.format(p=proxy)
+
+
+def chain_configmap_name(cmap: ClusterMap, proxy: int) -> str:
+    return cmap.chain_configmap.format(p=proxy)
+
+
+def run_labels(run_id: str) -> dict[str, str]:
+    return {MANAGED_BY: MANAGER, RUN_ID: run_id}
+
+
+def selector(labels: dict[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def run_selector(run_id: str | None) -> str:
+    """All objects of one run, or of every run when `run_id` is None."""
+    return selector(run_labels(run_id) if run_id is not None else {MANAGED_BY: MANAGER})
+
+
+def instance_labels(run_id: str, function: int, config: int) -> dict[str, str]:
+    return {
+        **run_labels(run_id),
+        COMPONENT: "function",
+        "app.kubernetes.io/name": FUNCTION_NAMES[function],
+        FUNCTION: FUNCTION_NAMES[function],
+        CONFIG: CONFIG_NAMES[config],
+        INSTANCE: instance_name(function, config),
+    }
+
+
+def cpu_quantity(cores: float) -> str:
+    """Cores as a millicore quantity, the unit Kubernetes normalises CPU to."""
+    return f"{round(cores * 1000)}m"
+
+
+def deployment(
+    cmap: ClusterMap, usecase: UseCase, run_id: str, function: int, config: int, replicas: int
+) -> dict:
+    """The Deployment of instance (f, c); its pods request the config's CPU."""
+    name = instance_name(function, config)
+    fname, cname = FUNCTION_NAMES[function], CONFIG_NAMES[config]
+    profile = usecase.functions.ordered()[function].configs()[config]
+    memory = cmap.memory_of(cname)
+    labels = instance_labels(run_id, function, config)
+    match = {INSTANCE: name, RUN_ID: run_id}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": match},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": fname,
+                            "image": cmap.images[fname],
+                            "ports": [{"name": "http", "containerPort": cmap.port}],
+                            "env": [
+                                {"name": "HMK8S_FUNCTION", "value": fname},
+                                {"name": "HMK8S_CONFIG", "value": cname},
+                                {"name": "HMK8S_SERVICE_RATE", "value": str(profile.mu)},
+                            ],
+                            "resources": {
+                                "requests": {
+                                    "cpu": cpu_quantity(profile.cpu_request),
+                                    "memory": memory.request,
+                                },
+                                "limits": {
+                                    "cpu": cpu_quantity(profile.cpu_limit),
+                                    "memory": memory.limit,
+                                },
+                            },
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": "http"},
+                                "periodSeconds": 2,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(cmap: ClusterMap, run_id: str, function: int, config: int) -> dict:
+    """The ClusterIP Service proxies address the instance by."""
+    name = instance_name(function, config)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "labels": instance_labels(run_id, function, config)},
+        "spec": {
+            "selector": {INSTANCE: name, RUN_ID: run_id},
+            "ports": [{"name": "http", "port": cmap.port, "targetPort": "http"}],
+        },
+    }
+
+
+@dataclass(frozen=True)
+class Hop:
+    """One hop of a proxy's chain; `cluster` is None when no instance serves the function."""
+
+    function: int
+    cluster: int | None
+    config: int | None
+
+
+def endpoint(cmap: ClusterMap, home: int, hop: Hop) -> str | None:
+    """The address proxy-home uses for the hop: the local template in its own cluster."""
+    if hop.cluster is None or hop.config is None:
+        return None
+    template = cmap.address.local if hop.cluster == home else cmap.address.remote
+    return template.format(
+        service=instance_name(hop.function, hop.config),
+        namespace=cmap.clusters[hop.cluster].namespace,
+        port=cmap.port,
+        cluster=cmap.clusters[hop.cluster].context,
+    )
+
+
+def chain_document(cmap: ClusterMap, proxy: int, home: int, hops: Sequence[Hop]) -> str:
+    """The proxy's ordered endpoints as JSON; a null endpoint is a broken hop."""
+    return json.dumps(
+        {
+            "proxy": proxy_name(cmap, proxy),
+            "hops": [
+                {
+                    "function": FUNCTION_NAMES[h.function],
+                    "cluster": h.cluster,
+                    "config": None if h.config is None else CONFIG_NAMES[h.config],
+                    "endpoint": endpoint(cmap, home, h),
+                }
+                for h in hops
+            ],
+        },
+        sort_keys=True,
+    )
+
+
+def chain_configmap(
+    cmap: ClusterMap, run_id: str, proxy: int, home: int, hops: Sequence[Hop]
+) -> dict:
+    """`proxy<p>-chain`, which the proxy Deployment mounts and re-reads."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": chain_configmap_name(cmap, proxy),
+            "labels": {**run_labels(run_id), COMPONENT: "chain", PROXY: proxy_name(cmap, proxy)},
+        },
+        "data": {CHAIN_KEY: chain_document(cmap, proxy, home, hops)},
+    }
+
+
+def parse_chain(document: str) -> list[tuple[int, int | None, int | None]]:
+    """Inverse of `chain_document`: (function, cluster, config) per hop."""
+    hops = json.loads(document)["hops"]
+    return [
+        (
+            FUNCTION_NAMES.index(h["function"]),
+            h["cluster"],
+            None if h["config"] is None else CONFIG_NAMES.index(h["config"]),
+        )
+        for h in hops
+    ]
