@@ -1,0 +1,82 @@
+"""Greedy evaluation of any policy on episodes that are identical for every policy.
+
+The env's own randomness (load, noise, re-routing) is drawn from keys that depend only on
+`key`, the episode and the step, never on the policy, so two policies evaluated with the same
+key face the same request-rate traces from the same start placements.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hmk8s.baselines import Policy
+from hmk8s.observation import Observation
+from hmk8s.sim.env import ClusterEnv
+from hmk8s.sim.params import EnvParams
+
+
+def rollout(
+    env: ClusterEnv, params: EnvParams, policy: Policy, key: jax.Array, num_episodes: int
+) -> dict[str, jax.Array]:
+    """Run `num_episodes` full episodes in parallel; every array is [episodes, steps, ...].
+
+    Keys: reward, latency_ratio (request-weighted), sla_violated, pods, invalid, action,
+    rates [P], pods_per_cluster [K], proxy_latency_ratio [P].
+    """
+    env_key, policy_key = jax.random.split(key)
+    episode_keys = jax.random.split(env_key, num_episodes)
+    policy_keys = jax.random.split(policy_key, num_episodes)
+
+    def episode(env_k: jax.Array, pol_k: jax.Array) -> dict[str, jax.Array]:
+        reset_k, steps_k = jax.random.split(env_k)
+        obs, state = env.reset(reset_k, params)
+        step_keys = jax.random.split(steps_k, params.episode_steps)
+        act_keys = jax.random.split(pol_k, params.episode_steps)
+
+        def body(carry: tuple[Observation, Any, Any], keys: tuple[jax.Array, jax.Array]):
+            obs, state, pstate = carry
+            k_env, k_act = keys
+            action, pstate = policy.act(k_act, pstate, obs, params)
+            obs, state, reward, _, _, info = env.step_env(k_env, state, action, params)
+            record = {
+                "reward": reward,
+                "latency_ratio": info["latency_ratio"],
+                "sla_violated": info["sla_violated"],
+                "pods": info["pods"],
+                "invalid": info["invalid"],
+                "action": action,
+                "rates": obs.rates,
+                "pods_per_cluster": obs.pods,
+                "proxy_latency_ratio": obs.latency_ratio,
+            }
+            return (obs, state, pstate), record
+
+        carry = (obs, state, policy.init(params))
+        _, records = jax.lax.scan(body, carry, (step_keys, act_keys))
+        return records
+
+    return jax.jit(jax.vmap(episode))(episode_keys, policy_keys)
+
+
+def summarise(records: dict[str, jax.Array]) -> dict[str, Any]:
+    """Per-policy metrics from a rollout: returns, SLA violations, pods, p95 latency ratio."""
+    returns = records["reward"].sum(axis=1)
+    return {
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "episode_returns": [float(r) for r in returns],
+        "sla_violation_rate": float(records["sla_violated"].mean()),
+        "mean_pods": float(records["pods"].mean()),
+        "p95_latency_ratio": float(jnp.percentile(records["latency_ratio"], 95)),
+        "invalid_rate": float(records["invalid"].mean()),
+    }
+
+
+def evaluate_policy(
+    env: ClusterEnv, params: EnvParams, policy: Policy, key: jax.Array, num_episodes: int
+) -> dict[str, Any]:
+    """`summarise(rollout(...))`: the metrics of one policy on `num_episodes` episodes."""
+    return summarise(rollout(env, params, policy, key, num_episodes))

@@ -1,0 +1,211 @@
+"""The clusters' dynamics as pure JAX functions (see docs/environment.md for every formula).
+
+A step is two pure pieces, so the Kubernetes backend and its emulated twin can reuse them:
+`apply_action` changes the placement (what the agent controls) and `advance` plays
+`step_seconds` of cluster time on it (load, queues, latency, start-ups, measurement noise).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from hmk8s.observation import Measurement
+from hmk8s.sim.params import RHO_MAX, EnvParams
+from hmk8s.sim.state import EnvState
+from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, action_mask
+
+
+def request_rates(
+    key: jax.Array, state: EnvState, params: EnvParams
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Requests/s entering each proxy this step, and the burst state carried to the next.
+
+    rate = base * (1 + A sin(2 pi t / period + phase)) * burst * lognormal noise (mean one);
+    a burst starts with probability `burst_prob` when none runs, lasts `burst_steps` steps and
+    multiplies the rate by `burst_factor` (or, with a Pareto tail b > 1, by a heavy-tailed
+    factor of the same mean, capped at ten times its excess). A replayed trace replaces the
+    diurnal wave and the bursts; the noise still applies.
+    """
+    k_start, k_size, k_noise = jax.random.split(key, 3)
+    num_proxies = params.base_rate.shape[0]
+    t_s = state.time.astype(jnp.float32) * params.step_seconds
+    wave = 1.0 + params.diurnal_amplitude * jnp.sin(
+        2.0 * jnp.pi * t_s / params.diurnal_period_s + params.phase
+    )
+    starts = (state.burst_left == 0) & (
+        jax.random.uniform(k_start, (num_proxies,)) < params.burst_prob
+    )
+    tail = jnp.maximum(params.burst_tail, 1.0 + 1e-3)
+    pareto = jax.random.pareto(k_size, tail) * (tail - 1.0) / tail
+    excess = (params.burst_factor - 1.0) * jnp.where(
+        params.burst_tail > 0, jnp.minimum(pareto, 10.0), 1.0
+    )
+    level = jnp.where(starts, 1.0 + excess, state.burst_level)
+    left = jnp.where(starts, params.burst_steps, state.burst_left)
+    burst = jnp.where(left > 0, level, 1.0)
+    sigma = params.rate_noise
+    noise = jnp.exp(sigma * jax.random.normal(k_noise, (num_proxies,)) - 0.5 * sigma**2)
+    if params.has_trace:
+        row = (state.trace_offset + state.time) % params.trace.shape[0]
+        rates = params.trace[row] * noise
+    else:
+        rates = params.base_rate * jnp.maximum(wave, 0.0) * burst * noise
+    return rates, jnp.maximum(left - 1, 0), level
+
+
+def instance_load(routes: jax.Array, rates: jax.Array, params: EnvParams) -> jax.Array:
+    """Requests/s arriving at each instance: the sum of the proxy rates routed to it, [K, F, C]."""
+    k, c = params.layout.clusters, params.layout.configs
+    per_hop = jax.nn.one_hot(routes, k * c) * rates[:, None, None]
+    load_fi = per_hop.sum(axis=0)
+    return jnp.transpose(load_fi.reshape(-1, k, c), (1, 0, 2))
+
+
+def serve(
+    load: jax.Array, ready: jax.Array, backlog: jax.Array, params: EnvParams
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """One step of every instance's fluid queue: (backlog after, busy fraction, hop latency).
+
+    capacity = ready * mu; backlog' = max(0, backlog + (load - capacity) * dt) while the
+    instance has ready pods (with none, requests fail instead of queueing, and it is 0);
+    hop latency = 1 / mu (service) + rho_c / (1 - rho_c) / mu (stationary M/M/1 wait,
+    rho_c = min(load / capacity, RHO_MAX)) + backlog' / capacity (drain time of the backlog),
+    or the timeout when no pod is ready.
+    """
+    mu = params.mu[None]
+    capacity = ready * mu
+    serving = capacity > 0
+    safe_cap = jnp.where(serving, capacity, 1.0)
+    backlog_next = jnp.where(
+        serving, jnp.maximum(0.0, backlog + (load - capacity) * params.step_seconds), 0.0
+    )
+    rho = load / safe_cap
+    busy = jnp.where(serving, jnp.where(backlog_next > 0, 1.0, jnp.minimum(rho, 1.0)), 0.0)
+    rho_c = jnp.minimum(rho, RHO_MAX)
+    latency = 1.0 / mu + rho_c / (1.0 - rho_c) / mu + backlog_next / safe_cap
+    return backlog_next, busy, jnp.where(serving, latency, params.timeout_s)
+
+
+def chain_latency(routes: jax.Array, hop_latency: jax.Array, params: EnvParams) -> jax.Array:
+    """End-to-end latency per proxy: hops plus network delay home -> hop 1 -> ... -> home.
+
+    A broken hop (route -1) makes the chain time out; so does any latency over the timeout.
+    """
+    c = params.layout.configs
+    chain = jnp.asarray(params.chain)
+    inst = routes[:, chain]
+    broken = jnp.any(inst < 0, axis=1)
+    safe = jnp.maximum(inst, 0)
+    clusters, configs = safe // c, safe % c
+    hops = hop_latency[clusters, chain[None, :], configs].sum(axis=1)
+    path = jnp.concatenate([params.home[:, None], clusters, params.home[:, None]], axis=1)
+    network = params.delay_s[path[:, :-1], path[:, 1:]].sum(axis=1)
+    total = jnp.minimum(network + hops, params.timeout_s)
+    return jnp.where(broken, params.timeout_s, total)
+
+
+def cpu_utilisation(
+    ready: jax.Array, busy: jax.Array, params: EnvParams
+) -> tuple[jax.Array, jax.Array]:
+    """CPU usage over CPU request, per instance [K, F, C] and per cluster [K], as HPA reads it.
+
+    A busy pod uses `cpu_limit` cores, so utilisation can exceed 100 % (up to limit/request).
+    """
+    usage = ready * busy * params.cpu_limit[None]
+    request = ready * params.cpu_request[None]
+    inst = jnp.where(ready > 0, busy * params.cpu_limit[None] / params.cpu_request[None], 0.0)
+    used, asked = usage.sum(axis=(1, 2)), request.sum(axis=(1, 2))
+    cluster = jnp.where(asked > 0, used / jnp.where(asked > 0, asked, 1.0), 0.0)
+    return inst, cluster
+
+
+def measure(
+    key: jax.Array, state: EnvState, params: EnvParams
+) -> tuple[Measurement, jax.Array, jax.Array, jax.Array]:
+    """Play one step of load on the current placement: (measurement, backlog', burst state)."""
+    k_rates, k_noise = jax.random.split(key)
+    rates, burst_left, burst_level = request_rates(k_rates, state, params)
+    load = instance_load(state.routes, rates, params)
+    backlog, busy, hop_latency = serve(load, state.ready, state.backlog, params)
+    latency = chain_latency(state.routes, hop_latency, params)
+    inst_util, cluster_cpu = cpu_utilisation(state.ready, busy, params)
+    k_inst, k_cluster, k_lat = jax.random.split(k_noise, 3)
+    sigma = params.measurement_noise
+
+    def noisy(k: jax.Array, x: jax.Array) -> jax.Array:
+        return x * jnp.exp(sigma * jax.random.normal(k, x.shape))
+
+    measurement = Measurement(
+        rates=rates,
+        instance_util=noisy(k_inst, inst_util),
+        cluster_cpu=noisy(k_cluster, cluster_cpu),
+        latency_s=jnp.minimum(noisy(k_lat, latency), params.timeout_s),
+    )
+    return measurement, backlog, burst_left, burst_level
+
+
+def advance(key: jax.Array, state: EnvState, params: EnvParams) -> EnvState:
+    """Play `step_seconds` of cluster time: serve the load, then promote started pods."""
+    measurement, backlog, burst_left, burst_level = measure(key, state, params)
+    return state.replace(
+        ready=state.ready + state.pending[..., 0],
+        pending=jnp.concatenate(
+            [state.pending[..., 1:], jnp.zeros_like(state.pending[..., :1])], axis=-1
+        ),
+        backlog=backlog,
+        burst_left=burst_left,
+        burst_level=burst_level,
+        time=state.time + 1,
+        measurement=measurement,
+    )
+
+
+def _random_instance(key: jax.Array, candidates: jax.Array, count: int) -> jax.Array:
+    """For each of `count` draws, a uniformly random True index of `candidates`, or -1 if none."""
+    scores = jax.random.uniform(key, (count, candidates.shape[0]))
+    pick = jnp.argmax(jnp.where(candidates[None], scores, -1.0), axis=1)
+    return jnp.where(candidates.any(), pick, -1).astype(jnp.int32)
+
+
+def apply_action(
+    key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
+) -> tuple[EnvState, jax.Array]:
+    """Change the placement as the action says; an action that cannot succeed changes nothing.
+
+    Returns the new state and whether the action was invalid.
+    """
+    layout = params.layout
+    a = layout.decode(action)
+    k, f, c, p = a.cluster, a.function, a.config, a.proxy
+    valid = action_mask(layout, state.replicas, params.max_pods, params.in_chain)[action]
+    act = valid & ~a.noop
+    deploy, remove, assign = (
+        act & (a.op == OP_DEPLOY),
+        act & (a.op == OP_REMOVE),
+        act & (a.op == OP_ASSIGN),
+    )
+    inst = (k * layout.configs + c).astype(jnp.int32)
+
+    slot = params.startup_steps[f, c] - 1
+    pending_col = state.pending[k, f, c]
+    depth = params.pending_depth
+    last_pending = depth - 1 - jnp.argmax(pending_col[::-1] > 0)
+    take_pending = remove & (pending_col.sum() > 0)
+    take_ready = remove & ~take_pending
+    pending_col = pending_col.at[jnp.maximum(slot, 0)].add(jnp.where(deploy & (slot >= 0), 1, 0))
+    pending_col = pending_col.at[last_pending].add(jnp.where(take_pending, -1, 0))
+    ready_kfc = state.ready[k, f, c] + jnp.where(deploy & (slot < 0), 1, 0) - take_ready
+    ready = state.ready.at[k, f, c].set(ready_kfc)
+    pending = state.pending.at[k, f, c].set(pending_col)
+
+    gone = remove & (ready_kfc + pending_col.sum() == 0)
+    remaining = (ready + pending.sum(axis=-1))[:, f, :].reshape(-1) > 0
+    reroute = _random_instance(key, remaining, layout.proxies)
+    hop = state.routes[:, f]
+    hop = jnp.where(gone & (hop == inst), reroute, hop)
+    hop = hop.at[p].set(jnp.where(deploy | assign, inst, hop[p]))
+    routes = state.routes.at[:, f].set(hop)
+    backlog = state.backlog.at[k, f, c].set(jnp.where(gone, 0.0, state.backlog[k, f, c]))
+    new_state = state.replace(ready=ready, pending=pending, routes=routes, backlog=backlog)
+    return new_state, ~valid

@@ -1,0 +1,153 @@
+"""Simulator parameters: a use case and the env settings, turned into arrays once."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from hmk8s.spaces import ActionLayout
+from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
+
+START_MODES = ("empty", "minimal", "random")
+ENCODERS = ("onehot", "continuous")
+ENV_DEFAULTS: dict[str, Any] = {
+    "encoder": "onehot",
+    "noop": True,
+    "start": "empty",
+    "episode_steps": 120,
+}
+#: Utilisation above which the stationary queueing term stops growing; past it the fluid
+#: backlog carries the overload instead of an unbounded M/M/1 wait.
+RHO_MAX = 0.95
+
+
+class EnvConfigError(ValueError):
+    """An env setting that is unknown or out of range."""
+
+
+def validate_env_config(env_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Fill defaults and refuse unknown keys or bad values, naming them."""
+    cfg = dict(ENV_DEFAULTS)
+    for key, value in dict(env_cfg or {}).items():
+        if key not in ENV_DEFAULTS:
+            raise EnvConfigError(f"env.{key}: unknown setting; known: {', '.join(ENV_DEFAULTS)}")
+        cfg[key] = value
+    if cfg["start"] not in START_MODES:
+        raise EnvConfigError(f"env.start={cfg['start']!r}: expected one of {START_MODES}")
+    if cfg["encoder"] not in ENCODERS:
+        raise EnvConfigError(f"env.encoder={cfg['encoder']!r}: expected one of {ENCODERS}")
+    if not isinstance(cfg["noop"], bool):
+        raise EnvConfigError(f"env.noop={cfg['noop']!r}: expected true or false")
+    steps = cfg["episode_steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise EnvConfigError(f"env.episode_steps={steps!r}: expected an integer >= 1")
+    return cfg
+
+
+@struct.dataclass
+class EnvParams:
+    """Everything `reset`/`step` read; static fields fix shapes and branches under `jit`."""
+
+    layout: ActionLayout = struct.field(pytree_node=False)
+    chain: tuple[int, ...] = struct.field(pytree_node=False)
+    start: str = struct.field(pytree_node=False)
+    episode_steps: int = struct.field(pytree_node=False)
+    max_pods: int = struct.field(pytree_node=False)
+    pending_depth: int = struct.field(pytree_node=False)
+    default_config: int = struct.field(pytree_node=False)
+    has_trace: bool = struct.field(pytree_node=False)
+    mu: jax.Array
+    cpu_request: jax.Array
+    cpu_limit: jax.Array
+    startup_steps: jax.Array
+    in_chain: jax.Array
+    home: jax.Array
+    delay_s: jax.Array
+    base_rate: jax.Array
+    diurnal_amplitude: jax.Array
+    diurnal_period_s: jax.Array
+    phase: jax.Array
+    burst_prob: jax.Array
+    burst_steps: jax.Array
+    burst_factor: jax.Array
+    burst_tail: jax.Array
+    rate_noise: jax.Array
+    trace: jax.Array
+    step_seconds: jax.Array
+    sla_s: jax.Array
+    timeout_s: jax.Array
+    measurement_noise: jax.Array
+    alpha: jax.Array
+    beta: jax.Array
+
+    @property
+    def num_clusters(self) -> int:
+        return self.layout.clusters
+
+    @property
+    def num_proxies(self) -> int:
+        return self.layout.proxies
+
+    @property
+    def pods_max(self) -> int:
+        return self.layout.clusters * self.max_pods
+
+
+def params_from_usecase(usecase: UseCase, env_cfg: Mapping[str, Any] | None = None) -> EnvParams:
+    """Turn a validated use case and env settings into simulator parameters."""
+    cfg = validate_env_config(env_cfg)
+    configs = [f.configs() for f in usecase.functions.ordered()]
+    startup = [
+        [math.ceil(c.startup_s / usecase.step_seconds - 1e-9) for c in row] for row in configs
+    ]
+    proxies = usecase.proxies
+
+    def per_proxy(name: str, dtype=jnp.float32) -> jax.Array:
+        return jnp.asarray([getattr(p, name) for p in proxies], dtype)
+
+    layout = ActionLayout(
+        clusters=usecase.clusters.count,
+        configs=len(CONFIG_NAMES),
+        functions=len(FUNCTION_NAMES),
+        proxies=len(proxies),
+        noop=cfg["noop"],
+    )
+    trace = usecase.trace if usecase.trace is not None else ((0.0,) * len(proxies),)
+    return EnvParams(
+        layout=layout,
+        chain=usecase.chain_indices,
+        start=cfg["start"],
+        episode_steps=cfg["episode_steps"],
+        max_pods=usecase.clusters.max_pods,
+        pending_depth=max(1, max(max(row) for row in startup)),
+        default_config=CONFIG_NAMES.index("medium"),
+        has_trace=usecase.trace is not None,
+        mu=jnp.asarray([[c.mu for c in row] for row in configs], jnp.float32),
+        cpu_request=jnp.asarray([[c.cpu_request for c in row] for row in configs], jnp.float32),
+        cpu_limit=jnp.asarray([[c.cpu_limit for c in row] for row in configs], jnp.float32),
+        startup_steps=jnp.asarray(startup, jnp.int32),
+        in_chain=jnp.asarray([i in usecase.chain_indices for i in range(len(FUNCTION_NAMES))]),
+        home=per_proxy("home", jnp.int32),
+        delay_s=jnp.asarray(usecase.clusters.network_delay_ms, jnp.float32) / 1000.0,
+        base_rate=per_proxy("base_rate"),
+        diurnal_amplitude=per_proxy("diurnal_amplitude"),
+        diurnal_period_s=per_proxy("diurnal_period_s"),
+        phase=per_proxy("phase"),
+        burst_prob=per_proxy("burst_prob"),
+        burst_steps=per_proxy("burst_steps", jnp.int32),
+        burst_factor=per_proxy("burst_factor"),
+        burst_tail=per_proxy("burst_tail"),
+        rate_noise=per_proxy("noise"),
+        trace=jnp.asarray(trace, jnp.float32),
+        step_seconds=jnp.float32(usecase.step_seconds),
+        sla_s=jnp.float32(usecase.sla_ms / 1000.0),
+        timeout_s=jnp.float32(usecase.timeout_ms / 1000.0),
+        measurement_noise=jnp.float32(usecase.measurement_noise),
+        alpha=jnp.float32(usecase.reward.alpha),
+        beta=jnp.float32(usecase.reward.beta),
+    )
