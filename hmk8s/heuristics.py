@@ -36,6 +36,9 @@ class Rulebook(NamedTuple):
     idle_busy: float = 0.05
 
 
+DEFAULT_RULES = Rulebook()
+
+
 def _nearest_with(candidates: jax.Array, home: jax.Array, params: EnvParams, pods: jax.Array):
     """The candidate cluster nearest `home` (ties: fewest pods); -1 if none."""
     delay = params.delay_s[home] / jnp.maximum(params.delay_s.max(), 1e-9)
@@ -43,7 +46,7 @@ def _nearest_with(candidates: jax.Array, home: jax.Array, params: EnvParams, pod
     return jnp.where(candidates.any(), jnp.argmin(score), -1)
 
 
-def recommend(obs: Observation, params: EnvParams, rules: Rulebook = Rulebook()) -> jax.Array:
+def recommend(obs: Observation, params: EnvParams, rules: Rulebook = DEFAULT_RULES) -> jax.Array:
     """The rulebook's action for one observation (the no-op, or -1 without one, if none)."""
     lay = params.layout
     c_n = lay.configs
@@ -119,7 +122,7 @@ def recommend(obs: Observation, params: EnvParams, rules: Rulebook = Rulebook())
 
 
 def heuristic_values(
-    obs: Observation, params: EnvParams, eta: float, rules: Rulebook = Rulebook()
+    obs: Observation, params: EnvParams, eta: float, rules: Rulebook = DEFAULT_RULES
 ) -> jax.Array:
     """H(s, .): `eta` at the recommended action, 0 elsewhere."""
     action = recommend(obs, params, rules)
