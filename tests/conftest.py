@@ -1,0 +1,121 @@
+"""Shared fixtures for the domain and simulator tests.
+
+The factories build use cases from the shipped YAML with explicit changes (so every test states
+the numbers it relies on), quiet simulator parameters (no rate noise, no bursts, no measurement
+noise), and hand-built simulator states.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import pytest
+import yaml
+
+from hmk8s.observation import Measurement
+from hmk8s.sim.params import EnvParams, params_from_usecase
+from hmk8s.sim.state import EnvState
+from hmk8s.usecases import CONFIG_DIR, load_usecase
+
+_YAML_CACHE: dict[str, dict[str, Any]] = {}
+
+
+def _yaml_mapping(name: str) -> dict[str, Any]:
+    if name not in _YAML_CACHE:
+        _YAML_CACHE[name] = yaml.safe_load((CONFIG_DIR / f"{name}.yaml").read_text())
+    return copy.deepcopy(_YAML_CACHE[name])
+
+
+def _quiet(mapping: dict[str, Any], *, wave: bool) -> dict[str, Any]:
+    mapping["measurement_noise"] = 0.0
+    for proxy in mapping["proxies"]:
+        proxy["noise"] = 0.0
+        proxy["burst_prob"] = 0.0
+        if not wave:
+            proxy["diurnal_amplitude"] = 0.0
+    return mapping
+
+
+@pytest.fixture(scope="session")
+def usecase_mapping() -> Callable[..., dict[str, Any]]:
+    """`usecase_mapping("ml", quiet=True, wave=False, sla_ms=80)`: the YAML as a dict, changed.
+
+    quiet: no rate noise, no bursts, no measurement noise; wave=False also flattens the diurnal
+    wave, so every proxy sends exactly its `base_rate`.
+    """
+
+    def build(name: str, *, quiet: bool = False, wave: bool = True, **changes: Any):
+        mapping = _yaml_mapping(name)
+        if quiet:
+            _quiet(mapping, wave=wave)
+        mapping.update(copy.deepcopy(changes))
+        return mapping
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def quiet_params(usecase_mapping) -> Callable[..., EnvParams]:
+    """`quiet_params("ml", env_cfg, wave=False, **yaml_changes)`: noiseless simulator params."""
+
+    def build(name: str, env_cfg: dict[str, Any] | None = None, *, wave: bool = True, **changes):
+        mapping = usecase_mapping(name, quiet=True, wave=wave, **changes)
+        return params_from_usecase(load_usecase(mapping, source=f"{name}-quiet"), env_cfg)
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def make_state() -> Callable[..., EnvState]:
+    """`make_state(params, ready={(k, f, c): n}, routes={(p, f): inst}, ...)`: a hand-built state.
+
+    Everything not given is empty: no pods, every route -1, no backlog, no burst, time 0.
+    `pending` maps (k, f, c, slot) -> pods; `backlog` maps (k, f, c) -> requests.
+    """
+
+    def build(
+        params: EnvParams,
+        *,
+        ready: dict[tuple[int, int, int], int] | None = None,
+        pending: dict[tuple[int, int, int, int], int] | None = None,
+        routes: dict[tuple[int, int], int] | None = None,
+        backlog: dict[tuple[int, int, int], float] | None = None,
+        time: int = 0,
+        trace_offset: int = 0,
+    ) -> EnvState:
+        lay = params.layout
+        shape = (lay.clusters, lay.functions, lay.configs)
+        ready_a = jnp.zeros(shape, jnp.int32)
+        for idx, n in (ready or {}).items():
+            ready_a = ready_a.at[idx].set(n)
+        pending_a = jnp.zeros((*shape, params.pending_depth), jnp.int32)
+        for idx, n in (pending or {}).items():
+            pending_a = pending_a.at[idx].set(n)
+        routes_a = jnp.full((lay.proxies, lay.functions), -1, jnp.int32)
+        for idx, inst in (routes or {}).items():
+            routes_a = routes_a.at[idx].set(inst)
+        backlog_a = jnp.zeros(shape, jnp.float32)
+        for idx, b in (backlog or {}).items():
+            backlog_a = backlog_a.at[idx].set(b)
+        p = lay.proxies
+        return EnvState(
+            ready=ready_a,
+            pending=pending_a,
+            routes=routes_a,
+            backlog=backlog_a,
+            burst_left=jnp.zeros((p,), jnp.int32),
+            burst_level=jnp.ones((p,), jnp.float32),
+            trace_offset=jnp.int32(trace_offset),
+            time=jnp.int32(time),
+            measurement=Measurement(
+                rates=jnp.zeros((p,), jnp.float32),
+                instance_util=jnp.zeros(shape, jnp.float32),
+                cluster_cpu=jnp.zeros((lay.clusters,), jnp.float32),
+                latency_s=jnp.zeros((p,), jnp.float32),
+            ),
+        )
+
+    return build
