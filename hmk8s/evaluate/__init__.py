@@ -1,0 +1,1 @@
+"""Evaluation of trained agents against the baselines: statistics, learning speed, plots, report."""
