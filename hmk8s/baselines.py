@@ -133,8 +133,9 @@ def hpa_policy(
     Utilisation is CPU usage over CPU request, as the HPA reads it. A scale-down takes the
     highest recommendation of the last `stabilisation_s` of cluster time (Kubernetes' default
     window). The HPA places nothing, so a broken hop is first repaired as the rulebook does (an
-    operator's initial deployment). Each step performs the largest scale-up, else the largest
-    scale-down; a scale-up deploys through a proxy already routed to the instance.
+    operator's initial deployment). Each step performs the largest scale-up that fits its
+    cluster, else the largest scale-down; a scale-up deploys through a proxy already routed to
+    the instance, so routing stays as it was.
     """
 
     def init(params: EnvParams) -> HPAState:
@@ -149,18 +150,20 @@ def hpa_policy(
         desired = hpa_desired(obs.replicas, obs.instance_util, target_utilisation, tolerance)
         history = pstate.history.at[pstate.cursor % pstate.history.shape[0]].set(desired)
         stabilised = jnp.where(desired < obs.replicas, history.max(axis=0), desired)
-        up = jnp.where(params.in_chain[None, :, None], stabilised - obs.replicas, 0)
-        flat_up = jnp.argmax(up.reshape(-1))
-        flat_down = jnp.argmin(up.reshape(-1))
+        change = jnp.where(params.in_chain[None, :, None], stabilised - obs.replicas, 0)
+        instance = jnp.arange(lay.clusters)[:, None] * c_n + jnp.arange(c_n)[None, :]
+        routed = obs.routes[:, None, :, None] == instance[None, :, None, :]  # [P, K, F, C]
+        room = (obs.pods < params.max_pods)[:, None, None]
+        up = jnp.where(room & routed.any(axis=0), change, 0).reshape(-1)
+        flat_up, flat_down = jnp.argmax(up), jnp.argmin(change.reshape(-1))
         k_u, r_u = flat_up // (lay.functions * c_n), flat_up % (lay.functions * c_n)
         f_u, c_u = r_u // c_n, r_u % c_n
-        routed = obs.routes[:, f_u] == k_u * c_n + c_u
-        deploy = lay.encode(k_u, OP_DEPLOY, c_u, f_u, jnp.argmax(routed))
+        deploy = lay.encode(k_u, OP_DEPLOY, c_u, f_u, jnp.argmax(routed[:, k_u, f_u, c_u]))
         k_d, r_d = flat_down // (lay.functions * c_n), flat_down % (lay.functions * c_n)
         remove = lay.encode(k_d, OP_REMOVE, r_d % c_n, r_d // c_n, 0)
         noop = jnp.int32(lay.noop_index)
-        action = jnp.where(up.reshape(-1)[flat_down] < 0, remove, noop)
-        action = jnp.where((up.reshape(-1)[flat_up] > 0) & routed.any(), deploy, action)
+        action = jnp.where(change.reshape(-1)[flat_down] < 0, remove, noop)
+        action = jnp.where(up[flat_up] > 0, deploy, action)
         broken = (obs.routes[:, jnp.asarray(params.chain)] < 0).any()
         action = jnp.where(broken, recommend(obs, params), action)
         action = jnp.where(obs.action_mask[jnp.maximum(action, 0)], action, noop)
