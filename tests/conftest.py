@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import pytest
 import yaml
 
 from hmk8s.observation import Measurement
+from hmk8s.sim import dynamics
+from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams, params_from_usecase
 from hmk8s.sim.state import EnvState
 from hmk8s.usecases import CONFIG_DIR, load_usecase
@@ -119,3 +123,23 @@ def make_state() -> Callable[..., EnvState]:
         )
 
     return build
+
+
+@pytest.fixture(scope="session")
+def jitted() -> SimpleNamespace:
+    """Jitted simulator pieces shared by every test, so each shape compiles once per session.
+
+    Each takes `params` as its last argument, as the undecorated function does.
+    """
+    env = ClusterEnv()
+    return SimpleNamespace(
+        reset=jax.jit(env.reset),
+        step_env=jax.jit(env.step_env),
+        get_obs=jax.jit(env.get_obs),
+        apply_action=jax.jit(dynamics.apply_action),
+        request_rates=jax.jit(dynamics.request_rates),
+        instance_load=jax.jit(dynamics.instance_load),
+        serve=jax.jit(dynamics.serve),
+        chain_latency=jax.jit(dynamics.chain_latency),
+        cpu_utilisation=jax.jit(dynamics.cpu_utilisation),
+    )
