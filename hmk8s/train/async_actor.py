@@ -1,0 +1,122 @@
+"""The actor: keeps every env in flight and answers the ready ones with one batched policy call.
+
+Env workers post an observation when they are ready for an action; the actor takes whatever
+is ready (waiting at most ``batch_window_s`` for more), pads it to ``num_envs`` rows, runs the
+jitted epsilon-greedy / HAQL policy once on the device with the latest published parameters,
+and hands each env its action. It never waits for a particular env, so a slow or failed env
+holds up nobody. It dispatches at most ``budget`` actions, then returns.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from hmk8s.train.async_core import AsyncFns
+from hmk8s.train.env_worker import POLL_S, EnvWorker, Ready, Signals
+from hmk8s.train.learner_thread import ParamsBox
+
+
+class AllEnvsFailed(RuntimeError):
+    """Every env worker has retired; nothing is left to act on."""
+
+
+@dataclass
+class ActorStats:
+    """How the actor spent its time: batched policy calls and the rows they answered."""
+
+    calls: int = 0
+    actions: int = 0
+    act_s: float = 0.0
+
+    @property
+    def mean_batch(self) -> float:
+        return self.actions / self.calls if self.calls else 0.0
+
+
+class Actor:
+    """Batches ready observations into policy calls and dispatches the actions."""
+
+    def __init__(
+        self,
+        fns: AsyncFns,
+        workers: list[EnvWorker],
+        ready: queue.Queue[Ready],
+        params: ParamsBox,
+        signals: Signals,
+        key: jax.Array,
+        *,
+        obs_dim: int,
+        num_actions: int,
+        env_steps: int = 0,
+        batch_window_s: float = 0.005,
+    ) -> None:
+        self.fns = fns
+        self.workers = workers
+        self.ready = ready
+        self.params = params
+        self.signals = signals
+        self.key = key
+        self.obs_dim = obs_dim
+        self.num_actions = num_actions
+        self.env_steps = env_steps
+        self.batch_window_s = batch_window_s
+        self.stats = ActorStats()
+
+    def run(self, budget: int, deadline: float | None = None) -> int:
+        """Dispatch up to ``budget`` actions; stops early on ``stop``, at ``deadline``
+        (`time.monotonic`), or raises `AllEnvsFailed`. Returns the number dispatched."""
+        dispatched = 0
+        while dispatched < budget and not self.signals.stop.is_set():
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            batch = self._gather()
+            if not batch:
+                if not any(w.alive for w in self.workers):
+                    raise AllEnvsFailed("every environment failed; see the env errors above")
+                continue
+            batch = batch[: budget - dispatched]
+            for row, action in zip(batch, self._act(batch), strict=True):
+                self.workers[row.env].give(int(action))
+            dispatched += len(batch)
+        return dispatched
+
+    def _gather(self) -> list[Ready]:
+        try:
+            items = [self.ready.get(timeout=POLL_S)]
+        except queue.Empty:
+            return []
+        alive = sum(w.alive for w in self.workers)
+        end = time.monotonic() + self.batch_window_s
+        while len(items) < alive:
+            remaining = end - time.monotonic()
+            try:
+                item = (
+                    self.ready.get_nowait() if remaining <= 0 else self.ready.get(timeout=remaining)
+                )
+            except queue.Empty:
+                break
+            items.append(item)
+        return items
+
+    def _act(self, batch: list[Ready]) -> np.ndarray:
+        started = time.monotonic()
+        rows = self.fns.num_envs
+        obs = np.zeros((rows, self.obs_dim), np.float32)
+        mask = np.ones((rows, self.num_actions), bool)
+        hint = np.full((rows,), -1, np.int32)
+        for i, item in enumerate(batch):
+            obs[i], mask[i], hint[i] = item.obs, item.mask, item.hint
+        params, _ = self.params.latest()
+        self.key, key = jax.random.split(self.key)
+        steps = np.asarray(self.env_steps, np.int32)
+        actions = np.asarray(self.fns.act(params, obs, mask, hint, steps, key))[: len(batch)]
+        self.env_steps += len(batch)
+        self.stats.calls += 1
+        self.stats.actions += len(batch)
+        self.stats.act_s += time.monotonic() - started
+        return actions
