@@ -64,6 +64,14 @@ KINDS = {
 }
 
 
+def api_errors() -> tuple[type[BaseException], ...]:
+    """What a failed API call can raise once retries are spent: reported, never fatal."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+
+    return ApiCallError, ApiException, urllib3.exceptions.HTTPError, OSError
+
+
 def kubeconfig_path(cmap: ClusterMap) -> Path:
     """The kubeconfig the map names, else $KUBECONFIG (first entry), else ~/.kube/config."""
     import os

@@ -68,9 +68,11 @@ class Api(_Frozen):
 class Latency(_Frozen):
     """Where per-proxy latency comes from.
 
-    `probe`: timed GETs through the proxy's Service (via the API server's service proxy).
-    `prometheus`: an instant query; `$proxy`, `$namespace`, `$run_id` are substituted. The query
-    goes to `prometheus_url` when set, else through the API server to `prometheus_service`
+    `probe`: timed GETs through the proxy's Service (via the API server's service proxy); the
+    proxy answers `{"ok": <every hop answered>, "rate": <requests/s it currently receives>}`.
+    `prometheus`: instant queries, `query` for the latency (seconds) and `rate_query` for the
+    request rate; `$proxy`, `$namespace`, `$run_id` are substituted. They go to
+    `prometheus_url` when set, else through the API server to `prometheus_service`
     (`namespace/name:port`) of the proxy's home cluster.
     """
 
@@ -80,6 +82,7 @@ class Latency(_Frozen):
     prometheus_url: str | None = None
     prometheus_service: str = "monitoring/prometheus-k8s:9090"
     query: str = 'hmk8s_proxy_latency_seconds{proxy="$proxy",namespace="$namespace"}'
+    rate_query: str = 'hmk8s_proxy_requests_per_second{proxy="$proxy",namespace="$namespace"}'
 
     @model_validator(mode="after")
     def _service_form(self) -> Latency:

@@ -36,6 +36,7 @@ RESOURCES = {
     "v1/pods": ("Pod", set()),
 }
 METRICS_RESOURCE = "metrics.k8s.io/v1beta1/pods"
+REQUEST_LOG = 5000
 # (namespace, "name:port", path, query) -> (HTTP status, body, seconds to hold the answer)
 ServiceHandler = Callable[[str, str, str, dict[str, str]], tuple[int, str, float]]
 
@@ -112,9 +113,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return METRICS_RESOURCE in self.resources
 
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        """Serve object requests here; only discovery goes through kmock's generic matching,
+        whose cost grows with the number of requests served so far."""
+        self._trim_request_log()
         if self.api_latency_s:
             await asyncio.sleep(self.api_latency_s)
-        if request.resource is None:
+        if request.resource is None or request.resource.plural is None:
             return await super()._handle(request)
         if request.namespace in self.forbidden_namespaces:
             return _status(403, "Forbidden", f"namespace {request.namespace!r} is forbidden")
@@ -127,18 +131,32 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             "proxy"
         ) and request.resource.plural == "services":
             return await self._serve_service_proxy(request)
-        if request.action == kmock.action.CREATE and isinstance(request.data, dict):
-            self._stamp(request)
-        if request.action == kmock.action.LIST:
+        if request.resource not in self.resources:
+            return _status(404, "NotFound", "the server could not find the requested resource")
+        if request.method == kmock.method.GET and request.name is None:
             return await self._list(request)
         if request.method == kmock.method.DELETE and request.name is None:
             return await self._delete_collection(request)
-        return await super()._handle(request)
+        handler = {
+            kmock.method.GET: self._fetch,
+            kmock.method.POST: self._create,
+            kmock.method.PATCH: self._update,
+            kmock.method.DELETE: self._delete,
+        }.get(request.method)
+        if handler is None:
+            return _status(405, "MethodNotAllowed", f"{request.method} is not supported here")
+        async with self._lock:
+            return handler(request)
+
+    def _trim_request_log(self) -> None:
+        """kmock keeps every request for assertions; a long dry run only needs recent ones."""
+        if len(self._requests) > 2 * REQUEST_LOG:
+            del self._requests[:-REQUEST_LOG]
 
     def _draw_fault(self, request: kmock.Request) -> Awaitable[Any] | None:
         if not self.fault_rate or self._rng.random() >= self.fault_rate:
             return None
-        mutating = request.action in (kmock.action.CREATE, kmock.action.UPDATE)
+        mutating = request.method in (kmock.method.POST, kmock.method.PATCH)
         kinds = [k for k in self.fault_kinds if k != "409" or mutating]
         if not kinds:
             return None
@@ -158,15 +176,59 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         await asyncio.sleep(self.timeout_hold_s)
         return _status(504, "Timeout", "injected timeout")
 
-    def _stamp(self, request: kmock.Request) -> None:
-        """Server-set metadata on create, so the client sees what a real server returns."""
-        meta = request.data.setdefault("metadata", {})
-        meta.setdefault("namespace", request.namespace)
-        meta.setdefault("uid", str(uuid.uuid4()))
+    def _key(self, request: kmock.Request, name: str | None = None) -> tuple:
+        return (request.resource, request.namespace, name or request.name)
+
+    def _live_object(self, key: tuple) -> Any | None:
+        if key not in self.objects:
+            return None
+        obj = self.objects[key]
+        return None if obj.deleted else obj
+
+    def _fetch(self, request: kmock.Request) -> Any:
+        obj = self._live_object(self._key(request))
+        if obj is None:
+            return _status(404, "NotFound", f"{request.resource.plural} {request.name!r} not found")
+        return aiohttp.web.json_response(obj.raw)
+
+    def _create(self, request: kmock.Request) -> Any:
+        body = request.data if isinstance(request.data, dict) else None
+        name = (body or {}).get("metadata", {}).get("name")
+        if not name:
+            return _status(422, "Invalid", "metadata.name is required")
+        key = self._key(request, name)
+        if self._live_object(key) is not None:
+            return _status(
+                409, "AlreadyExists", f"{request.resource.plural} {name!r} already exists"
+            )
+        meta = body["metadata"]
+        meta["namespace"] = request.namespace
+        meta["uid"] = str(uuid.uuid4())
         meta["resourceVersion"] = str(next(self._versions))
-        meta.setdefault(
-            "creationTimestamp", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime(
+            "%Y-%m-%dT%H:%M:%SZ"
         )
+        meta["generation"] = 1
+        self.objects[key] = body
+        return aiohttp.web.json_response(body, status=201)
+
+    def _update(self, request: kmock.Request) -> Any:
+        obj = self._live_object(self._key(request))
+        if obj is None:
+            return _status(404, "NotFound", f"{request.resource.plural} {request.name!r} not found")
+        if not isinstance(request.data, dict | list):
+            return _status(415, "UnsupportedMediaType", "the body must be a JSON patch")
+        obj.patch(request.data)
+        obj.last["metadata"] = {**obj.raw["metadata"], "resourceVersion": str(next(self._versions))}
+        return aiohttp.web.json_response(obj.raw)
+
+    def _delete(self, request: kmock.Request) -> Any:
+        obj = self._live_object(self._key(request))
+        if obj is None:
+            return _status(404, "NotFound", f"{request.resource.plural} {request.name!r} not found")
+        raw = obj.raw
+        obj.delete()
+        return aiohttp.web.json_response(raw)
 
     def _live(self, request: kmock.Request) -> list[tuple[tuple, dict]]:
         selector = request.params.get("labelSelector", "")
@@ -183,8 +245,6 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         return found
 
     async def _list(self, request: kmock.Request) -> Any:
-        if request.resource not in self.resources:
-            return _status(404, "NotFound", "the server could not find the requested resource")
         async with self._lock:
             items = [raw for _, raw in self._live(request)]
         return aiohttp.web.json_response(

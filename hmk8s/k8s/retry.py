@@ -55,9 +55,16 @@ def backoff_delay(policy: Api, attempt: int, rng: random.Random) -> float:
 
 def classify(exc: BaseException) -> tuple[bool, int | None, float | None]:
     """(transient?, HTTP status, Retry-After seconds) of a failed call."""
+    import urllib.error
+
     import urllib3
     from kubernetes.client.exceptions import ApiException
 
+    if isinstance(exc, urllib.error.HTTPError):
+        retry_after = parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+        return exc.code in TRANSIENT_STATUS, exc.code, retry_after
+    if isinstance(exc, urllib.error.URLError):
+        return True, None, None
     if isinstance(exc, ApiException):
         status = exc.status or None
         headers = exc.headers or {}

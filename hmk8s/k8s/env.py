@@ -1,0 +1,399 @@
+"""The gymnasium environment over real clusters, with the simulator's observation, actions and
+reward.
+
+The env keeps a mirror of the simulator's state for the placement, applies the domain's
+`apply_action` to it (same keys as the simulator, so the same random re-routes), reconciles the
+clusters to the mirror through the API, lets `step_seconds` of cluster time pass, and reads
+ready replicas, PodMetrics and proxy latency back into a `Measurement`. Observation, mask,
+encoders, reward and heuristic inputs are the domain's own functions.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import secrets
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hmk8s import sim
+from hmk8s.encoders import get_encoder
+from hmk8s.k8s import objects, readings
+from hmk8s.k8s.cleanup import CleanupReport, delete_labelled
+from hmk8s.k8s.client import ClusterAccessError, ClusterClient, api_errors, kubeconfig_path
+from hmk8s.k8s.client import new_api_client as _new_api_client
+from hmk8s.k8s.config import ClusterMap, load_cluster_map
+from hmk8s.k8s.latency import make_source
+from hmk8s.k8s.reconcile import Reconciler, placement_of
+from hmk8s.observation import Measurement, Observation, build_observation, chain_latency_ratio
+from hmk8s.reward import reward as reward_fn
+from hmk8s.sim.dynamics import apply_action
+from hmk8s.sim.state import EnvState
+from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, load_usecase
+
+log = logging.getLogger(__name__)
+_LIVE: weakref.WeakSet[KubernetesClusterEnv] = weakref.WeakSet()
+
+
+class ClusterClock(Protocol):
+    """How cluster time passes. A real cluster ignores the keys; an emulated twin plays the
+    simulator's dynamics with them."""
+
+    def reset(self, key: jax.Array) -> None:
+        """The initial placement has been written."""
+        ...
+
+    def step(self, key: jax.Array, seconds: float) -> None:
+        """The step's changes have been written; return once `seconds` have passed."""
+        ...
+
+
+class WallClock:
+    """Real clusters: a step is `seconds` of wall-clock time."""
+
+    def reset(self, key: jax.Array) -> None:
+        del key
+
+    def step(self, key: jax.Array, seconds: float) -> None:
+        del key
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+def connect(cmap: ClusterMap, *, check_metrics: bool = True) -> list[ClusterClient]:
+    """One client per cluster of the map, each checked before any object is written."""
+    path = kubeconfig_path(cmap)
+    clients = []
+    api_clients: dict[str, Any] = {}
+    for ref in cmap.clusters:
+        if ref.context not in api_clients:
+            api_clients[ref.context] = _new_api_client(path, ref.context)
+        client = ClusterClient(api_clients[ref.context], ref, cmap)
+        client.preflight(metrics=check_metrics)
+        clients.append(client)
+    return clients
+
+
+class KubernetesClusterEnv(gym.Env):
+    """`hmk8s/<USECASE>-v0` with `backend="k8s"`: the simulator's env, acted out on clusters.
+
+    `reset`/`step` return what `SimClusterEnv` returns; `info` also carries `api_errors` (the
+    step's failed operations, retried next step), `api` (attempts, retries, waits) and
+    `assumed` (readings filled conservatively).
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
+
+    def __init__(
+        self,
+        usecase: str | Path | Mapping[str, Any] | UseCase = "ml",
+        env_cfg: Mapping[str, Any] | None = None,
+        backend_cfg: str | Path | Mapping[str, Any] | ClusterMap | None = None,
+        *,
+        encoder: str | None = None,
+        noop: bool | None = None,
+        start: str | None = None,
+        episode_steps: int | None = None,
+        clock: ClusterClock | None = None,
+    ) -> None:
+        self.usecase = usecase if isinstance(usecase, UseCase) else load_usecase(usecase)
+        overrides = {
+            "encoder": encoder,
+            "noop": noop,
+            "start": start,
+            "episode_steps": episode_steps,
+        }
+        cfg = {**dict(env_cfg or {}), **{k: v for k, v in overrides.items() if v is not None}}
+        self.sim_env, self.params = sim.make(self.usecase, cfg)
+        self.cmap = (
+            backend_cfg if isinstance(backend_cfg, ClusterMap) else load_cluster_map(backend_cfg)
+        )
+        self.cmap.check_against(self.usecase)
+        self.run_id = self.cmap.run_id or f"run-{secrets.token_hex(4)}"
+        self.clock: ClusterClock = clock or WallClock()
+        self.step_seconds = self.cmap.step_duration(self.usecase)
+        self.clients = connect(self.cmap)
+        self.homes = [p.home for p in self.usecase.proxies]
+        self.reconciler = Reconciler(self.clients, self.cmap, self.usecase, self.run_id)
+        self.proxies = make_source(
+            self.clients, self.cmap, self.homes, self.run_id, float(self.params.timeout_s)
+        )
+        self._encoder = _jitted_encoder(cfg.get("encoder", "onehot"))
+        dim = int(
+            jax.eval_shape(
+                lambda k: self._encode(_sim_reset(k, self.params)[0]), jax.random.PRNGKey(0)
+            ).shape[0]
+        )
+        self.observation_space = gym.spaces.Box(0.0, 1.0, (dim,), np.float32)
+        self.action_space = gym.spaces.Discrete(self.params.layout.num_actions)
+        self._key = jax.random.PRNGKey(0)
+        self._mirror: EnvState | None = None
+        self._last_rates = np.zeros(len(self.homes), np.float32)
+        self._closed = False
+        self.structured_observation: Observation | None = None
+        self.cpu_request = np.asarray(self.params.cpu_request, np.float64)
+        _LIVE.add(self)
+        _install_exit_hooks()
+
+    # -- gymnasium API -------------------------------------------------------------------------
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        super().reset(seed=seed)
+        self._check_open()
+        self._key = jax.random.PRNGKey(int(self.np_random.integers(0, 2**31 - 1)))
+        self._key, k_reset = jax.random.split(self._key)
+        _, self._mirror = _sim_reset(k_reset, self.params)
+        self._begin_step()
+        self.reconciler.discover()
+        errors = self._reconcile()
+        self.clock.reset(k_reset)
+        not_ready = self._wait_ready()
+        obs, extra = self._observe(errors, served=None)
+        extra["not_ready"] = not_ready
+        return np.asarray(self._encode(obs), np.float32), {
+            "action_mask": np.asarray(obs.action_mask, bool),
+            **extra,
+        }
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        if self._mirror is None:
+            raise RuntimeError("call reset() before step()")
+        self._check_open()
+        action = self.params.layout.check(action)
+        started = time.monotonic()
+        self._key, k_step = jax.random.split(self._key)
+        k_action, k_advance = jax.random.split(k_step)
+        self._mirror, invalid = _apply_action(
+            k_action, self._mirror, jnp.int32(action), self.params
+        )
+        self._mirror = self._mirror.replace(time=self._mirror.time + 1)
+        self._begin_step()
+        errors = self._reconcile()
+        served = np.asarray(self._mirror.ready)
+        self.clock.step(k_advance, max(0.0, self.step_seconds - (time.monotonic() - started)))
+        obs, extra = self._observe(errors, served)
+        ratio = chain_latency_ratio(obs)
+        pods = obs.pods.sum()
+        r = reward_fn(
+            pods,
+            ratio,
+            alpha=self.params.alpha,
+            beta=self.params.beta,
+            pods_max=self.params.pods_max,
+        )
+        info = {
+            "action_mask": np.asarray(obs.action_mask, bool),
+            "latency_ratio": float(ratio),
+            "pods": int(pods),
+            "sla_violated": bool(ratio > 1.0),
+            "invalid": bool(invalid),
+            **extra,
+        }
+        truncated = int(self._mirror.time) >= self.params.episode_steps
+        return np.asarray(self._encode(obs), np.float32), float(r), False, truncated, info
+
+    def close(self) -> CleanupReport | None:
+        """Delete every object of this run; idempotent."""
+        if self._closed:
+            return None
+        self._closed = True
+        _LIVE.discard(self)
+        report = delete_labelled(
+            self.clients,
+            self.run_id,
+            wait_s=self.cmap.ready_timeout_s,
+            poll_s=self.cmap.poll_interval_s,
+        )
+        log.info("run %s cleaned up: %s", self.run_id, report.deleted)
+        return report
+
+    def __enter__(self) -> KubernetesClusterEnv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the shell around the domain -------------------------------------------------------------
+
+    def _encode(self, obs: Observation) -> jax.Array:
+        return self._encoder(obs, self.params)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the environment is closed")
+
+    def _begin_step(self) -> None:
+        for client in self.clients:
+            client.retrier.stats = type(client.retrier.stats)()
+
+    def _desired(self):
+        return placement_of(
+            np.asarray(self._mirror.replicas), np.asarray(self._mirror.routes), self.params.chain
+        )
+
+    def _reconcile(self) -> list[str]:
+        return self.reconciler.apply(self._desired())
+
+    def _read_ready(self) -> tuple[np.ndarray, list[str]]:
+        """Ready replicas per instance from Deployment status (the mirror's on a failed read)."""
+        lay = self.params.layout
+        ready = np.asarray(self._mirror.ready).copy()
+        errors = []
+        selector = objects.run_selector(self.run_id)
+        for k, client in enumerate(self.clients):
+            try:
+                found = client.list("Deployment", selector)
+            except api_errors() as exc:
+                errors.append(f"read Deployments of cluster {k}: {exc}")
+                continue
+            ready[k] = 0
+            for d in found:
+                labels = d.metadata.labels or {}
+                f, c = labels.get(objects.FUNCTION), labels.get(objects.CONFIG)
+                if f in FUNCTION_NAMES and c in CONFIG_NAMES:
+                    status = d.status
+                    n = int((status.ready_replicas if status else 0) or 0)
+                    ready[k, FUNCTION_NAMES.index(f), CONFIG_NAMES.index(c)] = n
+        replicas = np.asarray(self._mirror.replicas)
+        return np.minimum(ready, replicas).astype(np.int32).reshape(
+            lay.clusters, lay.functions, lay.configs
+        ), errors
+
+    def _wait_ready(self) -> bool:
+        """Bounded wait until every desired replica is ready; False when it timed out."""
+        deadline = time.monotonic() + self.cmap.ready_timeout_s
+        want = np.asarray(self._mirror.replicas)
+        while True:
+            ready, errors = self._read_ready()
+            if not errors and np.array_equal(ready, want):
+                return False
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "run %s: placement not ready after %.0fs",
+                    self.run_id,
+                    self.cmap.ready_timeout_s,
+                )
+                return True
+            time.sleep(self.cmap.poll_interval_s)
+
+    def _read_cpu(self, ready: np.ndarray) -> tuple[readings.CpuReading, list[str]]:
+        usage: dict = {}
+        errors = []
+        selector = objects.run_selector(self.run_id)
+        for k, client in enumerate(self.clients):
+            try:
+                usage.update(readings.usage_by_instance(k, client.pod_metrics(selector)))
+            except api_errors() as exc:
+                errors.append(f"read PodMetrics of cluster {k}: {exc}")
+        return readings.cpu_utilisation(ready, usage, self.cpu_request), errors
+
+    def _observe(
+        self, errors: list[str], served: np.ndarray | None
+    ) -> tuple[Observation, dict[str, Any]]:
+        """Read the clusters. CPU is averaged over the pods that served through the step: those
+        ready when it began (`served`, None at reset) and still ready."""
+        ready, read_errors = self._read_ready()
+        cpu, cpu_errors = self._read_cpu(ready if served is None else np.minimum(served, ready))
+        latency, rates = self.proxies.read()
+        proxies = readings.fill_proxy_readings(
+            latency, rates, self._last_rates, float(self.params.timeout_s)
+        )
+        self._last_rates = proxies.rates
+        m = readings.measurement(cpu, proxies)
+        self._mirror = _with_observed(self._mirror, ready, m)
+        obs = build_observation(
+            self.params.layout,
+            ready=jnp.asarray(ready),
+            replicas=self._mirror.replicas,
+            routes=self._mirror.routes,
+            measurement=self._mirror.measurement,
+            sla_s=self.params.sla_s,
+            max_pods=self.params.max_pods,
+            in_chain=self.params.in_chain,
+        )
+        self.structured_observation = obs
+        stats = [c.retrier.stats.as_dict() for c in self.clients]
+        extra = {
+            "api_errors": errors + read_errors + cpu_errors,
+            "api": {
+                "attempts": sum(s["attempts"] for s in stats),
+                "retries": sum(s["retries"] for s in stats),
+                "conflicts": sum(s["conflicts"] for s in stats),
+                "waited_s": round(sum(s["waited_s"] for s in stats), 3),
+            },
+            "assumed": {
+                "cpu_pods": cpu.assumed_pods,
+                "latency": proxies.assumed_latency,
+                "rates": proxies.assumed_rates,
+            },
+            "run_id": self.run_id,
+        }
+        return obs, extra
+
+
+def _with_observed(mirror: EnvState, ready: np.ndarray, m: Measurement) -> EnvState:
+    """The mirror takes the cluster's word for readiness; the rest of `replicas` is starting."""
+    replicas = np.asarray(mirror.replicas)
+    pending = np.zeros(np.asarray(mirror.pending).shape, np.int32)
+    pending[..., 0] = replicas - ready
+    return mirror.replace(
+        ready=jnp.asarray(ready),
+        pending=jnp.asarray(pending),
+        measurement=jax.tree.map(jnp.asarray, m),
+    )
+
+
+# Compiled once per process, not per env: params are arguments, not closed over.
+_sim_reset = jax.jit(lambda key, params: sim.ClusterEnv().reset(key, params))
+_apply_action = jax.jit(apply_action)
+_ENCODERS: dict[str, Any] = {}
+
+
+def _jitted_encoder(name: str) -> Any:
+    if name not in _ENCODERS:
+        _ENCODERS[name] = jax.jit(get_encoder(name))
+    return _ENCODERS[name]
+
+
+_hooks_installed = False
+
+
+def _close_all() -> None:
+    for env in list(_LIVE):
+        try:
+            env.close()
+        except Exception as exc:
+            log.error("cleanup of run %s failed: %s; run scripts/cleanup.py", env.run_id, exc)
+
+
+def _install_exit_hooks() -> None:
+    """Crash and Ctrl-C end in interpreter exit, where `atexit` cleans up; SIGTERM is turned
+    into `SystemExit` (when nobody else handles it) so it takes the same path."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_close_all)
+    if threading.current_thread() is threading.main_thread() and (
+        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
+    ):
+        signal.signal(signal.SIGTERM, _raise_exit)
+
+
+def _raise_exit(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+__all__ = ["ClusterAccessError", "ClusterClock", "KubernetesClusterEnv", "WallClock", "connect"]
