@@ -1,0 +1,1 @@
+"""Q-network, DQN / HAQL update and on-device replay."""

@@ -1,0 +1,252 @@
+"""The Anakin training loop: acting, env steps, replay and updates in one `lax.scan`.
+
+One *iteration* is ``steps_per_iter`` vectorised env steps (each writes
+``num_envs`` transitions to the replay) followed by ``updates_per_iter``
+gradient updates, so the update-to-data ratio holds for any ``num_envs``. A
+*chunk* is a fixed number of iterations compiled once; the host logs and
+checkpoints between chunks. Every random draw comes from the key carried in the
+train state, so a chunk is a pure function of the state and a run restored
+from a checkpoint continues bit for bit. Seeds are a leading axis of the whole
+state (`jax.vmap`), each with its own weights, exploration and env keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from hmk8s.agents import dqn
+from hmk8s.agents.network import QNetwork
+from hmk8s.agents.replay import Transition, example_transition, make_buffer
+from hmk8s.train.config import AgentConfig, HaqlConfig
+from hmk8s.train.env_spec import EnvSpec
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+class TrainState(NamedTuple):
+    """Everything a chunk reads and writes; one pytree, checkpointed whole."""
+
+    learner: dqn.LearnerState
+    buffer: Any
+    env_state: Any
+    obs: Array
+    mask: Array
+    hint: Array
+    episode_return: Array
+    env_steps: Array
+    rng: Array
+
+
+def iteration_shape(num_envs: int, updates_per_step: float) -> tuple[int, int]:
+    """(vector env steps, updates) per iteration for a target updates-per-transition ratio."""
+    per_vector_step = num_envs * updates_per_step
+    if per_vector_step >= 1.0:
+        return 1, round(per_vector_step)
+    return round(1.0 / per_vector_step), 1
+
+
+@dataclass(frozen=True)
+class Trainer:
+    """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed)."""
+
+    spec: EnvSpec
+    network: QNetwork
+    agent: AgentConfig
+    haql: HaqlConfig | None
+    num_envs: int
+    steps_per_iter: int
+    updates_per_iter: int
+    init: Callable[[Array], TrainState]
+    run: Callable[[TrainState, int], tuple[TrainState, Metrics]]
+    epsilon: Callable[[Array], Array]
+    xi: Callable[[Array], Array]
+
+    @property
+    def env_steps_per_iter(self) -> int:
+        return self.steps_per_iter * self.num_envs
+
+
+def make_trainer(
+    spec: EnvSpec, agent: AgentConfig, num_envs: int, haql: HaqlConfig | None = None
+) -> Trainer:
+    """Build the pure init / chunk functions; ``haql=None`` is a pure DQN."""
+    network = QNetwork(hidden=tuple(agent.hidden), num_actions=spec.num_actions)
+    apply_fn = network.apply
+    optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
+    buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
+    update = dqn.make_update(
+        apply_fn,
+        optimizer,
+        agent.gamma,
+        agent.double,
+        agent.huber_delta,
+        agent.target_period,
+        agent.target_tau,
+    )
+    eps = agent.epsilon
+    epsilon = dqn.make_schedule(eps.kind, eps.start, eps.end, eps.steps)
+    if haql is None:
+        xi = dqn.make_schedule("linear", 0.0, 0.0, 1)
+        eta, in_target = 0.0, False
+    else:
+        xi = dqn.make_schedule(haql.xi.kind, haql.xi.start, haql.xi.end, haql.xi.steps)
+        eta, in_target = haql.eta, haql.in_target
+    steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
+    learning_starts = max(agent.learning_starts, agent.batch_size)
+    v_reset = jax.vmap(spec.reset)
+    v_step = jax.vmap(spec.step)
+
+    def init(key: Array) -> TrainState:
+        k_net, k_env, k_run = jax.random.split(key, 3)
+        env_state, obs, mask, hint = v_reset(jax.random.split(k_env, num_envs))
+        params = network.init(k_net, obs[0])
+        learner = dqn.LearnerState(params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
+        return TrainState(
+            learner=learner,
+            buffer=buffer.init(example_transition(obs[0], spec.num_actions)),
+            env_state=env_state,
+            obs=obs,
+            mask=mask,
+            hint=hint,
+            episode_return=jnp.zeros((num_envs,), jnp.float32),
+            env_steps=jnp.zeros((), jnp.int32),
+            rng=k_run,
+        )
+
+    def env_step(state: TrainState, _: None) -> tuple[TrainState, tuple[Array, Array, Metrics]]:
+        rng, k_act, k_env = jax.random.split(state.rng, 3)
+        q = apply_fn(state.learner.params, state.obs)
+        bonus = xi(state.env_steps) * eta
+        action = dqn.epsilon_greedy(
+            k_act, q, state.mask, state.hint, epsilon(state.env_steps), bonus
+        ).astype(jnp.int32)
+        env_state, ts = v_step(jax.random.split(k_env, num_envs), state.env_state, action)
+        transition = Transition(
+            obs=state.obs,
+            action=action,
+            reward=ts.reward.astype(jnp.float32),
+            terminated=ts.terminated.astype(jnp.bool_),
+            next_obs=ts.next_obs,
+            next_mask=ts.next_mask.astype(jnp.bool_),
+            next_hint=ts.next_hint.astype(jnp.int32),
+        )
+        done = ts.terminated | ts.truncated
+        returns = state.episode_return + transition.reward
+        state = state._replace(
+            buffer=buffer.add(state.buffer, transition),
+            env_state=env_state,
+            obs=ts.obs,
+            mask=ts.mask,
+            hint=ts.hint,
+            episode_return=jnp.where(done, 0.0, returns),
+            env_steps=state.env_steps + num_envs,
+            rng=rng,
+        )
+        finished = (jnp.where(done, returns, 0.0).sum(), done.sum())
+        metrics = {k: v.astype(jnp.float32).mean() for k, v in ts.metrics.items()}
+        return state, (*finished, metrics)
+
+    def update_step(state: TrainState, _: None) -> tuple[TrainState, Array]:
+        rng, k_sample = jax.random.split(state.rng)
+        batch = buffer.sample(state.buffer, k_sample).experience
+        target_bonus = xi(state.env_steps) * eta if in_target else 0.0
+        learner, loss = update(state.learner, batch, target_bonus)
+        return state._replace(learner=learner, rng=rng), loss
+
+    def learn(state: TrainState) -> tuple[TrainState, tuple[Array, Array]]:
+        state, losses = jax.lax.scan(update_step, state, None, length=updates_per_iter)
+        return state, (losses.sum(), jnp.asarray(updates_per_iter, jnp.int32))
+
+    def skip(state: TrainState) -> tuple[TrainState, tuple[Array, Array]]:
+        return state, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+
+    def iteration(state: TrainState, _: None) -> tuple[TrainState, tuple]:
+        state, acted = jax.lax.scan(env_step, state, None, length=steps_per_iter)
+        state, learned = jax.lax.cond(state.env_steps >= learning_starts, learn, skip, state)
+        return state, (jax.tree.map(jnp.sum, acted), learned)
+
+    def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
+        state, ((ret_sum, episodes, step_metrics), (loss_sum, n_updates)) = jax.lax.scan(
+            iteration, state, None, length=num_iters
+        )
+        episodes, n_updates = episodes.sum(), n_updates.sum()
+        metrics = {
+            "env_steps": state.env_steps,
+            "updates": state.learner.updates,
+            "episodes": episodes,
+            "episode_return": jnp.where(episodes > 0, ret_sum.sum() / episodes, jnp.nan),
+            "loss": jnp.where(n_updates > 0, loss_sum.sum() / n_updates, jnp.nan),
+            "epsilon": epsilon(state.env_steps),
+            "xi": xi(state.env_steps),
+        }
+        for name, total in step_metrics.items():
+            metrics[f"env/{name}"] = total.sum() / (num_iters * steps_per_iter)
+        return state, metrics
+
+    return Trainer(
+        spec=spec,
+        network=network,
+        agent=agent,
+        haql=haql,
+        num_envs=num_envs,
+        steps_per_iter=steps_per_iter,
+        updates_per_iter=updates_per_iter,
+        init=init,
+        run=run,
+        epsilon=epsilon,
+        xi=xi,
+    )
+
+
+def init_seeds(trainer: Trainer, seed: int, seeds: int) -> TrainState:
+    """Train states of ``seeds`` independent runs stacked on a leading axis."""
+    return jax.jit(jax.vmap(trainer.init))(seed_keys(seed, seeds))
+
+
+def seed_keys(seed: int, seeds: int) -> Array:
+    """Key of run ``i`` is ``fold_in(PRNGKey(seed), i)``: run 0 of any ``seeds`` is the same run."""
+    base = jax.random.PRNGKey(seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(seeds))
+
+
+def make_chunk_fn(
+    trainer: Trainer, num_iters: int
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+    """``chunk(states) -> (states, metrics)`` over all seeds, compiled once; donates its input."""
+    return jax.jit(jax.vmap(partial(trainer.run, num_iters=num_iters)), donate_argnums=0)
+
+
+@partial(jax.jit, static_argnames=("spec", "apply_fn", "num_envs", "max_steps"))
+def greedy_returns(
+    spec: EnvSpec,
+    apply_fn: Callable[[Any, Array], Array],
+    params: Any,
+    key: Array,
+    num_envs: int,
+    max_steps: int,
+) -> tuple[Array, Array]:
+    """Return of each env's first greedy episode (and whether it ended within ``max_steps``)."""
+    k_reset, k_run = jax.random.split(key)
+    env_state, obs, mask, _ = jax.vmap(spec.reset)(jax.random.split(k_reset, num_envs))
+    zeros = jnp.zeros((num_envs,), jnp.float32)
+    not_done = jnp.zeros((num_envs,), jnp.bool_)
+
+    def step(carry, k):
+        env_state, obs, mask, ret, first, ended = carry
+        action = dqn.masked_argmax(apply_fn(params, obs), mask)
+        env_state, ts = jax.vmap(spec.step)(jax.random.split(k, num_envs), env_state, action)
+        ret = ret + jnp.where(ended, 0.0, ts.reward.astype(jnp.float32))
+        done = ts.terminated | ts.truncated
+        first = jnp.where(done & ~ended, ret, first)
+        return (env_state, ts.obs, ts.mask, ret, first, ended | done), None
+
+    carry = (env_state, obs, mask, zeros, zeros, not_done)
+    (_, _, _, ret, first, ended), _ = jax.lax.scan(step, carry, jax.random.split(k_run, max_steps))
+    return jnp.where(ended, first, ret), ended

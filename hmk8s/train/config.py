@@ -1,0 +1,208 @@
+"""The typed schema of the root Hydra config, and value checks Hydra cannot do.
+
+Hydra merges `configs/` onto these dataclasses, which rejects unknown keys and
+wrong types; `validate` then rejects bad values before any work starts. The
+trainer core reads the same dataclasses, so a setting has one definition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+ENCODERS = ("onehot", "continuous")
+STARTS = ("empty", "minimal", "random")
+SCHEDULE_KINDS = ("linear", "exponential")
+
+# Keys that may differ between a checkpoint's config and the resuming run's:
+# they change how long the run goes or what is logged, not what it computes.
+RESUME_SAFE_KEYS = ("total_steps", "run_dir", "resume", "checkpoint", "log", "eval")
+
+
+class ConfigError(ValueError):
+    """A config value that would make the run meaningless or crash later."""
+
+
+@dataclass
+class ScheduleConfig:
+    """``start -> end`` over ``steps`` env steps (per env-seed, summed over envs)."""
+
+    kind: str = "linear"
+    start: float = 1.0
+    end: float = 0.05
+    steps: int = 100_000
+
+
+@dataclass
+class AgentConfig:
+    """Q-network and learner hyperparameters shared by DQN and HAQL.
+
+    ``lr_decay_updates > 0`` decays the learning rate linearly to 0 over that many updates
+    (a fixed horizon, so extending ``total_steps`` on resume changes nothing already run).
+    """
+
+    hidden: list[int] = field(default_factory=lambda: [256, 256])
+    learning_rate: float = 2.5e-4
+    lr_decay_updates: int = 0
+    gamma: float = 0.99
+    batch_size: int = 128
+    buffer_size: int = 100_000
+    learning_starts: int = 10_000
+    updates_per_step: float = 0.25
+    double: bool = True
+    huber_delta: float = 1.0
+    max_grad_norm: float = 10.0
+    target_period: int = 500
+    target_tau: float = 1.0
+    epsilon: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+
+@dataclass
+class HaqlConfig:
+    """Heuristic acceleration: ``H(s, a) = eta [a == hint]`` weighted by ``xi_t``."""
+
+    eta: float = 1.0
+    in_target: bool = True
+    xi: ScheduleConfig = field(
+        default_factory=lambda: ScheduleConfig(kind="linear", start=1.0, end=0.0, steps=200_000)
+    )
+
+
+@dataclass
+class EnvConfig:
+    """How the hmk8s environment is built (consumed by `hmk8s.sim.make`)."""
+
+    encoder: str = "onehot"
+    noop: bool = True
+    start: str = "empty"
+    episode_steps: int = 120
+
+
+@dataclass
+class CheckpointConfig:
+    """Orbax checkpoints under ``<run_dir>/checkpoints``."""
+
+    enabled: bool = True
+    every_chunks: int = 1
+    keep: int = 3
+    replay: bool = True
+
+
+@dataclass
+class LogConfig:
+    """Host-side outputs between chunks."""
+
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    """Greedy evaluation of the trained Q-network (and baselines on hmk8s)."""
+
+    enabled: bool = True
+    episodes: int = 32
+
+
+@dataclass
+class TrainConfig:
+    """The root config of `scripts/train.py`."""
+
+    usecase: Any = MISSING
+    backend: Any = MISSING
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    heuristic: bool = False
+    haql: HaqlConfig = field(default_factory=HaqlConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    seed: int = 0
+    seeds: int = 1
+    total_steps: int = 1_000_000
+    num_envs: int = 64
+    chunk_steps: int = 50_000
+    run_dir: str | None = None
+    resume: str | None = None
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def _positive(errors: list[str], name: str, value: float) -> None:
+    if value <= 0:
+        errors.append(f"{name} must be > 0, got {value}")
+
+
+def _schedule(errors: list[str], name: str, sched: ScheduleConfig) -> None:
+    if sched.kind not in SCHEDULE_KINDS:
+        errors.append(f"{name}.kind must be one of {SCHEDULE_KINDS}, got {sched.kind!r}")
+    if sched.steps < 0:
+        errors.append(f"{name}.steps must be >= 0, got {sched.steps}")
+    if sched.kind == "exponential" and (sched.start <= 0 or sched.end <= 0):
+        errors.append(f"{name}: an exponential schedule needs start > 0 and end > 0")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Raise `ConfigError` listing every bad value in ``cfg``."""
+    errors: list[str] = []
+    a = cfg.agent
+    for name in ("seeds", "total_steps", "num_envs", "chunk_steps"):
+        _positive(errors, name, getattr(cfg, name))
+    if cfg.seed < 0:
+        errors.append(f"seed must be >= 0, got {cfg.seed}")
+    if not a.hidden or any(w <= 0 for w in a.hidden):
+        errors.append(f"agent.hidden must be a non-empty list of positive widths, got {a.hidden}")
+    for name in ("learning_rate", "batch_size", "buffer_size", "updates_per_step"):
+        _positive(errors, f"agent.{name}", getattr(a, name))
+    for name in ("huber_delta", "max_grad_norm", "target_period"):
+        _positive(errors, f"agent.{name}", getattr(a, name))
+    if not 0.0 <= a.gamma <= 1.0:
+        errors.append(f"agent.gamma must be in [0, 1], got {a.gamma}")
+    if not 0.0 < a.target_tau <= 1.0:
+        errors.append(f"agent.target_tau must be in (0, 1], got {a.target_tau}")
+    if a.lr_decay_updates < 0:
+        errors.append(f"agent.lr_decay_updates must be >= 0, got {a.lr_decay_updates}")
+    if a.learning_starts < 0:
+        errors.append(f"agent.learning_starts must be >= 0, got {a.learning_starts}")
+    if a.buffer_size < cfg.num_envs:
+        errors.append(f"agent.buffer_size ({a.buffer_size}) must be >= num_envs ({cfg.num_envs})")
+    if a.batch_size > a.buffer_size:
+        errors.append(
+            f"agent.batch_size ({a.batch_size}) must be <= agent.buffer_size ({a.buffer_size})"
+        )
+    _schedule(errors, "agent.epsilon", a.epsilon)
+    if not 0.0 <= a.epsilon.start <= 1.0 or not 0.0 <= a.epsilon.end <= 1.0:
+        errors.append("agent.epsilon.start and .end must be in [0, 1]")
+    _schedule(errors, "haql.xi", cfg.haql.xi)
+    if cfg.haql.eta < 0:
+        errors.append(f"haql.eta must be >= 0, got {cfg.haql.eta}")
+    if cfg.env.encoder not in ENCODERS:
+        errors.append(f"env.encoder must be one of {ENCODERS}, got {cfg.env.encoder!r}")
+    if cfg.env.start not in STARTS:
+        errors.append(f"env.start must be one of {STARTS}, got {cfg.env.start!r}")
+    _positive(errors, "env.episode_steps", cfg.env.episode_steps)
+    _positive(errors, "checkpoint.every_chunks", cfg.checkpoint.every_chunks)
+    _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
+    if cfg.eval.episodes < 0:
+        errors.append(f"eval.episodes must be >= 0, got {cfg.eval.episodes}")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted keys whose values differ between two plain config dicts, safe keys excepted."""
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, path: str) -> None:
+        if path in RESUME_SAFE_KEYS:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(
+                    a.get(key, "<absent>"), b.get(key, "<absent>"), f"{path}.{key}" if path else key
+                )
+        elif a != b:
+            out.append(f"{path}: checkpoint has {a!r}, now {b!r}")
+
+    walk(saved, current, "")
+    return out

@@ -1,0 +1,171 @@
+"""The imperative shell around the compiled loop: chunks, checkpoints, logs, evaluation.
+
+`run_training` works for any `EnvSpec`; environment-specific evaluation (the
+hmk8s metrics and baselines) comes in through the optional ``evaluator``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from hmk8s.train.anakin import (
+    Trainer,
+    TrainState,
+    greedy_returns,
+    init_seeds,
+    make_chunk_fn,
+    make_trainer,
+)
+from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
+from hmk8s.train.config import TrainConfig
+from hmk8s.train.env_spec import EnvSpec
+from hmk8s.train.runlog import RunLog, chunk_rows
+
+# evaluator(trainer, seed-stacked params, key) -> {"eval": {...}, "baselines": {...}}
+Evaluator = Callable[[Trainer, Any, jax.Array], dict[str, Any]]
+GREEDY_MAX_STEPS = 1_000
+
+
+def chunk_plan(done_iters: int, total_iters: int, chunk_iters: int) -> list[int]:
+    """Iterations per chunk from ``done_iters`` to ``total_iters`` (the last may be short)."""
+    plan = []
+    while done_iters < total_iters:
+        n = min(chunk_iters, total_iters - done_iters)
+        plan.append(n)
+        done_iters += n
+    return plan
+
+
+def params_sha256(params: Any) -> str:
+    """Digest of every parameter's bytes in pytree order: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        arr = np.asarray(leaf)
+        digest.update(str((arr.dtype, arr.shape)).encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) -> dict[str, Any]:
+    """Mean first-episode return of the greedy Q policy, per seed and overall (any env)."""
+    per_seed = []
+    for seed in range(jax.tree.leaves(params)[0].shape[0]):
+        seed_params = jax.tree.map(lambda x, i=seed: x[i], params)
+        returns, _ = greedy_returns(
+            trainer.spec, trainer.network.apply, seed_params, key, episodes, GREEDY_MAX_STEPS
+        )
+        per_seed.append(float(np.mean(returns)))
+    return {"return_mean": float(np.mean(per_seed)), "per_seed": per_seed}
+
+
+def open_checkpoints(cfg: TrainConfig, run_dir: Path) -> Checkpointer | None:
+    """The run's checkpointer, refusing to overwrite a directory that already has checkpoints."""
+    directory = run_dir / "checkpoints"
+    if not cfg.checkpoint.enabled:
+        return None
+    if cfg.resume is None and directory.exists() and any(directory.iterdir()):
+        raise CheckpointError(
+            f"{directory} already holds checkpoints: pass resume={run_dir} to continue that run, "
+            "or choose another run_dir"
+        )
+    return Checkpointer(directory, keep=cfg.checkpoint.keep, replay=cfg.checkpoint.replay)
+
+
+def restore_run(
+    ckpt: Checkpointer | None, run_dir: Path, fresh: TrainState, config: Mapping[str, Any]
+) -> TrainState:
+    """The state saved under ``run_dir`` after checking its config against ``config``."""
+    if ckpt is None:
+        raise CheckpointError("resume needs checkpoint.enabled=true")
+    if ckpt.latest_step() is None:
+        raise CheckpointError(f"{run_dir}: nothing to resume (no complete checkpoint)")
+    _, saved_config, _ = ckpt.read_config()
+    check_resume_config(saved_config, dict(config))
+    state, _, _ = ckpt.restore(fresh)
+    return state
+
+
+def run_training(
+    cfg: TrainConfig,
+    spec: EnvSpec,
+    config: Mapping[str, Any],
+    run_dir: Path,
+    *,
+    name: str,
+    evaluator: Evaluator | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each; summary."""
+    wall0 = time.perf_counter()
+    trainer = make_trainer(spec, cfg.agent, cfg.num_envs, cfg.haql if cfg.heuristic else None)
+    per_iter = trainer.env_steps_per_iter
+    chunk_iters = max(1, cfg.chunk_steps // per_iter)
+    total_iters = math.ceil(cfg.total_steps / per_iter)
+
+    ckpt = open_checkpoints(cfg, run_dir)
+    state = init_seeds(trainer, cfg.seed, cfg.seeds)
+    if cfg.resume is not None:
+        state = restore_run(ckpt, run_dir, state, config)
+    done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
+    plan = chunk_plan(done_iters, total_iters, chunk_iters)
+
+    log = RunLog(
+        run_dir,
+        config,
+        total_iters * per_iter,
+        start_steps=done_iters * per_iter,
+        tensorboard=cfg.log.tensorboard,
+        progress=cfg.log.progress,
+    )
+    compiled: dict[int, Any] = {}
+    train_seconds, steps_run = 0.0, 0
+    try:
+        for index, n in enumerate(plan):
+            if n not in compiled:
+                compiled[n] = make_chunk_fn(trainer, n).lower(state).compile()
+            t0 = time.perf_counter()
+            state, metrics = compiled[n](state)
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - t0
+            train_seconds += seconds
+            steps_run += n * per_iter * cfg.seeds
+            log.log_chunk(chunk_rows(metrics, n * per_iter * cfg.seeds / seconds))
+            last = index == len(plan) - 1
+            if ckpt is not None and (last or (index + 1) % cfg.checkpoint.every_chunks == 0):
+                step = int(np.asarray(state.env_steps)[0])
+                ckpt.save(step, state, dict(config), {"name": name, "env_steps": step})
+    except BaseException:
+        log.close()
+        raise
+    finally:
+        if ckpt is not None:
+            ckpt.close()
+
+    params = state.learner.params
+    key = jax.random.PRNGKey(cfg.seed + 1)
+    if not cfg.eval.enabled or cfg.eval.episodes == 0:
+        results: dict[str, Any] = {}
+    elif evaluator is not None:
+        results = evaluator(trainer, params, key)
+    else:
+        results = {"eval": greedy_eval(trainer, params, key, cfg.eval.episodes)}
+    summary = {
+        "usecase": name,
+        "heuristic": cfg.heuristic,
+        "seeds": cfg.seeds,
+        "env_steps": int(np.asarray(state.env_steps)[0]),
+        "updates": int(np.asarray(state.learner.updates)[0]),
+        "wall_seconds": time.perf_counter() - wall0,
+        "steps_per_second": steps_run / train_seconds if train_seconds else 0.0,
+        "params_sha256": params_sha256(params),
+        **results,
+    }
+    log.write_summary(summary)
+    return summary
