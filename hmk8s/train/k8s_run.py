@@ -1,0 +1,304 @@
+"""`scripts/train.py backend=k8s`: asynchronous training on Kubernetes clusters, as a run.
+
+It turns the root config into ``num_envs`` cluster envs (one cluster set, or one set of
+namespaces, each), runs `train_async` over them, and gives the run what the simulator path
+gives it: the run directory with ``config.yaml``, ``metrics.csv``, TensorBoard and orbax
+checkpoints (same format, so ``resume`` works the same), plus ``history/env<i>.csv``, one row
+per env step. Every cluster object is deleted at the end, however the run ends. The
+``kubernetes`` package is imported only when the default env factory builds an env.
+
+Settings of the actor live under ``backend.actor`` (see `ACTOR_KEYS`); they are taken out of
+the backend mapping before it is read as a cluster map. Env ``i``'s clusters are
+``backend.actor.cluster_sets[i]`` when given, else ``backend.clusters`` with ``-e<i>`` appended
+to every namespace (when ``num_envs > 1``).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from hmk8s.heuristics import recommend
+from hmk8s.train.async_core import host_books, make_async_fns
+from hmk8s.train.async_train import AsyncResult, AsyncSettings, train_async
+from hmk8s.train.checkpoint import Checkpointer, check_resume_config
+from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.env_worker import BlockingEnv, no_hint
+from hmk8s.train.history import HistoryWriter
+from hmk8s.train.runlog import RunLog, default_run_dir
+from hmk8s.usecases import UseCase, load_usecase
+
+log = logging.getLogger(__name__)
+ACTOR_KEYS = (
+    "cluster_sets",
+    "queue_size",
+    "batch_window_s",
+    "burst",
+    "max_env_failures",
+    "failure_backoff_s",
+    "shutdown_timeout_s",
+    "checkpoint_every",
+    "log_every",
+    "max_seconds",
+    "close_timeout_s",
+)
+EnvFactory = Callable[[int, dict[str, Any]], BlockingEnv]
+_recommend = jax.jit(recommend)
+
+
+def heuristic_hint(env: Any) -> int:
+    """The rulebook's action for an hmk8s env's current structured observation."""
+    return int(_recommend(env.structured_observation, env.params))
+
+
+def action_namer(env: Any) -> Callable[[int], str]:
+    """``k<cluster>/<op>/<config>/<function>/p<proxy>`` (or ``noop``) for an hmk8s env; the
+    bare index for any other env."""
+    from hmk8s.spaces import OP_NAMES
+    from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
+
+    layout = getattr(getattr(env, "params", None), "layout", None)
+    if layout is None:
+        return str
+
+    def name(action: int) -> str:
+        a = layout.decode(action)
+        if bool(a.noop):
+            return "noop"
+        return (
+            f"k{int(a.cluster)}/{OP_NAMES[int(a.op)]}/{CONFIG_NAMES[int(a.config)]}/"
+            f"{FUNCTION_NAMES[int(a.function)]}/p{int(a.proxy)}"
+        )
+
+    return name
+
+
+def split_backend(backend: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(cluster map data, actor settings) from the ``backend`` config node."""
+    data = copy.deepcopy(dict(backend))
+    actor = dict(data.pop("actor", None) or {})
+    unknown = set(actor) - set(ACTOR_KEYS)
+    if unknown:
+        raise ConfigError(f"backend.actor: unknown keys {sorted(unknown)}; known: {ACTOR_KEYS}")
+    return data, actor
+
+
+def env_cluster_maps(
+    data: Mapping[str, Any], num_envs: int, cluster_sets: Sequence[Any] | None = None
+) -> list[dict[str, Any]]:
+    """One cluster map (as data) per env: given cluster sets, or namespaces suffixed ``-e<i>``."""
+    if cluster_sets is not None and len(cluster_sets) < num_envs:
+        raise ConfigError(
+            f"backend.actor.cluster_sets lists {len(cluster_sets)} sets for {num_envs} envs"
+        )
+    maps = []
+    for i in range(num_envs):
+        m = copy.deepcopy(dict(data))
+        if cluster_sets is not None:
+            m["clusters"] = [dict(c) for c in cluster_sets[i]]
+        elif num_envs > 1:
+            m["clusters"] = [{**c, "namespace": f"{c['namespace']}-e{i}"} for c in m["clusters"]]
+        if m.get("run_id") and num_envs > 1:
+            m["run_id"] = f"{m['run_id']}-e{i}"
+        maps.append(m)
+    return maps
+
+
+def build_envs(factory: EnvFactory, maps: list[dict[str, Any]]) -> list[BlockingEnv]:
+    """Construct every env concurrently (each connects and checks its clusters); on a failure
+    close the ones built and raise."""
+    with ThreadPoolExecutor(max_workers=len(maps), thread_name_prefix="env-build") as pool:
+        futures = [pool.submit(factory, i, m) for i, m in enumerate(maps)]
+        built, errors = [], []
+        for future in futures:
+            try:
+                built.append(future.result())
+            except Exception as exc:
+                errors.append(exc)
+    if errors:
+        close_envs(built, timeout_s=60.0)
+        raise errors[0]
+    return built
+
+
+def close_envs(envs: Sequence[BlockingEnv], timeout_s: float) -> list[str]:
+    """Close (delete the objects of) every env concurrently; the errors, as messages."""
+    if not envs:
+        return []
+    pool = ThreadPoolExecutor(max_workers=len(envs), thread_name_prefix="env-close")
+    futures = [pool.submit(env.close) for env in envs]
+    errors = []
+    deadline = time.monotonic() + timeout_s
+    for i, future in enumerate(futures):
+        try:
+            future.result(timeout=max(0.1, deadline - time.monotonic()))
+        except Exception as exc:
+            errors.append(f"env {i}: close failed: {exc!r}")
+    pool.shutdown(wait=False, cancel_futures=True)
+    for message in errors:
+        log.error("%s; run scripts/cleanup.py", message)
+    return errors
+
+
+def params_sha256(params: Any) -> str:
+    """Digest of the Q-network's parameters (the summary's fingerprint of a run's result)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        digest.update(np.asarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
+def _train_config(cfg: Any) -> tuple[TrainConfig, dict[str, Any]]:
+    if isinstance(cfg, TrainConfig):
+        return cfg, dataclasses.asdict(cfg)
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)
+
+
+def _usecase(node: Any) -> UseCase:
+    return node if isinstance(node, UseCase) else load_usecase(node)
+
+
+def _k8s_factory(usecase: UseCase, env_cfg: dict[str, Any]) -> EnvFactory:
+    def factory(index: int, cluster_map: dict[str, Any]) -> BlockingEnv:
+        del index
+        from hmk8s.k8s.env import KubernetesClusterEnv
+
+        return KubernetesClusterEnv(usecase, env_cfg, cluster_map)
+
+    return factory
+
+
+def run_async_training(
+    cfg: Any, env_factory: EnvFactory | None = None, run_dir: str | Path | None = None
+) -> dict[str, Any]:
+    """Train on ``cfg.num_envs`` cluster envs; returns the run summary (also in summary.json).
+
+    ``run_dir`` (else ``cfg.resume``, else ``cfg.run_dir``, else ``runs/<usecase>-<algo>-<time>``)
+    holds the run; with ``cfg.resume`` set the newest checkpoint there is restored first.
+    ``env_factory(i, cluster_map_data)`` builds env ``i`` (default: `KubernetesClusterEnv`).
+    A Ctrl-C ends the run cleanly (checkpoint, cluster objects deleted) with ``"interrupted":
+    true`` in the summary; an env or learner error is raised after the same cleanup.
+    """
+    tc, config = _train_config(cfg)
+    validate(tc)
+    if tc.seeds != 1:
+        raise ConfigError("backend=k8s trains one seed at a time (seeds=1)")
+    usecase = _usecase(tc.usecase)
+    env_cfg = dataclasses.asdict(tc.env)
+    data, actor = split_backend(tc.backend)
+    maps = env_cluster_maps(data, tc.num_envs, actor.get("cluster_sets"))
+    algo = "haql" if tc.heuristic else "dqn"
+    directory = Path(run_dir or tc.resume or tc.run_dir or default_run_dir(usecase.name, algo))
+    factory = env_factory or _k8s_factory(usecase, env_cfg)
+    envs = build_envs(factory, maps)
+    history: HistoryWriter | None = None
+    runlog: RunLog | None = None
+    ckpt: Checkpointer | None = None
+    try:
+        probe = envs[0]
+        fns = make_async_fns(
+            int(probe.action_space.n), tc.agent, tc.num_envs, tc.haql if tc.heuristic else None
+        )
+        obs_dim = int(probe.observation_space.shape[0])
+        state = fns.init(jax.random.PRNGKey(tc.seed), np.zeros((obs_dim,), np.float32))
+        if tc.checkpoint.enabled:
+            ckpt = Checkpointer(directory / "checkpoints", tc.checkpoint.keep, tc.checkpoint.replay)
+        if tc.resume:
+            if ckpt is None:
+                raise ConfigError("resume needs checkpoint.enabled=true")
+            _, saved, _ = ckpt.read_config()
+            check_resume_config(saved, config)
+            state, _, _ = ckpt.restore(state)
+        books = host_books(state.env_state)
+        history = HistoryWriter(directory / "history", books.env_steps, action_namer(probe))
+        runlog = RunLog(
+            directory,
+            config,
+            tc.total_steps,
+            start_steps=int(books.env_steps.sum()),
+            tensorboard=tc.log.tensorboard,
+            progress=tc.log.progress,
+        )
+        meta = {"backend": "k8s", "num_envs": tc.num_envs, "usecase": usecase.name}
+
+        def save(s: Any) -> None:
+            step = int(np.asarray(s.env_steps))
+            if ckpt is not None and ckpt.latest_step() != step:
+                ckpt.save(step, s, config, meta)
+
+        settings = AsyncSettings(
+            total_steps=tc.total_steps,
+            ratio=tc.agent.updates_per_step,
+            seed=tc.seed,
+            checkpoint_every=tc.chunk_steps * tc.checkpoint.every_chunks,
+            log_every=min(tc.chunk_steps, 100),
+            **{k: v for k, v in actor.items() if k not in ("cluster_sets", "close_timeout_s")},
+        )
+        started = time.monotonic()
+        result = train_async(
+            fns,
+            envs,
+            heuristic_hint if tc.heuristic else no_hint,
+            state,
+            settings,
+            on_write=history.write,
+            on_checkpoint=save,
+            on_log=lambda row: runlog.log_chunk([row]),
+        )
+        wall = time.monotonic() - started
+        if result.state is not None:
+            save(result.state)
+    except BaseException:
+        if runlog is not None:
+            runlog.close()
+        raise
+    finally:
+        if history is not None:
+            history.close()
+        if ckpt is not None:
+            ckpt.close()
+        close_errors = close_envs(envs, float(actor.get("close_timeout_s", 300.0)))
+    summary = _summary(tc, usecase, result, wall)
+    summary["cleanup_errors"] = close_errors
+    runlog.write_summary(summary)
+    if result.error is not None:
+        raise result.error
+    return summary
+
+
+def _summary(tc: TrainConfig, usecase: UseCase, result: AsyncResult, wall: float) -> dict:
+    books = host_books(result.state.env_state) if result.state is not None else None
+    params = result.state.learner.params if result.state is not None else None
+    return {
+        "usecase": usecase.name,
+        "heuristic": tc.heuristic,
+        "backend": "k8s",
+        "seeds": 1,
+        "num_envs": tc.num_envs,
+        "env_steps": int(books.env_steps.sum()) if books is not None else None,
+        "updates": int(np.asarray(result.state.learner.updates)) if books is not None else None,
+        "env_steps_this_run": result.env_steps,
+        "updates_this_run": result.updates,
+        "wall_seconds": wall,
+        "steps_per_second": result.steps_per_s,
+        "learner_busy_fraction": result.learner_busy_s / wall if wall > 0 else 0.0,
+        "mean_policy_batch": result.actor.mean_batch,
+        "env_failures": result.env_failures,
+        "episodes_done": books.episodes_done.tolist() if books is not None else None,
+        "interrupted": result.interrupted,
+        "error": repr(result.error) if result.error is not None else None,
+        "abandoned_threads": result.abandoned,
+        "params_sha256": params_sha256(params) if params is not None else "",
+    }
