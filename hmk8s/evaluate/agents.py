@@ -1,0 +1,55 @@
+"""Trained Q-networks as `hmk8s.baselines.Policy`s, so agents and baselines share `rollout`.
+
+Every seed's agent is evaluated on the same episodes as every baseline: `rollout` draws the
+env's randomness from its key alone, and `rollout_seeds` hands every seed that same key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from hmk8s.agents.dqn import masked_argmax
+from hmk8s.baselines import Policy
+from hmk8s.encoders import get_encoder
+from hmk8s.evaluation import rollout
+from hmk8s.sim.env import ClusterEnv
+from hmk8s.sim.params import EnvParams
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+
+def q_policy(apply_fn: ApplyFn, q_params: Any, encoder: str = "onehot") -> Policy:
+    """Greedy in Q over the actions the mask allows: ``argmax_a Q(encode(s), a)``. The
+    heuristic is not consulted: HAQL's weight on it has decayed by the end of training, and the
+    final agent is judged on what its network learnt."""
+    encode = get_encoder(encoder)
+
+    def act(key: jax.Array, pstate: Any, obs: Any, params: EnvParams):
+        q = apply_fn(q_params, encode(obs, params))
+        return masked_argmax(q, obs.action_mask).astype(jnp.int32), pstate
+
+    return Policy(init=lambda params: jnp.zeros((), jnp.int32), act=act)
+
+
+def make_seed_rollout(
+    env: ClusterEnv,
+    params: EnvParams,
+    apply_fn: ApplyFn,
+    num_episodes: int,
+    encoder: str = "onehot",
+) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
+    """``run(seed_params, key)``: `rollout` of each seed's greedy agent (``seed_params`` stacked
+    on a leading seed axis) on the same ``num_episodes`` episodes drawn from ``key``; every array
+    is [seeds, episodes, steps, ...]. Compiled once, so a learning curve re-uses it."""
+
+    def run(seed_params: Any, key: jax.Array) -> dict[str, jax.Array]:
+        def one(q_params: Any) -> dict[str, jax.Array]:
+            return rollout(env, params, q_policy(apply_fn, q_params, encoder), key, num_episodes)
+
+        return jax.vmap(one)(seed_params)
+
+    return jax.jit(run)

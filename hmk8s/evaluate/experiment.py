@@ -1,0 +1,260 @@
+"""One use case's evaluation: train DQN and HAQL over seeds, then judge them and the baselines.
+
+The numbers come from two fixed sets of episodes, both drawn from keys training never uses: the
+*curve* episodes (a greedy evaluation of every seed after every chunk of training, and the
+baselines' horizontal lines) and the held-out *evaluation* episodes (the final tables). Every
+policy meets exactly the same episodes, because `rollout` keys the env by episode and step only.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hmk8s import sim
+from hmk8s.baselines import BASELINES
+from hmk8s.evaluate import learning, stats
+from hmk8s.evaluate.agents import make_seed_rollout
+from hmk8s.evaluation import rollout, summarise
+from hmk8s.sim.spec import sim_env_spec
+from hmk8s.train.anakin import Trainer, init_seeds, make_chunk_fn, make_trainer
+from hmk8s.train.config import TrainConfig
+
+AGENTS = ("dqn", "haql")
+METRICS = ("return", "sla_violation_rate", "mean_pods", "p95_latency_ratio", "invalid_rate")
+TIMELINE_KEYS = ("rates", "pods_per_cluster", "latency_ratio")
+
+
+@dataclass
+class EvaluateConfig:
+    """What `scripts/evaluate.py` adds to the training config."""
+
+    episodes: int = 32
+    curve_points: int = 20
+    key: int = 2_000_003
+    bootstrap_reps: int = 2000
+    threshold: float = 0.9
+    budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
+    timeline: list[str] = field(default_factory=lambda: ["haql", "hpa"])
+
+
+@dataclass
+class AgentRun:
+    """A trained agent over seeds: its greedy learning curves and final parameters."""
+
+    steps: np.ndarray
+    curves: np.ndarray
+    params: Any
+    seconds: float
+
+
+def episode_metrics(records: dict[str, jax.Array]) -> dict[str, float]:
+    """The per-policy metrics of one rollout (mean over its episodes and steps)."""
+    s = summarise(records)
+    return {
+        "return": s["return_mean"],
+        "sla_violation_rate": s["sla_violation_rate"],
+        "mean_pods": s["mean_pods"],
+        "p95_latency_ratio": s["p95_latency_ratio"],
+        "invalid_rate": s["invalid_rate"],
+    }
+
+
+def train_agent(
+    trainer: Trainer,
+    cfg: TrainConfig,
+    points: int,
+    curve: Callable[[Any], np.ndarray],
+    log: Callable[[str], None],
+) -> AgentRun:
+    """Train ``cfg.seeds`` seeds in one vmapped program for about ``cfg.total_steps`` env steps
+    per seed, measuring ``curve(params) -> [seeds]`` before training and after each of
+    ``points`` equal chunks."""
+    iters = max(1, math.ceil(cfg.total_steps / trainer.env_steps_per_iter / points))
+    chunk = make_chunk_fn(trainer, iters)
+    states = init_seeds(trainer, cfg.seed, cfg.seeds)
+    start = time.perf_counter()
+    steps, values = [0], [curve(states.learner.params)]
+    for _ in range(points):
+        states, metrics = chunk(states)
+        steps.append(int(np.asarray(metrics["env_steps"])[0]))
+        values.append(curve(states.learner.params))
+        log(f"  {steps[-1]:>8d} steps  greedy IQM {stats.iqm(values[-1]):8.2f}")
+    return AgentRun(
+        steps=np.array(steps),
+        curves=np.stack(values, axis=1),
+        params=states.learner.params,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def summarise_agent(
+    per_seed: dict[str, np.ndarray], reps: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """IQM and 95 % CI over seeds of each metric."""
+    return {m: stats.bootstrap_ci(per_seed[m], reps=reps, seed=seed)._asdict() for m in METRICS}
+
+
+def learning_speed(runs: dict[str, AgentRun], low: float, ev: EvaluateConfig) -> dict[str, Any]:
+    """Learning speed per agent (IQM and CI over seeds) and HAQL against DQN.
+
+    Returns are normalised so that ``low`` (the random policy's return) is 0 and DQN's final IQM
+    return is 1: returns can be negative (a broken chain costs), so "90 % of DQN's final return"
+    is read as 90 % of the way from random to it. Metrics: env steps to reach ``ev.threshold``
+    normalised, the normalised area under the curve, and the return at fixed budgets.
+    """
+    reps = ev.bootstrap_reps
+    final_dqn = stats.iqm(runs["dqn"].curves[:, -1])
+    threshold = low + ev.threshold * (final_dqn - low)
+    out: dict[str, Any] = {
+        "threshold": threshold,
+        "dqn_final_iqm": final_dqn,
+        "random_return": low,
+        "agents": {},
+    }
+    per_seed: dict[str, dict[str, np.ndarray]] = {}
+    for name, run in runs.items():
+        times, censored = learning.times_to_threshold(run.steps, run.curves, threshold)
+        aucs = np.array([learning.normalised_auc(run.steps, c, low, final_dqn) for c in run.curves])
+        per_seed[name] = {"time_to_threshold": times, "auc": aucs}
+        budgets = {}
+        for frac in ev.budgets:
+            at = float(frac * run.steps[-1])
+            vals = np.array([learning.return_at(run.steps, c, at) for c in run.curves])
+            budgets[str(int(at))] = stats.bootstrap_ci(vals, reps=reps)._asdict()
+        out["agents"][name] = {
+            "time_to_threshold": stats.bootstrap_ci(times, reps=reps)._asdict(),
+            "censored_seeds": int(censored.sum()),
+            "auc": stats.bootstrap_ci(aucs, reps=reps)._asdict(),
+            "return_at": budgets,
+            "per_seed_time_to_threshold": times.tolist(),
+        }
+    ttt_h = out["agents"]["haql"]["time_to_threshold"]["value"]
+    ttt_d = out["agents"]["dqn"]["time_to_threshold"]["value"]
+    out["time_ratio"] = ttt_h / ttt_d if ttt_d > 0 else float("inf")
+    out["comparisons"] = {
+        metric: _comparison(per_seed["haql"][metric], per_seed["dqn"][metric], reps)
+        for metric in ("time_to_threshold", "auc")
+    }
+    return out
+
+
+def _comparison(x: np.ndarray | list[float], y: np.ndarray | list[float], reps: int) -> dict:
+    c = stats.compare(x, y, reps=reps)
+    return {
+        "difference": c.difference._asdict(),
+        "probability_of_improvement": c.improvement._asdict(),
+        "significant": c.significant,
+    }
+
+
+def policy_comparisons(
+    per_seed: dict[str, dict[str, np.ndarray]], baselines: dict[str, dict[str, float]], reps: int
+) -> dict[str, Any]:
+    """HAQL against DQN (seeds against seeds) and each agent against each baseline (seeds
+    against the baseline's value on the same episodes), for return and SLA violations."""
+    out: dict[str, Any] = {}
+    pairs = [("haql", "dqn")] + [(a, b) for a in AGENTS for b in baselines]
+    for a, b in pairs:
+        other = per_seed[b] if b in per_seed else {m: [baselines[b][m]] for m in METRICS}
+        out[f"{a}_vs_{b}"] = {
+            m: _comparison(per_seed[a][m], other[m], reps) for m in ("return", "sla_violation_rate")
+        }
+    return out
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets: HAQL reaches the threshold in at most half DQN's steps; the final
+    HAQL beats `hpa` and `heuristic` on return with no higher SLA violation rate (IQMs)."""
+    haql = result["policies"]["haql"]
+    out: dict[str, Any] = {"haql_half_time": result["learning_speed"]["time_ratio"] <= 0.5}
+    for b in ("hpa", "heuristic"):
+        base = result["policies"][b]
+        out[f"haql_beats_{b}"] = bool(
+            haql["return"]["value"] > base["return"]["value"]
+            and haql["sla_violation_rate"]["value"] <= base["sla_violation_rate"]["value"]
+        )
+    return out
+
+
+def evaluate_usecase(
+    usecase: str,
+    mapping: Mapping[str, Any],
+    cfg: TrainConfig,
+    ev: EvaluateConfig,
+    log: Callable[[str], None] = print,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Train, evaluate and compare on the use case ``mapping`` (named ``usecase``). Returns the
+    JSON-ready results and the plot data (learning curves, the baselines' curve-episode
+    returns, one timeline episode per policy in ``ev.timeline``)."""
+    env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
+    env, params = sim.make(dict(mapping), env_cfg, name=usecase)
+    spec = sim_env_spec(env, params, cfg.env.encoder)
+    curve_key, eval_key = jax.random.split(jax.random.PRNGKey(ev.key))
+    reps = ev.bootstrap_reps
+
+    keys = jnp.stack([curve_key, eval_key])
+    baselines, baseline_curve, baseline_records = {}, {}, {}
+    for name, make in BASELINES.items():
+        policy = make()
+        both = jax.jit(jax.vmap(lambda k, p=policy: rollout(env, params, p, k, ev.episodes)))(keys)
+        baseline_curve[name] = float(both["reward"][0].sum(axis=1).mean())
+        baseline_records[name] = jax.tree.map(lambda x: x[1], both)
+        baselines[name] = episode_metrics(baseline_records[name])
+        log(f"{usecase} {name:9s} return {baselines[name]['return']:8.2f}")
+
+    runs, agent_records, per_seed = {}, {}, {}
+    for name in AGENTS:
+        trainer = make_trainer(spec, cfg.agent, cfg.num_envs, cfg.haql if name == "haql" else None)
+        run = make_seed_rollout(env, params, trainer.network.apply, ev.episodes, cfg.env.encoder)
+
+        def curve(p: Any, run: Callable = run) -> np.ndarray:
+            return np.asarray(run(p, curve_key)["reward"].sum(axis=2).mean(axis=1))
+
+        log(f"{usecase} {name}: {cfg.seeds} seeds x {cfg.total_steps} env steps")
+        runs[name] = train_agent(trainer, cfg, ev.curve_points, curve, log)
+        records = run(runs[name].params, eval_key)
+        agent_records[name] = records
+        seeds = [
+            episode_metrics(jax.tree.map(lambda x, i=i: x[i], records)) for i in range(cfg.seeds)
+        ]
+        per_seed[name] = {m: np.array([s[m] for s in seeds]) for m in METRICS}
+
+    policies = {name: summarise_agent(per_seed[name], reps, 0) for name in AGENTS}
+    for name, values in baselines.items():
+        policies[name] = {m: {"value": v, "low": v, "high": v} for m, v in values.items()}
+    result: dict[str, Any] = {
+        "usecase": usecase,
+        "seeds": cfg.seeds,
+        "total_steps": int(runs["dqn"].steps[-1]),
+        "eval_episodes": ev.episodes,
+        "train_seconds": {name: run.seconds for name, run in runs.items()},
+        "policies": policies,
+        "per_seed": {a: {m: v.tolist() for m, v in per_seed[a].items()} for a in AGENTS},
+        "learning_speed": learning_speed(runs, baseline_curve["random"], ev),
+        "comparisons": policy_comparisons(per_seed, baselines, reps),
+    }
+    result["targets"] = targets(result)
+
+    median_seed = int(np.argsort(per_seed["haql"]["return"])[cfg.seeds // 2])
+    all_records = {
+        **baseline_records,
+        **{a: jax.tree.map(lambda x: x[median_seed], r) for a, r in agent_records.items()},
+    }
+    plot_data = {
+        "steps": runs["dqn"].steps,
+        "curves": {name: run.curves for name, run in runs.items()},
+        "baseline_curve": baseline_curve,
+        "timeline": {
+            name: {k: np.asarray(all_records[name][k][0]) for k in TIMELINE_KEYS}
+            for name in ev.timeline
+        },
+    }
+    return result, plot_data

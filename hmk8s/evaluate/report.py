@@ -1,0 +1,182 @@
+"""The results page: markdown tables of an evaluation's results and the figures that show them.
+
+`render_markdown` is a pure function of the results (as written to results.json), so the page in
+`docs/results.md` and each run's `results.md` come from the same code; `write_figures` draws the
+PNGs from the plot data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hmk8s.evaluate import learning, plots
+from hmk8s.evaluate.experiment import AGENTS
+from hmk8s.evaluate.stats import Interval
+
+BASELINE_ORDER = ("hpa", "heuristic", "static", "random")
+COLUMNS = (
+    ("return", "episode return", "{:.1f}"),
+    ("sla_violation_rate", "SLA violations", "{:.3f}"),
+    ("mean_pods", "mean pods", "{:.2f}"),
+    ("p95_latency_ratio", "p95 latency / SLA", "{:.2f}"),
+    ("invalid_rate", "invalid actions", "{:.3f}"),
+)
+
+
+def _cell(v: dict[str, float], fmt: str) -> str:
+    if v["low"] == v["high"] == v["value"]:
+        return fmt.format(v["value"])
+    return f"{fmt.format(v['value'])} [{fmt.format(v['low'])}, {fmt.format(v['high'])}]"
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "**no**"
+
+
+def policy_table(result: dict[str, Any]) -> list[str]:
+    names = [*AGENTS, *(b for b in BASELINE_ORDER if b in result["policies"])]
+    lines = [
+        "| policy | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
+        "| --- |" + " ---: |" * len(COLUMNS),
+    ]
+    for name in names:
+        row = result["policies"][name]
+        label = name.upper() if name in AGENTS else f"`{name}`"
+        lines.append(f"| {label} | " + " | ".join(_cell(row[k], f) for k, _, f in COLUMNS) + " |")
+    return lines
+
+
+def speed_table(result: dict[str, Any]) -> list[str]:
+    speed = result["learning_speed"]
+    budgets = list(speed["agents"]["dqn"]["return_at"])
+    lines = [
+        "| agent | steps to threshold | seeds never reaching it | normalised AUC | "
+        + " | ".join(f"return at {int(b):,}" for b in budgets)
+        + " |",
+        "| --- | ---: | ---: | ---: |" + " ---: |" * len(budgets),
+    ]
+    for name in AGENTS:
+        a = speed["agents"][name]
+        cells = [
+            _cell(a["time_to_threshold"], "{:,.0f}"),
+            str(a["censored_seeds"]),
+            _cell(a["auc"], "{:.2f}"),
+            *(_cell(a["return_at"][b], "{:.1f}") for b in budgets),
+        ]
+        lines.append(f"| {name.upper()} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparison_lines(result: dict[str, Any]) -> list[str]:
+    lines = [
+        "| comparison | metric | IQM difference [95 % CI] | P(X better than Y) [95 % CI] | "
+        "significant |",
+        "| --- | --- | ---: | ---: | --- |",
+    ]
+    rows = [(k, m, v) for k, per in result["comparisons"].items() for m, v in per.items()]
+    rows += [("haql_vs_dqn", m, v) for m, v in result["learning_speed"]["comparisons"].items()]
+    for key, metric, v in rows:
+        a, b = key.split("_vs_")
+        poi = v["probability_of_improvement"]
+        if metric in ("sla_violation_rate", "time_to_threshold"):
+            poi = {"value": 1 - poi["value"], "low": 1 - poi["high"], "high": 1 - poi["low"]}
+        lines.append(
+            f"| {a.upper()} vs {b if b not in AGENTS else b.upper()} | {metric} | "
+            f"{_cell(v['difference'], '{:+.3f}')} | {_cell(poi, '{:.2f}')} | "
+            f"{'yes' if v['significant'] else 'no'} |"
+        )
+    return lines
+
+
+def verdicts(result: dict[str, Any]) -> list[str]:
+    """Plain statements of which targets hold."""
+    speed, t, pol = result["learning_speed"], result["targets"], result["policies"]
+    lines = [
+        f"- HAQL reaches {speed['threshold']:.1f} (90 % of the way from `random`'s "
+        f"{speed['random_return']:.1f} to DQN's final IQM return {speed['dqn_final_iqm']:.1f}) "
+        f"in {speed['time_ratio']:.2f} x DQN's env steps: "
+        f"target (at most 0.5) {'holds' if t['haql_half_time'] else '**missed**'}."
+    ]
+    haql = pol["haql"]
+    for b in ("hpa", "heuristic"):
+        base = pol[b]
+        ret_h, ret_b = haql["return"]["value"], base["return"]["value"]
+        lines.append(
+            f"- HAQL vs `{b}`: return {ret_h:.1f} vs {ret_b:.1f}, "
+            f"SLA violations {haql['sla_violation_rate']['value']:.3f} vs "
+            f"{base['sla_violation_rate']['value']:.3f}: target "
+            f"{'holds' if t[f'haql_beats_{b}'] else '**missed**'}."
+        )
+    return lines
+
+
+def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
+    """The whole page for one run: a section per use case, figures referenced by file name."""
+    out = [
+        f"# Evaluation: DQN vs HAQL vs the baselines ({', '.join(results)})",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Device: {meta['device']}  ",
+        f"Wall time: {meta['wall_seconds'] / 60:.1f} min",
+        "",
+        "Agents: IQM over seeds with the 95 % stratified-bootstrap CI in brackets; baselines: "
+        "their value on the same held-out episodes. Significant: the 95 % CI of the IQM "
+        "difference excludes 0. P(X better than Y): for SLA violations and steps to threshold, "
+        "lower is better.",
+    ]
+    for usecase, r in results.items():
+        prefix = meta.get("figure_prefix", "")
+        out += [
+            "",
+            f"## {usecase.upper()}",
+            "",
+            f"{r['seeds']} seeds x {r['total_steps']:,} env steps each; "
+            f"{r['eval_episodes']} held-out episodes; learning curves on {r['eval_episodes']} "
+            f"other episodes. Training time: DQN {r['train_seconds']['dqn']:.0f} s, "
+            f"HAQL {r['train_seconds']['haql']:.0f} s.",
+            "",
+            *verdicts(r),
+            "",
+            *policy_table(r),
+            "",
+            f"Learning speed (threshold {r['learning_speed']['threshold']:.1f}):",
+            "",
+            *speed_table(r),
+            "",
+            *comparison_lines(r),
+            "",
+            f"![learning curves]({prefix}{usecase}_curves.png)",
+            f"![policies]({prefix}{usecase}_policies.png)",
+            f"![timeline]({prefix}{usecase}_timeline.png)",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def write_figures(
+    out_dir: Path, usecase: str, result: dict[str, Any], data: dict[str, Any]
+) -> list[Path]:
+    """The three figures of one use case, as `<usecase>_{curves,policies,timeline}.png`."""
+    bands = {name: learning.curve_band(c) for name, c in data["curves"].items()}
+    lines = {b: data["baseline_curve"][b] for b in BASELINE_ORDER if b in data["baseline_curve"]}
+    names = [*AGENTS, *(b for b in BASELINE_ORDER if b in result["policies"])]
+    bars = {
+        n: {k: Interval(**result["policies"][n][k]) for k, _ in plots.BAR_METRICS} for n in names
+    }
+    title = f"{usecase.upper()}: "
+    return [
+        plots.learning_curves(
+            out_dir / f"{usecase}_curves.png",
+            data["steps"],
+            bands,
+            lines,
+            title + "greedy return on the curve episodes",
+            result["seeds"],
+        ),
+        plots.policy_bars(out_dir / f"{usecase}_policies.png", bars, title + "held-out episodes"),
+        plots.episode_timeline(
+            out_dir / f"{usecase}_timeline.png",
+            data["timeline"],
+            title + "one held-out episode (HAQL: the median seed)",
+        ),
+    ]
