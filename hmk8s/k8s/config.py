@@ -78,7 +78,7 @@ class Latency(_Frozen):
 
     source: Literal["probe", "prometheus"] = "probe"
     probe_requests: int = Field(default=3, ge=1)
-    probe_path: str = "/"
+    probe_path: str = "/probe"
     prometheus_url: str | None = None
     prometheus_service: str = "monitoring/prometheus-k8s:9090"
     query: str = 'hmk8s_proxy_latency_seconds{proxy="$proxy",namespace="$namespace"}'

@@ -84,7 +84,7 @@ def deployment(
             "replicas": replicas,
             "selector": {"matchLabels": match},
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": dict(labels)},
                 "spec": {
                     "automountServiceAccountToken": False,
                     "containers": [
