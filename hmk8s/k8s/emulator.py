@@ -317,7 +317,7 @@ class EmulatedClusters:
         *,
         port: int | None = None,
         namespace_prefix: str = "hmk8s-",
-        context_prefix: str = "emulated-",
+        context_prefix: str = "hmk8s-",
         api_latency_s: float = 0.0,
         fault_rate: float = 0.0,
         fault_kinds: Sequence[str] = FAULT_KINDS,

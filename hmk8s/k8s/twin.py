@@ -46,12 +46,15 @@ class Twin:
         usecase: UseCase,
         cmap: ClusterMap,
         env_cfg: Mapping[str, Any] | None = None,
+        namespaces: list[str] | None = None,
+        *,
+        serve: bool = True,
     ) -> None:
         self.clusters = clusters
         self.usecase = usecase
         self.cmap = cmap
         self.env, self.params = sim.make(usecase, env_cfg)
-        self.namespaces = [c.namespace for c in cmap.clusters]
+        self.namespaces = namespaces or [c.namespace for c in cmap.clusters]
         self.state: EnvState | None = None
         self.steps = 0
         self._proxies: dict[tuple[str, str], tuple[float, float, bool]] = {}
@@ -60,7 +63,8 @@ class Twin:
         lay = self.params.layout
         self._measured_ready = np.zeros((lay.clusters, lay.functions, lay.configs), np.int32)
         self._lock = threading.Lock()
-        clusters.emulator.service_handler = self.serve
+        if serve:
+            clusters.emulator.service_handler = self.serve
 
     def reset(self, key: jax.Array) -> None:
         """A new episode: what the backend placed is ready at once, as in the simulator."""
@@ -260,9 +264,54 @@ class TwinClock:
         self.twin.advance(key)
 
 
-def run_realtime(twin: Twin, step_seconds: float, stop: threading.Event, seed: int = 0) -> None:
-    """Free-running cluster time for dry runs: one twin step every `step_seconds` of wall time."""
-    key = jax.random.PRNGKey(seed)
-    while not stop.wait(step_seconds):
-        key, k_step = jax.random.split(key)
-        twin.advance(k_step)
+class TwinPool:
+    """Free-running twins for dry runs, one per cluster set: a set is the map's namespaces with
+    a common suffix (`hmk8s-0-e3`, `hmk8s-1-e3`, ... for env 3 of a multi-env run)."""
+
+    def __init__(
+        self,
+        clusters: EmulatedClusters,
+        usecase: UseCase,
+        cmap: ClusterMap,
+        env_cfg: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.clusters, self.usecase, self.cmap, self.env_cfg = clusters, usecase, cmap, env_cfg
+        self.base = [c.namespace for c in cmap.clusters]
+        self.twins: dict[str, Twin] = {}
+        clusters.emulator.service_handler = self.serve
+
+    def _discover(self) -> None:
+        selector = objects.run_selector(None)
+        seen = {
+            o["metadata"]["namespace"] for o in self.clusters.objects(DEPLOYMENTS, None, selector)
+        }
+        seen |= {
+            o["metadata"]["namespace"] for o in self.clusters.objects(CONFIGMAPS, None, selector)
+        }
+        for ns in seen:
+            suffix = ns.removeprefix(self.base[0]) if ns.startswith(self.base[0]) else None
+            if suffix is not None and suffix not in self.twins:
+                namespaces = [b + suffix for b in self.base]
+                self.twins[suffix] = Twin(
+                    self.clusters, self.usecase, self.cmap, self.env_cfg, namespaces, serve=False
+                )
+                log.info("twin playing %s", namespaces)
+
+    def serve(
+        self, namespace: str, service: str, path: str, query: dict[str, str]
+    ) -> tuple[int, str, float]:
+        labels = dict(_LABEL.findall(query.get("query", "")))
+        target = labels.get("namespace", namespace)
+        for twin in self.twins.values():
+            if target in twin.namespaces:
+                return twin.serve(namespace, service, path, query)
+        return 503, f'{{"error": "no endpoints for {service}"}}', 0.0
+
+    def run(self, step_seconds: float, stop: threading.Event, seed: int = 0) -> None:
+        """One step of every twin per `step_seconds` of wall time, until `stop` is set."""
+        key = jax.random.PRNGKey(seed)
+        while not stop.wait(step_seconds):
+            self._discover()
+            for twin in list(self.twins.values()):
+                key, k_step = jax.random.split(key)
+                twin.advance(k_step)
