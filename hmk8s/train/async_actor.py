@@ -4,7 +4,7 @@ Env workers post an observation when they are ready for an action; the actor tak
 is ready (waiting at most ``batch_window_s`` for more), pads it to ``num_envs`` rows, runs the
 jitted epsilon-greedy / HAQL policy once on the device with the latest published parameters,
 and hands each env its action. It never waits for a particular env, so a slow or failed env
-holds up nobody. It dispatches at most ``budget`` actions, then returns.
+holds up nobody. It stops once ``budget`` env steps have reached the learner's queue.
 """
 
 from __future__ import annotations
@@ -68,22 +68,34 @@ class Actor:
         self.stats = ActorStats()
 
     def run(self, budget: int, deadline: float | None = None) -> int:
-        """Dispatch up to ``budget`` actions; stops early on ``stop``, at ``deadline``
-        (`time.monotonic`), or raises `AllEnvsFailed`. Returns the number dispatched."""
+        """Act until ``budget`` env steps have been handed to the learner; stops early on
+        ``stop`` or at ``deadline`` (`time.monotonic`), raises `AllEnvsFailed`. A failed step
+        does not count, so the env that gets the action next makes up for it. Returns the
+        number of actions dispatched."""
+        start = self._handed()
+        waiting: list[Ready] = []
         dispatched = 0
-        while dispatched < budget and not self.signals.stop.is_set():
+        while not self.signals.stop.is_set():
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            batch = self._gather()
-            if not batch:
-                if not any(w.alive for w in self.workers):
+            in_flight = sum(w.busy for w in self.workers)
+            handed = self._handed() - start
+            if handed >= budget:
+                break
+            waiting += self._gather()
+            allowed = budget - handed - in_flight
+            if not waiting or allowed <= 0:
+                if not any(w.alive for w in self.workers) and not self.signals.stop.is_set():
                     raise AllEnvsFailed("every environment failed; see the env errors above")
                 continue
-            batch = batch[: budget - dispatched]
+            batch, waiting = waiting[:allowed], waiting[allowed:]
             for row, action in zip(batch, self._act(batch), strict=True):
                 self.workers[row.env].give(int(action))
             dispatched += len(batch)
         return dispatched
+
+    def _handed(self) -> int:
+        return sum(w.steps for w in self.workers)
 
     def _gather(self) -> list[Ready]:
         try:

@@ -153,7 +153,7 @@ def train_async(
     except Exception as exc:
         error = exc
     abandoned, interrupted = _shutdown(workers, learner, signals, settings, interrupted)
-    error = error or learner.error
+    error = learner.error or error
     trusted = learner.error is None and not learner.alive
     return AsyncResult(
         state=learner.state if trusted else None,

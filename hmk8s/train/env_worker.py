@@ -118,6 +118,7 @@ class EnvWorker:
         self.backoff_s = backoff_s
         self.failures = 0
         self.steps = 0
+        self.busy = False
         self.error: BaseException | None = None
         self._actions: queue.Queue[int] = queue.Queue(maxsize=1)
         self._thread = threading.Thread(target=self._run, name=f"env-{index}", daemon=True)
@@ -135,6 +136,7 @@ class EnvWorker:
 
     def give(self, action: int) -> None:
         """The actor's action for the observation this worker last posted."""
+        self.busy = True
         self._actions.put_nowait(action)
 
     def join(self, timeout: float) -> bool:
@@ -156,6 +158,7 @@ class EnvWorker:
                 record = self._step(action)
             except Exception as exc:
                 self.failures += 1
+                self.busy = False
                 consecutive += 1
                 log.warning("env %d failed (%d in a row): %r", self.index, consecutive, exc)
                 if consecutive >= self.max_failures:
@@ -229,6 +232,7 @@ class EnvWorker:
             except queue.Full:
                 continue
             self.steps += 1
+            self.busy = False
             if self._pending is not None:
                 self.ready.put(self._pending)
             return True
