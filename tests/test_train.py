@@ -1,0 +1,137 @@
+"""The Anakin loop: it learns CartPole, writes the right transitions, keeps seeds apart."""
+
+from __future__ import annotations
+
+import math
+
+import gymnax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hmk8s.train.anakin import (
+    greedy_returns,
+    init_seeds,
+    iteration_shape,
+    make_chunk_fn,
+    make_trainer,
+)
+from hmk8s.train.config import AgentConfig, ScheduleConfig
+from hmk8s.train.env_spec import EnvSpec, Timestep
+from hmk8s.train.gymnax_spec import gymnax_env_spec
+from hmk8s.train.runner import chunk_plan
+
+EPISODE = 5  # the counting env's episode length
+
+
+def counting_env(terminal: bool) -> EnvSpec:
+    """obs = [t, 1]; reward = action; the episode ends when t reaches EPISODE (terminated or
+    truncated); action 1 is invalid at t = 1; the hint is t % 2."""
+
+    def view(t):
+        obs = jnp.stack([t.astype(jnp.float32), jnp.float32(1.0)])
+        return obs, jnp.stack([jnp.bool_(True), t != 1]), (t % 2).astype(jnp.int32)
+
+    def reset(key):
+        t = jnp.int32(0)
+        return (t, *view(t))
+
+    def step(key, t, action):
+        nxt = t + 1
+        end = nxt == EPISODE
+        obs, mask, hint = view(nxt)
+        r_obs, r_mask, r_hint = view(jnp.int32(0))
+        return jnp.where(end, 0, nxt), Timestep(
+            obs=jnp.where(end, r_obs, obs),
+            mask=jnp.where(end, r_mask, mask),
+            hint=jnp.where(end, r_hint, hint),
+            reward=action.astype(jnp.float32),
+            terminated=end & terminal,
+            truncated=end & (not terminal),
+            next_obs=obs,
+            next_mask=mask,
+            next_hint=hint,
+            metrics={"pods": nxt.astype(jnp.float32)},
+        )
+
+    return EnvSpec(num_actions=2, obs_dim=2, reset=reset, step=step)
+
+
+SMALL = AgentConfig(hidden=[8], batch_size=4, buffer_size=64, learning_starts=8)
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_replay_holds_the_true_successor_and_only_terminations(terminal):
+    trainer = make_trainer(counting_env(terminal), SMALL, num_envs=3)
+    state, metrics = make_chunk_fn(trainer, 10)(init_seeds(trainer, 0, 1))
+    exp = jax.tree.map(lambda x: np.asarray(x)[0, 0, :30], state.buffer.experience)  # 10 * 3
+    t = exp.obs[:, 0]
+    np.testing.assert_array_equal(exp.next_obs[:, 0], t + 1)  # pre-reset successor, even at t=4
+    np.testing.assert_array_equal(exp.terminated, (t + 1 == EPISODE) & terminal)
+    np.testing.assert_array_equal(exp.next_mask[:, 1], t + 1 != 1)
+    np.testing.assert_array_equal(exp.next_hint, (t + 1) % 2)
+    np.testing.assert_array_equal(exp.reward, exp.action)
+    assert not exp.action[t == 1].any()  # the masked action is never taken
+    np.testing.assert_array_equal(t[:3], [0, 0, 0])
+    # 30 steps of 5-step episodes in 3 envs: 6 episodes; return = number of 1-actions
+    assert int(metrics["episodes"][0]) == 6
+    assert float(metrics["env/pods"][0]) == pytest.approx(np.mean([1, 2, 3, 4, 5]))
+    ep_actions = exp.action.reshape(10, 3).T.reshape(3, 2, 5).sum(-1)  # per env, per episode
+    assert float(metrics["episode_return"][0]) == pytest.approx(ep_actions.mean())
+
+
+def test_iteration_shape_keeps_the_update_to_data_ratio():
+    assert iteration_shape(1024, 0.25) == (1, 256)
+    assert iteration_shape(4, 0.25) == (1, 1)
+    assert iteration_shape(1, 0.1) == (10, 1)
+    assert iteration_shape(8, 0.05) == (2, 1)  # 8 * 0.05 = 0.4 -> one update per 2 steps
+
+
+def test_chunk_plan_covers_the_run_once():
+    assert chunk_plan(0, 10, 4) == [4, 4, 2]
+    assert chunk_plan(4, 10, 4) == [4, 2]
+    assert chunk_plan(10, 10, 4) == []
+
+
+def test_seeds_are_independent_runs():
+    trainer = make_trainer(gymnax_env_spec(*gymnax.make("CartPole-v1")), SMALL, num_envs=4)
+    two = init_seeds(trainer, 0, 2)
+    one = init_seeds(trainer, 0, 1)
+    w = jax.tree.leaves(two.learner.params)[1]  # a kernel, [seed, in, out]
+    assert not np.allclose(w[0], w[1])
+    assert not np.allclose(two.obs[0], two.obs[1])
+    assert not np.array_equal(two.rng[0], two.rng[1])
+    # run 0 of a two-seed program is the one-seed run
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(two), strict=True):
+        np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[0])
+    _, metrics = make_chunk_fn(trainer, 200)(two)
+    assert metrics["episode_return"][0] != metrics["episode_return"][1]
+
+
+def test_dqn_solves_cartpole():
+    """Mean greedy return >= 400 (of 500) after 300k env steps, on a fixed seed."""
+    spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))
+    agent = AgentConfig(
+        hidden=[120, 84],
+        learning_rate=5e-4,
+        lr_decay_updates=75_000,
+        batch_size=128,
+        buffer_size=50_000,
+        learning_starts=1_000,
+        updates_per_step=0.25,
+        target_period=500,
+        huber_delta=10.0,
+        epsilon=ScheduleConfig("linear", 1.0, 0.05, 50_000),
+    )
+    trainer = make_trainer(spec, agent, num_envs=16)
+    iters = math.ceil(300_000 / trainer.env_steps_per_iter)
+    state, metrics = make_chunk_fn(trainer, iters)(init_seeds(trainer, 0, 1))
+    params = jax.tree.map(lambda x: x[0], state.learner.params)
+    returns, ended = greedy_returns(
+        spec, trainer.network.apply, params, jax.random.PRNGKey(123), 32, 600
+    )
+    # 4 updates per 16-env step once 1,000 steps are in: steps 63..18,750 -> 18,688 * 4
+    assert int(metrics["updates"][0]) == (18_750 - 62) * 4
+    assert bool(ended.all())  # every first episode ended (at the latest by truncation at 500)
+    assert float(np.mean(returns)) >= 400.0, np.asarray(returns)
