@@ -1,0 +1,119 @@
+"""`run_async_training` as a run: Ctrl-C checkpoints and closes every env, and a resumed run
+continues every env's history and episode bookkeeping where the stopped one left them."""
+
+from __future__ import annotations
+
+import _thread
+import itertools
+import json
+from pathlib import Path
+
+from async_envs import CountingEnv, small_agent
+
+from hmk8s.train.checkpoint import Checkpointer
+from hmk8s.train.config import LogConfig, TrainConfig
+from hmk8s.train.history import history_path, read_history
+from hmk8s.train.k8s_run import env_cluster_maps, run_async_training, split_backend
+
+NUM_ENVS = 3
+BACKEND = {
+    "name": "k8s",
+    "clusters": [{"context": "kind-a", "namespace": f"hmk8s-{k}"} for k in range(3)],
+    "run_id": "run-1",
+    "actor": {"max_seconds": 20.0, "shutdown_timeout_s": 10.0, "close_timeout_s": 10.0},
+}
+
+
+def config(run_dir: Path, total_steps: int, resume: bool = False) -> TrainConfig:
+    return TrainConfig(
+        usecase="ml",
+        backend=BACKEND,
+        agent=small_agent(),
+        num_envs=NUM_ENVS,
+        total_steps=total_steps,
+        chunk_steps=20,
+        run_dir=str(run_dir),
+        resume=str(run_dir) if resume else None,
+        log=LogConfig(tensorboard=False, progress=False),
+    )
+
+
+class Factory:
+    """Builds CountingEnvs; env 0 presses Ctrl-C at its ``interrupt_at``-th step."""
+
+    def __init__(self, interrupt_at: int | None = None) -> None:
+        self.envs: list[CountingEnv] = []
+        self.maps: list[dict] = []
+        self.interrupt_at = interrupt_at
+
+    def __call__(self, index: int, cluster_map: dict) -> CountingEnv:
+        env = CountingEnv(index, delay_s=0.003 * (index + 1), episode=4 + index)
+        if index == 0 and self.interrupt_at is not None:
+            step = env.step
+
+            def step_then_interrupt(action):
+                out = step(action)
+                if env.steps == self.interrupt_at:
+                    _thread.interrupt_main()
+                return out
+
+            env.step = step_then_interrupt
+        self.envs.append(env)
+        self.maps.append(cluster_map)
+        return env
+
+
+def test_each_env_gets_its_own_namespaces_and_run_id():
+    data, actor = split_backend(BACKEND)
+    assert "actor" not in data and actor["max_seconds"] == 20.0
+    maps = env_cluster_maps(data, 2)
+    assert [c["namespace"] for c in maps[1]["clusters"]] == [
+        "hmk8s-0-e1",
+        "hmk8s-1-e1",
+        "hmk8s-2-e1",
+    ]
+    assert maps[0]["run_id"] == "run-1-e0" and maps[1]["run_id"] == "run-1-e1"
+    sets = [[{"context": f"c{i}-{k}", "namespace": "hmk8s"} for k in range(3)] for i in range(2)]
+    assert env_cluster_maps(data, 2, sets)[1]["clusters"][2]["context"] == "c1-2"
+
+
+def test_ctrl_c_then_resume_continues_every_env(tmp_path):
+    first = Factory(interrupt_at=12)
+    summary = run_async_training(config(tmp_path, 1_000_000), env_factory=first)
+    assert summary["interrupted"] and not summary["cleanup_errors"]
+    assert all(env.closed for env in first.envs), "cluster objects of every env deleted"
+    stopped = [env.steps for env in first.envs]
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.latest_step() == sum(stopped) == summary["env_steps"]
+    ckpt.close()
+    before = [read_history(history_path(tmp_path / "history", i)) for i in range(NUM_ENVS)]
+    assert [len(rows) for rows in before] == stopped
+
+    second = Factory()
+    summary = run_async_training(config(tmp_path, sum(stopped) + 45, resume=True), second)
+    assert not summary["interrupted"] and summary["env_steps"] == sum(stopped) + 45
+    assert all(env.closed for env in second.envs)
+    for i in range(NUM_ENVS):
+        rows = read_history(history_path(tmp_path / "history", i))
+        assert rows[: len(before[i])] == before[i], "the stopped run's rows are kept as they were"
+        assert [int(r["env_step"]) for r in rows] == list(range(len(rows)))
+        assert len(rows) == stopped[i] + second.envs[i].steps
+        for prev, row in itertools.pairwise(rows):
+            if int(row["episode"]) == int(prev["episode"]):
+                assert int(row["t"]) == int(prev["t"]) + 1
+            else:
+                assert int(row["episode"]) == int(prev["episode"]) + 1 and int(row["t"]) == 0
+        if stopped[i] and second.envs[i].steps:
+            resumed = rows[stopped[i]]
+            assert int(resumed["episode"]) == int(rows[stopped[i] - 1]["episode"]) + 1
+            assert int(resumed["t"]) == 0, "a resumed env starts a fresh episode"
+        lengths = 4 + i
+        for row in rows:
+            assert int(row["truncated"]) == (int(row["t"]) == lengths - 1)
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    done = sum(
+        int(r["truncated"])
+        for i in range(NUM_ENVS)
+        for r in read_history(history_path(tmp_path / "history", i))
+    )
+    assert sum(saved["episodes_done"]) == done
