@@ -2,7 +2,6 @@
 
 `CountingEnv` writes its own identity into every observation (env index, steps it has taken,
 step in the episode), so a test can match each env's steps to the replay's writes one by one.
-`SlowSimEnv` is the hmk8s simulator's gymnasium env with a sleep per step.
 """
 
 from __future__ import annotations
@@ -14,7 +13,6 @@ import gymnasium as gym
 import numpy as np
 
 from hmk8s.agents.replay import Transition
-from hmk8s.envs import SimClusterEnv
 from hmk8s.train.config import AgentConfig, ScheduleConfig
 
 OBS_DIM = 4
@@ -77,22 +75,6 @@ class CountingEnv:
         self.t += 1
         reward = float(action) / NUM_ACTIONS
         return self._obs(), reward, False, self.t >= self.episode, self._info()
-
-    def close(self) -> None:
-        self.closed = True
-
-
-class SlowSimEnv(SimClusterEnv):
-    """The simulator's gymnasium env, ``delay_s`` slower per step (as a cluster would be)."""
-
-    def __init__(self, delay_s: float, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.delay_s = delay_s
-        self.closed = False
-
-    def step(self, action):
-        time.sleep(self.delay_s)
-        return super().step(action)
 
     def close(self) -> None:
         self.closed = True

@@ -11,9 +11,8 @@ from collections import Counter
 import jax
 import numpy as np
 import pytest
-from async_envs import NUM_ACTIONS, OBS_DIM, CountingEnv, SlowSimEnv, small_agent, written
+from async_envs import NUM_ACTIONS, OBS_DIM, CountingEnv, small_agent, written
 
-from hmk8s.heuristics import recommend
 from hmk8s.train.async_core import (
     advance_books,
     chunk_sizes,
@@ -23,7 +22,6 @@ from hmk8s.train.async_core import (
 )
 from hmk8s.train.async_train import AsyncSettings, train_async
 from hmk8s.train.env_worker import no_hint
-from hmk8s.train.k8s_run import heuristic_hint
 
 BOUND_S = 20.0
 
@@ -183,11 +181,3 @@ def test_hints_travel_with_their_observations(fns4):
     replay = written(result.state.buffer)
     expected = (replay.next_obs[:, 0] + replay.next_obs[:, 1]).astype(int) % NUM_ACTIONS
     assert (replay.next_hint == expected).all()
-
-
-def test_heuristic_hint_is_the_rulebook_action_of_the_structured_observation():
-    env = SlowSimEnv(0.0, usecase="ml", start="minimal")
-    _, info = env.reset(seed=3)
-    hint = heuristic_hint(env)
-    assert hint == int(recommend(env.structured_observation, env.params))
-    assert info["action_mask"][hint]
