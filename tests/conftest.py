@@ -143,3 +143,60 @@ def jitted() -> SimpleNamespace:
         chain_latency=jax.jit(dynamics.chain_latency),
         cpu_utilisation=jax.jit(dynamics.cpu_utilisation),
     )
+
+
+def _random_episode(params: EnvParams, steps: int) -> Callable[[jax.Array], dict[str, Any]]:
+    """One episode from the `random` start: `steps` steps of random actions (70 % drawn among
+    the actions the mask allows, 30 % uniformly over all of them). Pure; jit or vmap it."""
+    env = ClusterEnv()
+    num_actions = params.layout.num_actions
+
+    def episode(k: jax.Array) -> dict[str, Any]:
+        k_reset, k_seq = jax.random.split(k)
+        obs, state = env.reset(k_reset, params)
+
+        def body(carry, kk):
+            obs, state = carry
+            k_mode, k_any, k_valid, k_step = jax.random.split(kk, 4)
+            anything = jax.random.randint(k_any, (), 0, num_actions)
+            scores = jax.random.uniform(k_valid, (num_actions,))
+            allowed = jnp.argmax(jnp.where(obs.action_mask, scores, -1.0))
+            action = jnp.where(jax.random.bernoulli(k_mode, 0.7), allowed, anything)
+            obs, state, reward, _, _, info = env.step_env(k_step, state, action, params)
+            record = {"obs": obs, "state": state, "reward": reward, "action": action}
+            record["invalid"] = info["invalid"]
+            return (obs, state), record
+
+        start = state
+        _, records = jax.lax.scan(body, (obs, state), jax.random.split(k_seq, steps))
+        return {**records, "start": start}
+
+    return episode
+
+
+TRAJECTORY_KEY = 1234
+
+
+@pytest.fixture(scope="session")
+def random_trajectories() -> Callable[..., tuple[EnvParams, Callable, Callable, dict[str, Any]]]:
+    """`random_trajectories(name)` -> (params, episode, jitted episode, records).
+
+    The use case as shipped (noise included), `random` start, 16 episodes of 8 steps run one
+    by one with the jitted episode (compiled once per use case and shared by every test) from
+    `jax.random.split(PRNGKey(TRAJECTORY_KEY), 16)`. records are [16, 8, ...]: obs, state,
+    reward, action, invalid after each step, and [16, ...]: "start", the initial state.
+    """
+    cache: dict[str, tuple[EnvParams, Callable, Callable, dict[str, Any]]] = {}
+
+    def get(name: str):
+        if name not in cache:
+            params = params_from_usecase(load_usecase(name), {"start": "random"})
+            episode = _random_episode(params, steps=8)
+            run = jax.jit(episode)
+            keys = jax.random.split(jax.random.PRNGKey(TRAJECTORY_KEY), 16)
+            runs = [run(k) for k in keys]
+            records = jax.tree.map(lambda *xs: jnp.stack(xs), *runs)
+            cache[name] = (params, episode, run, records)
+        return cache[name]
+
+    return get
