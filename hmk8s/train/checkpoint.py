@@ -68,8 +68,9 @@ class Checkpointer:
                 args=ocp.args.Composite(config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()),
             )
         except Exception as err:
+            reason = str(err).splitlines()[0][:300]
             raise CheckpointError(
-                f"{self.directory}: step {step} has no readable config/meta ({err})"
+                f"{self.directory}: step {step} has no readable config/meta ({reason})"
             ) from err
         meta = out["meta"]
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -89,16 +90,16 @@ class Checkpointer:
         uninterrupted run.
         """
         step, config, meta = self.read_config(step)
-        saved = set(self._manager.item_metadata(step).keys()) & {"state", "replay"}
         items = {"state": ocp.args.StandardRestore(_abstract(like._replace(buffer=None)))}
-        if "replay" in saved and self.replay:
-            items["replay"] = ocp.args.StandardRestore(_abstract(like.buffer))
         try:
+            if self.replay and (self.directory / str(step) / "replay").is_dir():
+                items["replay"] = ocp.args.StandardRestore(_abstract(like.buffer))
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:
+            reason = str(err).splitlines()[0][:300]
             raise CheckpointError(
                 f"{self.directory}: cannot restore step {step} into this trainer's state "
-                f"(corrupt, or saved by a different model/env shape): {err}"
+                f"(corrupt, or saved by a different model/env shape): {reason}"
             ) from err
         buffer = out["replay"] if "replay" in items else like.buffer
         return out["state"]._replace(buffer=buffer), config, meta
