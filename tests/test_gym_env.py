@@ -1,0 +1,117 @@
+"""The gymnasium envs: the registered ids pass gymnasium's checker, info, truncation, errors.
+
+These envs take a handful of steps each, so they run with `jax.disable_jit()`: op-by-op
+dispatch is cheaper here than compiling each env's reset and step.
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import jax
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import hmk8s  # noqa: F401  (registers the ids)
+from hmk8s.envs import ENV_IDS
+from hmk8s.observation import Observation
+
+
+@pytest.fixture(autouse=True)
+def _eager():
+    with jax.disable_jit():
+        yield
+
+
+def test_ids_are_registered():
+    assert set(ENV_IDS.values()) == {"hmk8s/EHR-v0", "hmk8s/ML-v0", "hmk8s/STREAM-v0"}
+    for env_id in ENV_IDS.values():
+        assert env_id in gym.registry
+
+
+@pytest.mark.parametrize("encoder", ["onehot", "continuous"])
+@pytest.mark.parametrize("env_id", ["hmk8s/EHR-v0", "hmk8s/ML-v0", "hmk8s/STREAM-v0"])
+def test_check_env(env_id, encoder):
+    env = gym.make(env_id, encoder=encoder)
+    check_env(env.unwrapped, skip_render_check=True)
+    # sizes: one-hot 70; continuous by hand in test_encoders (EHR 157, ML 127, STREAM 171)
+    dims = {"onehot": 70, "continuous": {"EHR": 157, "ML": 127, "STREAM": 171}}
+    expected = 70 if encoder == "onehot" else dims["continuous"][env_id.split("/")[1][:-3]]
+    assert env.observation_space.shape == (expected,)
+    proxies = 5 if "STREAM" in env_id else 3
+    assert env.action_space.n == 3 * 3 * 3 * 3 * proxies + 1
+
+
+def test_info_keys_and_types():
+    env = gym.make("hmk8s/ML-v0")
+    obs, info = env.reset(seed=3)
+    assert obs.dtype == np.float32 and obs.shape == (70,)
+    assert set(info) == {"action_mask"}
+    assert info["action_mask"].dtype == bool and info["action_mask"].shape == (244,)
+    assert isinstance(env.unwrapped.structured_observation, Observation)
+    obs, reward, terminated, truncated, info = env.step(243)
+    assert isinstance(reward, float)
+    assert terminated is False and truncated is False
+    assert set(info) == {"action_mask", "latency_ratio", "pods", "sla_violated", "invalid"}
+    assert isinstance(info["action_mask"], np.ndarray) and info["action_mask"].dtype == bool
+    assert info["action_mask"].shape == (244,)
+    assert type(info["latency_ratio"]) is float
+    assert type(info["pods"]) is int
+    assert type(info["sla_violated"]) is bool
+    assert type(info["invalid"]) is bool
+    # empty start: every hop broken, no pods -> latency ratio ~ timeout / SLA, a breach
+    assert info["pods"] == 0 and info["sla_violated"] and not info["invalid"]
+
+
+def test_invalid_action_is_reported():
+    env = gym.make("hmk8s/ML-v0")
+    env.reset(seed=0)
+    # empty start: removing (cluster 0, medium firewall) cannot succeed
+    remove = env.unwrapped.params.layout.encode(0, 0, 1, 2, 0)
+    _, _, _, _, info = env.step(int(remove))
+    assert info["invalid"] is True and info["pods"] == 0
+    # deploying it can: 1 pod (starting)
+    deploy = env.unwrapped.params.layout.encode(0, 2, 1, 2, 0)
+    _, _, _, _, info = env.step(int(deploy))
+    assert info["invalid"] is False and info["pods"] == 1
+
+
+def test_episodes_truncate_at_episode_steps():
+    env = gym.make("hmk8s/ML-v0", episode_steps=3)
+    env.reset(seed=1)
+    flags = [env.step(243)[3] for _ in range(3)]
+    assert flags == [False, False, True]
+    env.reset(seed=1)  # a new episode starts counting again
+    assert env.step(243)[3] is False
+
+
+def test_action_outside_the_space_raises():
+    env = gym.make("hmk8s/ML-v0")
+    env.reset(seed=0)
+    for bad in (244, -1, 1000):
+        with pytest.raises(ValueError, match=r"outside the action space \[0, 244\)"):
+            env.step(bad)
+    with pytest.raises(ValueError, match="integer index"):
+        env.step(2.5)
+    bare = gym.make("hmk8s/ML-v0", noop=False)
+    assert bare.action_space.n == 243
+    bare.reset(seed=0)
+    with pytest.raises(ValueError, match=r"outside the action space \[0, 243\)"):
+        bare.step(243)
+
+
+def test_step_before_reset_raises():
+    env = gym.make("hmk8s/ML-v0").unwrapped
+    with pytest.raises(RuntimeError, match="reset"):
+        env.step(0)
+
+
+def test_seeded_resets_repeat():
+    env = gym.make("hmk8s/STREAM-v0", start="random")
+    a, _ = env.reset(seed=42)
+    a_step = env.step(405)
+    b, _ = env.reset(seed=42)
+    b_step = env.step(405)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a_step[0], b_step[0])
+    assert a_step[1] == b_step[1]
