@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -85,15 +86,17 @@ def train_async(
     on_write: Callable[[StepRecord, Any], None] | None = None,
     on_checkpoint: Callable[[TrainState], None] | None = None,
     on_log: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> AsyncResult:
     """Train from ``state`` until ``settings.total_steps`` env steps in all (counting those
-    ``state`` already holds), Ctrl-C, ``max_seconds``, or an error; never raises for those,
-    the result says how it ended."""
+    ``state`` already holds), Ctrl-C, ``max_seconds``, ``stop`` being set (from any thread;
+    it ends the run as Ctrl-C does), or an error; never raises for those, the result says how
+    it ended."""
     if len(envs) != fns.num_envs:
         raise ValueError(f"{len(envs)} envs given, the policy was built for {fns.num_envs}")
     books = host_books(state.env_state)
     start_steps = int(books.env_steps.sum())
-    signals = Signals()
+    signals = Signals() if stop is None else Signals(stop=stop)
     ready: queue.Queue[Ready] = queue.Queue()
     records: queue.Queue[StepRecord] = queue.Queue(maxsize=settings.queue_size or 4 * len(envs))
     workers = [
