@@ -181,3 +181,26 @@ def test_hints_travel_with_their_observations(fns4):
     replay = written(result.state.buffer)
     expected = (replay.next_obs[:, 0] + replay.next_obs[:, 1]).astype(int) % NUM_ACTIONS
     assert (replay.next_hint == expected).all()
+
+
+def test_a_slow_learner_holds_the_envs_back_through_the_bounded_queue(fns4):
+    def slow_learn(*args):
+        threading.Event().wait(0.005)
+        return fns4.learn(*args)
+
+    fns = dataclasses.replace(fns4, learn=slow_learn)
+    envs = [CountingEnv(i) for i in range(4)]
+    rows = []
+    ratio, burst, queue_size = 2.0, 2, 3
+    result = train_async(
+        fns,
+        envs,
+        no_hint,
+        fresh_state(fns),
+        settings(total_steps=120, ratio=ratio, burst=burst, queue_size=queue_size, log_every=1),
+        on_log=rows.append,
+    )
+    assert result.error is None and result.env_steps == 120
+    for row in rows:
+        ahead = row["env_steps"] - fns.learning_starts - (row["updates"] + burst) / ratio
+        assert ahead <= queue_size + 1, "envs ran ahead of the update-to-data ratio"

@@ -166,6 +166,13 @@ def _train_config(cfg: Any) -> tuple[TrainConfig, dict[str, Any]]:
     return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)
 
 
+def _without_actor(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus ``backend.actor``: how the actor runs (timeouts, cluster sets) may
+    change between a run and its resume; every env starts a fresh episode anyway."""
+    backend = {k: v for k, v in dict(config.get("backend") or {}).items() if k != "actor"}
+    return {**config, "backend": backend}
+
+
 def _usecase(node: Any) -> UseCase:
     return node if isinstance(node, UseCase) else load_usecase(node)
 
@@ -219,7 +226,7 @@ def run_async_training(
             if ckpt is None:
                 raise ConfigError("resume needs checkpoint.enabled=true")
             _, saved, _ = ckpt.read_config()
-            check_resume_config(saved, config)
+            check_resume_config(_without_actor(saved), _without_actor(config))
             state, _, _ = ckpt.restore(state)
         books = host_books(state.env_state)
         history = HistoryWriter(directory / "history", books.env_steps, action_namer(probe))

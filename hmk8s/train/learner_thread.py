@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
@@ -69,11 +69,8 @@ class Window:
     loss: float = 0.0
     episodes: int = 0
     returns: float = 0.0
-    started: float = 0.0
-
-    def __post_init__(self) -> None:
-        self.metrics = dict.fromkeys(ENV_METRICS, 0.0)
-        self.started = time.monotonic()
+    started: float = field(default_factory=time.monotonic)
+    metrics: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ENV_METRICS, 0.0))
 
 
 class LearnerThread:
@@ -161,12 +158,14 @@ class LearnerThread:
         return owed_updates(self.written, self.updates, self.ratio, self.fns.learning_starts)
 
     def _ingest(self, block: bool) -> int:
-        """Move up to `max_ingest` queued records into the replay; the number written."""
+        """Move the records queued now (at most `max_ingest`) into the replay; the number
+        written. Records queued meanwhile wait, so the learner runs at most one queue ahead."""
         items: list[StepRecord] = []
+        limit = min(self.max_ingest, max(1, self.records.qsize()))
         try:
             if block and not self._finish.is_set():
                 items.append(self.records.get(timeout=POLL_S))
-            while len(items) < self.max_ingest:
+            while len(items) < limit:
                 items.append(self.records.get_nowait())
         except queue.Empty:
             pass
