@@ -228,6 +228,15 @@ def test_otherwise_noop(ml, rec):
     assert int(rec(obs, ml)) == NOOP
 
 
+def test_no_rule_without_a_noop_returns_minus_one():
+    params = params_from_usecase(load_usecase("ml"), {"noop": False})
+    ready = {(0, FW, MEDIUM): 1, (0, ENC, MEDIUM): 1}
+    obs = _obs(params, ready=ready, routes=HOME_ROUTES, latency=[0.8, 0.8, 0.8])
+    assert params.layout.noop_index == -1
+    assert int(recommend(obs, params)) == -1  # documented: "-1 without one"
+    assert float(heuristic_values(obs, params, 1.0).sum()) == 0.0  # no action is favoured
+
+
 def test_heuristic_values_put_eta_at_the_recommendation(ml):
     ready = {(0, FW, MEDIUM): 1, (0, ENC, MEDIUM): 1, (1, FW, SMALL): 1}
     obs = _obs(ml, ready=ready, routes=HOME_ROUTES, latency=[0.8, 0.8, 0.8])

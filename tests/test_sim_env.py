@@ -121,6 +121,23 @@ def test_broken_chain_counts_as_the_timeout_under_measurement_noise():
     np.testing.assert_allclose(obs.latency_ratio, [1.0 / 0.06] * 3, rtol=1e-5)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="with env.noop=false the policies' 'no action' is -1 (heuristics.recommend, the "
+    "baselines), and step_env(-1) is not refused: apply_action reads mask[-1] (the last grid "
+    "action) and decodes -1 to cluster -1 = 2, so it deploys a large firewall pod on cluster 2 "
+    "and reports invalid=False",
+)
+def test_step_refuses_minus_one_without_a_noop(quiet_params):
+    params = quiet_params("ml", {"noop": False})
+    env = ClusterEnv()
+    _, state = env.reset(jax.random.PRNGKey(0), params)  # empty start: no pods
+    _, nxt, _, _, _, info = env.step_env(jax.random.PRNGKey(1), state, jnp.int32(-1), params)
+    # expected: refused, nothing deployed
+    assert bool(info["invalid"])
+    assert int(nxt.replicas.sum()) == 0
+
+
 def test_same_key_same_trajectory_different_key_different_rates(random_trajectories):
     _, _, run, _ = random_trajectories("ml")
     a = run(jax.random.PRNGKey(7))
