@@ -16,9 +16,8 @@ import sys
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.cleanup import delete_labelled
-from hmk8s.k8s.client import KINDS, ClusterAccessError
+from hmk8s.k8s.client import KINDS, ClusterAccessError, connect
 from hmk8s.k8s.config import ClusterMapError, load_cluster_map
-from hmk8s.k8s.env import connect
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -125,7 +125,7 @@ def test_under_measurement_noise_cluster_cpu_is_the_pods_aggregate():
 def test_faults_at_ten_percent_lose_no_step_and_leak_nothing():
     data = ml(measurement_noise=0.0)
     env_cfg = {"start": "minimal", "episode_steps": 100}
-    api = {"timeout_s": 0.5, "backoff_base_s": 0.005, "backoff_max_s": 0.05, "max_attempts": 8}
+    api = {"timeout_s": 0.3, "backoff_base_s": 0.005, "backoff_max_s": 0.05, "max_attempts": 8}
     with emulation(
         data,
         env_cfg,

@@ -287,3 +287,17 @@ def _status(exc: BaseException) -> int | None:
     if isinstance(exc, ApiCallError):
         return exc.status
     return None
+
+
+def connect(cmap: ClusterMap, *, check_metrics: bool = True) -> list[ClusterClient]:
+    """One client per cluster of the map, each checked before any object is written."""
+    path = kubeconfig_path(cmap)
+    clients = []
+    api_clients: dict[str, Any] = {}
+    for ref in cmap.clusters:
+        if ref.context not in api_clients:
+            api_clients[ref.context] = new_api_client(path, ref.context)
+        client = ClusterClient(api_clients[ref.context], ref, cmap)
+        client.preflight(metrics=check_metrics)
+        clients.append(client)
+    return clients

@@ -30,8 +30,7 @@ from hmk8s import sim
 from hmk8s.encoders import get_encoder
 from hmk8s.k8s import objects, readings
 from hmk8s.k8s.cleanup import CleanupReport, delete_labelled
-from hmk8s.k8s.client import ClusterAccessError, ClusterClient, api_errors, kubeconfig_path
-from hmk8s.k8s.client import new_api_client as _new_api_client
+from hmk8s.k8s.client import ClusterAccessError, api_errors, connect
 from hmk8s.k8s.config import ClusterMap, load_cluster_map
 from hmk8s.k8s.latency import make_source
 from hmk8s.k8s.reconcile import Reconciler, placement_of
@@ -68,20 +67,6 @@ class WallClock:
         del key
         if seconds > 0:
             time.sleep(seconds)
-
-
-def connect(cmap: ClusterMap, *, check_metrics: bool = True) -> list[ClusterClient]:
-    """One client per cluster of the map, each checked before any object is written."""
-    path = kubeconfig_path(cmap)
-    clients = []
-    api_clients: dict[str, Any] = {}
-    for ref in cmap.clusters:
-        if ref.context not in api_clients:
-            api_clients[ref.context] = _new_api_client(path, ref.context)
-        client = ClusterClient(api_clients[ref.context], ref, cmap)
-        client.preflight(metrics=check_metrics)
-        clients.append(client)
-    return clients
 
 
 class KubernetesClusterEnv(gym.Env):

@@ -1,0 +1,124 @@
+"""However a run ends (crash, Ctrl-C, SIGTERM), its objects are deleted; and
+`scripts/cleanup.py` removes what is left of any run, by label."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+
+from hmk8s.k8s import objects
+from hmk8s.k8s.client import ClusterClient, new_api_client
+from hmk8s.k8s.harness import emulation
+
+ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")
+CHILD = textwrap.dedent(
+    """
+    import sys, time, yaml
+    from hmk8s.k8s.env import KubernetesClusterEnv
+    env = KubernetesClusterEnv("ml", {"start": "empty"}, yaml.safe_load(open(sys.argv[1])))
+    env.reset(seed=0)
+    env.step(env.params.layout.encode(0, 2, 0, 2, 0))  # deploy firewall/small on cluster 0
+    print("DEPLOYED", env.run_id, flush=True)
+    if sys.argv[2] == "crash":
+        raise RuntimeError("crash mid-episode")
+    time.sleep(120)
+    """
+)
+
+
+def labelled(clusters, run_id: str | None = None) -> list[dict]:
+    selector = objects.run_selector(run_id)
+    return [o for kind in KINDS for o in clusters.objects(kind, selector=selector)]
+
+
+@pytest.fixture(scope="module")
+def emu():
+    with emulation("ml") as e:
+        yield e
+
+
+def child_map(emu, tmp_path: Path) -> Path:
+    """A cluster map for a separate process: wall-clock steps of 10 ms, quick give-ups."""
+    data = emu.cmap.model_dump(mode="json")
+    data.update(step_seconds=0.01, ready_timeout_s=2.0, poll_interval_s=0.05)
+    data["api"].update(max_attempts=2, backoff_base_s=0.01)
+    path = tmp_path / "backend.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize("how", ["crash", "sigint", "sigterm"])
+def test_a_run_that_dies_still_deletes_its_objects(emu, tmp_path, how):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(child_map(emu, tmp_path)), how],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("DEPLOYED"), proc.stderr.read()
+        run_id = line.split()[1]
+        if how != "crash":
+            assert labelled(emu.clusters, run_id)
+            proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    expected = {"crash": "crash mid-episode", "sigint": "KeyboardInterrupt", "sigterm": ""}[how]
+    assert expected in err
+    assert labelled(emu.clusters, run_id) == []
+
+
+def test_cleanup_script_removes_leftovers_by_label(emu, tmp_path):
+    cmap = emu.cmap
+    ref = cmap.clusters[1]
+    client = ClusterClient(new_api_client(emu.kubeconfig, ref.context), ref, cmap)
+    for run in ("old-a", "old-b"):
+        client.apply(objects.deployment(cmap, emu.usecase, run, 0, 0, 1), exists=None)
+        client.apply(objects.chain_configmap(cmap, run, 1, 1, ()), exists=None)
+        # same names, different runs: the second apply takes the objects over
+    client.apply(objects.service(cmap, "old-a", 2, 2), exists=False)
+    backend = tmp_path / "backend.yaml"
+    backend.write_text(yaml.safe_dump(cmap.model_dump(mode="json")))
+
+    def cleanup(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "cleanup.py"),
+                "--backend",
+                str(backend),
+                *args,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert len(labelled(emu.clusters, "old-a")) == 1  # the Service
+    assert len(labelled(emu.clusters, "old-b")) == 2  # the Deployment and the ConfigMap
+    done = cleanup("--run-id", "old-a")
+    assert done.returncode == 0, done.stderr
+    assert labelled(emu.clusters, "old-a") == [] and len(labelled(emu.clusters, "old-b")) == 2
+    listed = cleanup("--all", "--dry-run")
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2
+    assert len(labelled(emu.clusters, "old-b")) == 2
+    done = cleanup("--all")
+    assert done.returncode == 0 and "clean" in done.stdout
+    assert labelled(emu.clusters) == []
+    refused = cleanup()
+    assert refused.returncode == 2 and "--run-id" in refused.stderr
