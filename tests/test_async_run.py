@@ -20,7 +20,12 @@ BACKEND = {
     "name": "k8s",
     "clusters": [{"context": "kind-a", "namespace": f"hmk8s-{k}"} for k in range(3)],
     "run_id": "run-1",
-    "actor": {"max_seconds": 20.0, "shutdown_timeout_s": 10.0, "close_timeout_s": 10.0},
+    "actor": {
+        "max_seconds": 20.0,
+        "shutdown_timeout_s": 10.0,
+        "close_timeout_s": 10.0,
+        "log_every": 5,
+    },
 }
 
 
@@ -110,6 +115,8 @@ def test_ctrl_c_then_resume_continues_every_env(tmp_path):
         lengths = 4 + i
         for row in rows:
             assert int(row["truncated"]) == (int(row["t"]) == lengths - 1)
+    logged = [int(r["env_steps"]) for r in read_history(tmp_path / "metrics.csv")]
+    assert len(logged) > 1 and logged == sorted(logged) and logged[-1] <= summary["env_steps"]
     saved = json.loads((tmp_path / "summary.json").read_text())
     done = sum(
         int(r["truncated"])

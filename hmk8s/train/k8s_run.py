@@ -249,9 +249,11 @@ def run_async_training(
             total_steps=tc.total_steps,
             ratio=tc.agent.updates_per_step,
             seed=tc.seed,
-            checkpoint_every=tc.chunk_steps * tc.checkpoint.every_chunks,
-            log_every=min(tc.chunk_steps, 100),
-            **{k: v for k, v in actor.items() if k not in ("cluster_sets", "close_timeout_s")},
+            **{
+                "checkpoint_every": tc.chunk_steps * tc.checkpoint.every_chunks,
+                "log_every": min(tc.chunk_steps, 100),
+                **{k: v for k, v in actor.items() if k not in ("cluster_sets", "close_timeout_s")},
+            },
         )
         started = time.monotonic()
         result = train_async(
