@@ -141,7 +141,7 @@ def make_async_fns(
     update; ``add`` donates the buffer it extends.
     """
     network = QNetwork(hidden=tuple(agent.hidden), num_actions=num_actions)
-    optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm)
+    optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
     buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
     update = dqn.make_update(
         network.apply,
