@@ -1,0 +1,101 @@
+"""Training throughput: the Anakin trainer at several ``num_envs`` against a host-loop DQN.
+
+    python scripts/benchmark.py --env cartpole --num-envs 1,16,256,1024,4096
+
+Both sides train the same network with the same batch size and update-to-data ratio; the
+host loop (CleanRL ``dqn_jax`` style) steps the gymnasium env from Python. Prints a table with
+ratios against the host loop measured in this run, then one JSON line. ``--sim`` adds the
+simulator's own throughput table (random actions, no learning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import gymnasium as gym
+import gymnax
+import jax
+
+from hmk8s.benchmarks import device_name, int_list, sim_steps_per_second
+from hmk8s.envs import ENV_IDS
+from hmk8s.train.config import AgentConfig, ScheduleConfig
+from hmk8s.train.gymnax_spec import gymnax_env_spec
+from hmk8s.train.throughput import anakin_throughput, host_loop_throughput
+
+
+def make_envs(name: str, encoder: str):
+    """(EnvSpec for the Anakin loop, gymnasium env for the host loop) of the same task."""
+    if name == "cartpole":
+        return gymnax_env_spec(*gymnax.make("CartPole-v1")), gym.make("CartPole-v1")
+    from hmk8s import sim
+    from hmk8s.sim.spec import sim_env_spec
+
+    env, params = sim.make(name, {"encoder": encoder})
+    return sim_env_spec(env, params, encoder), gym.make(ENV_IDS[name], encoder=encoder)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--env", default="cartpole", choices=["cartpole", *sorted(ENV_IDS)])
+    parser.add_argument("--encoder", default="onehot", choices=["onehot", "continuous"])
+    parser.add_argument("--num-envs", type=int_list, default=[1, 16, 256, 1024, 4096])
+    parser.add_argument("--hidden", type=int_list, default=[120, 84])
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--updates-per-step", type=float, default=0.1)
+    parser.add_argument("--steps", type=int, default=200_000, help="env steps per timed chunk")
+    parser.add_argument("--host-steps", type=int, default=3_000)
+    parser.add_argument("--sim", action="store_true", help="also time the bare simulator")
+    args = parser.parse_args()
+
+    agent = AgentConfig(
+        hidden=args.hidden,
+        batch_size=args.batch_size,
+        buffer_size=100_000,
+        learning_starts=args.batch_size,
+        updates_per_step=args.updates_per_step,
+        epsilon=ScheduleConfig("linear", 1.0, 0.05, 10_000),
+    )
+    spec, gym_env = make_envs(args.env, args.encoder)
+    host = host_loop_throughput(gym_env, agent, args.host_steps)
+    rows = []
+    for n in args.num_envs:
+        row = {"num_envs": n, **anakin_throughput(spec, agent, n, max(args.steps, 4 * n))}
+        row["ratio_vs_host_loop"] = row["env_steps_per_second"] / host["env_steps_per_second"]
+        rows.append(row)
+
+    print(
+        f"device {device_name()}  env {args.env}  hidden {args.hidden}  batch {args.batch_size}"
+        f"  updates/step {args.updates_per_step}"
+    )
+    print(f"{'envs':>10} {'env steps/s':>14} {'updates/s':>12} {'x host loop':>12}")
+    host_line = f"{'host loop':>10} {host['env_steps_per_second']:>14,.0f}"
+    print(f"{host_line} {host['updates_per_second']:>12,.0f} {1.0:>12.1f}")
+    for r in rows:
+        print(
+            f"{r['num_envs']:>10} {r['env_steps_per_second']:>14,.0f} "
+            f"{r['updates_per_second']:>12,.0f} {r['ratio_vs_host_loop']:>12.1f}"
+        )
+    result = {
+        "device": device_name(),
+        "jax": jax.__version__,
+        "env": args.env,
+        "hidden": args.hidden,
+        "batch_size": args.batch_size,
+        "updates_per_step": args.updates_per_step,
+        "host_loop": host,
+        "anakin": rows,
+    }
+    if args.sim and args.env != "cartpole":
+        result["sim"] = [
+            {"num_envs": n, "steps_per_second": sim_steps_per_second(args.env, n, 120)}
+            for n in args.num_envs
+        ]
+        print(f"{'envs':>10} {'sim steps/s (random actions, no learning)':>44}")
+        for r in result["sim"]:
+            print(f"{r['num_envs']:>10} {r['steps_per_second']:>44,.0f}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
