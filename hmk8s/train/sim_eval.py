@@ -1,0 +1,54 @@
+"""The hmk8s side of training on the simulator: the env as an `EnvSpec`, and the evaluator
+that scores every seed's greedy agent beside the baselines on identical episodes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from hmk8s import sim
+from hmk8s.baselines import heuristic_policy, hpa_policy
+from hmk8s.evaluate.agents import q_policy
+from hmk8s.evaluation import evaluate_policy
+from hmk8s.sim.spec import sim_env_spec
+from hmk8s.train.anakin import Trainer
+from hmk8s.train.env_spec import EnvSpec
+from hmk8s.train.runner import Evaluator
+
+SUMMARY_KEYS = (
+    "return_mean",
+    "sla_violation_rate",
+    "mean_pods",
+    "p95_latency_ratio",
+    "invalid_rate",
+)
+
+
+def _summary(result: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(result[k]) for k in SUMMARY_KEYS}
+
+
+def sim_setup(
+    usecase: Mapping[str, Any], env_cfg: Mapping[str, Any], name: str, episodes: int
+) -> tuple[EnvSpec, Evaluator]:
+    """The simulator for ``usecase`` (a use-case mapping) and its evaluator."""
+    env, params = sim.make(dict(usecase), dict(env_cfg), name=name)
+    encoder = env_cfg["encoder"]
+
+    def evaluator(trainer: Trainer, seed_params: Any, key: jax.Array) -> dict[str, Any]:
+        per_seed = []
+        for seed in range(jax.tree.leaves(seed_params)[0].shape[0]):
+            q_params = jax.tree.map(lambda x, i=seed: x[i], seed_params)
+            policy = q_policy(trainer.network.apply, q_params, encoder)
+            per_seed.append(_summary(evaluate_policy(env, params, policy, key, episodes)))
+        agent = {k: float(np.mean([s[k] for s in per_seed])) for k in SUMMARY_KEYS}
+        baselines = {
+            "hpa": _summary(evaluate_policy(env, params, hpa_policy(), key, episodes)),
+            "heuristic": _summary(evaluate_policy(env, params, heuristic_policy(), key, episodes)),
+        }
+        return {"eval": {**agent, "per_seed": per_seed}, "baselines": baselines}
+
+    return sim_env_spec(env, params, encoder), evaluator
