@@ -34,6 +34,7 @@ from hmk8s.k8s.client import ClusterAccessError, api_errors, connect
 from hmk8s.k8s.config import ClusterMap, load_cluster_map
 from hmk8s.k8s.latency import make_source
 from hmk8s.k8s.reconcile import Reconciler, placement_of
+from hmk8s.k8s.retry import RetryStats
 from hmk8s.observation import Measurement, Observation, build_observation, chain_latency_ratio
 from hmk8s.reward import reward as reward_fn
 from hmk8s.sim.dynamics import apply_action
@@ -221,7 +222,7 @@ class KubernetesClusterEnv(gym.Env):
 
     def _begin_step(self) -> None:
         for client in self.clients:
-            client.retrier.stats = type(client.retrier.stats)()
+            client.retrier.stats = RetryStats()
 
     def _desired(self):
         return placement_of(
@@ -257,7 +258,7 @@ class KubernetesClusterEnv(gym.Env):
         ), errors
 
     def _wait_ready(self) -> bool:
-        """Bounded wait until every desired replica is ready; False when it timed out."""
+        """Bounded wait until every desired replica is ready; True when it gave up waiting."""
         deadline = time.monotonic() + self.cmap.ready_timeout_s
         want = np.asarray(self._mirror.replicas)
         while True:
@@ -352,7 +353,7 @@ def _jitted_encoder(name: str) -> Any:
     return _ENCODERS[name]
 
 
-_hooks_installed = False
+_hooks = {"atexit": False, "sigterm": False}
 
 
 def _close_all() -> None:
@@ -365,16 +366,15 @@ def _close_all() -> None:
 
 def _install_exit_hooks() -> None:
     """Crash and Ctrl-C end in interpreter exit, where `atexit` cleans up; SIGTERM is turned
-    into `SystemExit` (when nobody else handles it) so it takes the same path."""
-    global _hooks_installed
-    if _hooks_installed:
-        return
-    _hooks_installed = True
-    atexit.register(_close_all)
-    if threading.current_thread() is threading.main_thread() and (
-        signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None)
-    ):
-        signal.signal(signal.SIGTERM, _raise_exit)
+    into `SystemExit` (when nobody else handles it) so it takes the same path. Signal handlers
+    can only be set from the main thread: an env built elsewhere leaves that to a later one."""
+    if not _hooks["atexit"]:
+        atexit.register(_close_all)
+        _hooks["atexit"] = True
+    if not _hooks["sigterm"] and threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _raise_exit)
+        _hooks["sigterm"] = True
 
 
 def _raise_exit(signum: int, frame: object) -> None:
