@@ -1,0 +1,95 @@
+"""What `scripts/evaluate.py` does with the config Hydra composed: for each use case asked for,
+train DQN and HAQL over seeds, evaluate them and the baselines, and write results.json,
+results.md and the figures into the run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import yaml
+from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from hmk8s.evaluate.experiment import EvaluateConfig, evaluate_usecase
+from hmk8s.evaluate.report import render_markdown, write_figures
+from hmk8s.sim.params import EnvConfigError
+from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME
+from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.usecases import CONFIG_DIR, UseCaseError
+
+ALL = "all"
+
+
+@dataclass
+class EvaluateRoot(TrainConfig):
+    """The training config plus the ``evaluate`` block; `configs/config.yaml` unchanged."""
+
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+
+def register_schema() -> None:
+    """Type the root config (the ``train_schema`` entry of `configs/config.yaml`) as
+    `EvaluateRoot`, so the training tree is reused with one more block."""
+    ConfigStore.instance().store(name=SCHEMA_NAME, node=EvaluateRoot)
+
+
+def usecases(choice: str, mapping: Any) -> dict[str, dict[str, Any]]:
+    """Use-case mappings by name: the chosen one (with any command-line changes), or every one
+    `configs/usecase/all.yaml` lists."""
+    if choice != ALL:
+        return {choice: OmegaConf.to_container(mapping, resolve=True)}
+    return {n: yaml.safe_load((CONFIG_DIR / f"{n}.yaml").read_text()) for n in mapping["all"]}
+
+
+def device() -> str:
+    """The machine the run used, for the results page."""
+    dev = jax.devices()[0]
+    return f"{dev.platform} ({dev.device_kind}), {os.cpu_count()} cores, {platform.processor()}"
+
+
+def run(cfg: DictConfig) -> Path:
+    """Evaluate every use case asked for; the run directory."""
+    choices = HydraConfig.get().runtime.choices
+    choice = choices["usecase"]
+    if choices["backend"] != "sim":
+        raise ConfigError(f"backend={choices['backend']}: the evaluation runs on the simulator")
+    typed: EvaluateRoot = OmegaConf.to_object(cfg)
+    validate(typed)
+    chosen = usecases(choice, cfg.usecase)
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path(typed.run_dir or f"runs/evaluate-{choice}-{stamp}")
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    results = {}
+    for name, mapping in chosen.items():
+        result, data = evaluate_usecase(name, mapping, typed, typed.evaluate)
+        results[name] = result
+        write_figures(out, name, result, data)
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+    meta = {
+        "command": "python scripts/evaluate.py " + " ".join(sys.argv[1:]),
+        "device": device(),
+        "wall_seconds": time.perf_counter() - start,
+    }
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (out / "results.md").write_text(render_markdown(results, meta))
+    print(f"wrote {out}/results.md ({meta['wall_seconds'] / 60:.1f} min)")
+    return out
+
+
+def main(cfg: DictConfig) -> None:
+    """Hydra task: evaluate, or print why not and exit with status 2."""
+    try:
+        run(cfg)
+    except (ConfigError, EnvConfigError, UseCaseError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
