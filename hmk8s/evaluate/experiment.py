@@ -238,6 +238,11 @@ def evaluate_usecase(
         "train_seconds": {name: run.seconds for name, run in runs.items()},
         "policies": policies,
         "per_seed": {a: {m: v.tolist() for m, v in per_seed[a].items()} for a in AGENTS},
+        "curves": {
+            name: {"steps": run.steps.tolist(), "returns": run.curves.tolist()}
+            for name, run in runs.items()
+        },
+        "baseline_curve_returns": baseline_curve,
         "learning_speed": learning_speed(runs, baseline_curve["random"], ev),
         "comparisons": policy_comparisons(per_seed, baselines, reps),
     }

@@ -95,12 +95,14 @@ def episode_timeline(
     path: Path, episodes: Mapping[str, Mapping[str, np.ndarray]], title: str
 ) -> Path:
     """The same episode under each policy (one column each): total request rate, pods per
-    cluster, and the request-weighted latency / SLA ratio against the SLA (ratio 1)."""
+    cluster, and the request-weighted latency / SLA ratio against the SLA (ratio 1) on a log
+    axis, since a broken or overloaded chain sits at the timeout, an order of magnitude above."""
     names = list(episodes)
     fig = Figure(figsize=(6 * len(names), 8))
     axes = fig.subplots(3, len(names), sharex=True, squeeze=False)
     top_pods = max(float(np.max(e["pods_per_cluster"])) for e in episodes.values()) + 1
     top_ratio = max(2.0, *(float(np.max(e["latency_ratio"])) for e in episodes.values()))
+    bottom_ratio = min(0.5, *(float(np.min(e["latency_ratio"])) for e in episodes.values()))
     for col, name in enumerate(names):
         ep = episodes[name]
         t = np.arange(len(ep["latency_ratio"]))
@@ -116,8 +118,9 @@ def episode_timeline(
         pods.legend(fontsize=8, loc="upper left")
         lat.plot(t, ep["latency_ratio"], color=_colour(name), label="latency / SLA")
         lat.axhline(1.0, color="red", ls="--", lw=1, label="SLA")
-        lat.set_ylabel("latency / SLA")
-        lat.set_ylim(0, top_ratio * 1.05)
+        lat.set_ylabel("latency / SLA (log scale)")
+        lat.set_yscale("log")
+        lat.set_ylim(bottom_ratio / 1.5, top_ratio * 1.5)
         lat.set_xlabel("step")
         lat.legend(fontsize=8, loc="upper left")
         for ax in (load, pods, lat):

@@ -1,0 +1,92 @@
+"""The verdicts and tables of the results page, from a hand-made result of one use case."""
+
+from __future__ import annotations
+
+from hmk8s.evaluate.experiment import METRICS, targets
+from hmk8s.evaluate.report import render_markdown
+
+
+def point(v: float) -> dict[str, float]:
+    return {"value": v, "low": v, "high": v}
+
+
+def interval(v: float, low: float, high: float) -> dict[str, float]:
+    return {"value": v, "low": low, "high": high}
+
+
+def comparison(diff: float, significant: bool) -> dict:
+    return {
+        "difference": interval(diff, diff - 1, diff + 1),
+        "probability_of_improvement": interval(0.8, 0.6, 0.9),
+        "significant": significant,
+    }
+
+
+def policy(ret: float, sla: float) -> dict[str, dict[str, float]]:
+    row = {m: point(0.0) for m in METRICS}
+    row["return"], row["sla_violation_rate"] = point(ret), point(sla)
+    return row
+
+
+def agent_speed(ttt: float) -> dict:
+    return {
+        "time_to_threshold": interval(ttt, ttt - 10, ttt + 10),
+        "censored_seeds": 1,
+        "auc": interval(0.5, 0.4, 0.6),
+        "return_at": {"1000": interval(40.0, 30.0, 50.0)},
+    }
+
+
+def make_result(time_ratio: float) -> dict:
+    result = {
+        "seeds": 5,
+        "total_steps": 1000,
+        "eval_episodes": 8,
+        "train_seconds": {"dqn": 10.0, "haql": 12.0},
+        "policies": {
+            "dqn": policy(70.0, 0.20),
+            # HAQL beats hpa (80 > 75, 0.10 <= 0.10) but not heuristic (80 < 85)
+            "haql": policy(80.0, 0.10),
+            "hpa": policy(75.0, 0.10),
+            "heuristic": policy(85.0, 0.05),
+        },
+        "learning_speed": {
+            "threshold": 60.0,
+            "dqn_final_iqm": 70.0,
+            "random_return": -30.0,
+            "time_ratio": time_ratio,
+            "agents": {"dqn": agent_speed(500.0), "haql": agent_speed(500.0 * time_ratio)},
+            "comparisons": {"time_to_threshold": comparison(-200.0, True)},
+        },
+        "comparisons": {"haql_vs_dqn": {"return": comparison(10.0, True)}},
+    }
+    result["targets"] = targets(result)
+    return result
+
+
+def test_targets_read_the_iqms():
+    assert targets(make_result(0.5)) == {
+        "haql_half_time": True,
+        "haql_beats_hpa": True,
+        "haql_beats_heuristic": False,
+    }
+    assert not targets(make_result(0.51))["haql_half_time"]
+
+
+def test_page_states_each_target_and_the_numbers():
+    meta = {"command": "python scripts/evaluate.py usecase=ml", "device": "cpu", "wall_seconds": 90}
+    page = render_markdown({"ml": make_result(0.6)}, meta)
+    assert "Wall time: 1.5 min" in page
+    assert "in 0.60 x DQN's env steps: target (at most 0.5) **missed**" in page
+    assert "HAQL vs `hpa`: return 80.0 vs 75.0, SLA violations 0.100 vs 0.100: target holds" in page
+    assert "HAQL vs `heuristic`: return 80.0 vs 85.0" in page
+    assert page.count("**missed**") == 2
+    # a degenerate interval (a baseline's value) prints as one number, others with their CI
+    assert "| HAQL | 80.0 | 0.100 |" in page
+    assert "| 300 [290, 310] | 1 | 0.50 [0.40, 0.60] | 40.0 [30.0, 50.0] |" in page
+    # for steps to threshold lower is better: P(HAQL better) = 1 - P(HAQL higher) = 1 - 0.8
+    assert (
+        "| HAQL vs DQN | time_to_threshold | -200.000 [-201.000, -199.000] | 0.20 [0.10, 0.40]"
+        in page
+    )
+    assert "![learning curves](ml_curves.png)" in page
