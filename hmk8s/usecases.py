@@ -193,7 +193,14 @@ def _is_number(text: str) -> bool:
 
 
 def available_usecases() -> tuple[str, ...]:
-    return tuple(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+    """Names of the shipped use cases: the YAML files of configs/usecase/ that define a chain
+    (the folder also holds `all.yaml`, the evaluation's list of use cases)."""
+    names = []
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        data = _read_yaml(path)
+        if isinstance(data, Mapping) and "chain" in data:
+            names.append(path.stem)
+    return tuple(names)
 
 
 def _read_yaml(path: Path) -> Any:
@@ -220,7 +227,7 @@ def load_usecase(
         path = Path(spec)
         if not path.suffix:
             path = CONFIG_DIR / f"{spec}.yaml"
-            if not path.exists():
+            if spec not in available_usecases():
                 raise UseCaseError(
                     f"unknown use case {str(spec)!r}; available: {', '.join(available_usecases())}"
                 )
