@@ -18,7 +18,6 @@ import numpy as np
 
 from hmk8s.train.anakin import (
     Trainer,
-    TrainState,
     greedy_returns,
     init_seeds,
     make_chunk_fn,
@@ -79,18 +78,15 @@ def open_checkpoints(cfg: TrainConfig, run_dir: Path) -> Checkpointer | None:
     return Checkpointer(directory, keep=cfg.checkpoint.keep, replay=cfg.checkpoint.replay)
 
 
-def restore_run(
-    ckpt: Checkpointer | None, run_dir: Path, fresh: TrainState, config: Mapping[str, Any]
-) -> TrainState:
-    """The state saved under ``run_dir`` after checking its config against ``config``."""
+def check_resumable(ckpt: Checkpointer | None, run_dir: Path, config: Mapping[str, Any]) -> int:
+    """The step to resume ``run_dir`` from, once its saved config is known to match ``config``."""
     if ckpt is None:
         raise CheckpointError("resume needs checkpoint.enabled=true")
     if ckpt.latest_step() is None:
         raise CheckpointError(f"{run_dir}: nothing to resume (no complete checkpoint)")
-    _, saved_config, _ = ckpt.read_config()
+    step, saved_config, _ = ckpt.read_config()
     check_resume_config(saved_config, dict(config))
-    state, _, _ = ckpt.restore(fresh)
-    return state
+    return step
 
 
 def run_training(
@@ -110,9 +106,10 @@ def run_training(
     total_iters = math.ceil(cfg.total_steps / per_iter)
 
     ckpt = open_checkpoints(cfg, run_dir)
+    resume_step = None if cfg.resume is None else check_resumable(ckpt, run_dir, config)
     state = init_seeds(trainer, cfg.seed, cfg.seeds)
-    if cfg.resume is not None:
-        state = restore_run(ckpt, run_dir, state, config)
+    if resume_step is not None:
+        state, _, _ = ckpt.restore(state, resume_step)
     done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
     plan = chunk_plan(done_iters, total_iters, chunk_iters)
 
