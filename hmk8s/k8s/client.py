@@ -262,7 +262,9 @@ class ClusterClient:
                 ) from None
             raise ClusterAccessError(f"{where}: {kind} API unusable (HTTP {exc.status})") from None
         except (ApiCallError, OSError) as exc:
-            raise ClusterAccessError(f"{where}: API server unreachable ({exc})") from None
+            raise ClusterAccessError(
+                f"{where}: API server unreachable or failing ({exc})"
+            ) from None
         if metrics:
             try:
                 self.pod_metrics("app.kubernetes.io/managed-by=hmk8s")
@@ -276,7 +278,13 @@ class ClusterClient:
                     raise ClusterAccessError(
                         f"{where}: not allowed to list pods.metrics.k8s.io (HTTP {exc.status})"
                     ) from None
-                raise
+                raise ClusterAccessError(
+                    f"{where}: metrics.k8s.io unusable (HTTP {exc.status})"
+                ) from None
+            except ApiCallError as exc:
+                raise ClusterAccessError(
+                    f"{where}: metrics.k8s.io does not answer ({exc}); is metrics-server running?"
+                ) from None
 
 
 def _status(exc: BaseException) -> int | None:
