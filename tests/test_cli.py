@@ -52,7 +52,6 @@ def train(cwd: Path, *overrides: str, cache: Path | None = None) -> subprocess.C
         (["env.encoder=foo"], "env.encoder must be one of ('onehot', 'continuous'), got 'foo'"),
         (["agent.gamma=1.5"], "agent.gamma must be in [0, 1], got 1.5"),
         (["haql.xi.kind=cosine"], "haql.xi.kind must be one of ('linear', 'exponential')"),
-        (["backend=k8s"], "backend=k8s: scripts/train.py trains on the simulator"),
         (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such run directory"),
     ],
 )

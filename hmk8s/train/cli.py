@@ -1,5 +1,6 @@
 """What `scripts/train.py` does with the config Hydra composed: check it, build the env,
-train, and turn every expected failure into one clear line and a non-zero exit."""
+train (the Anakin loop on the simulator, the asynchronous actor on clusters), and turn every
+expected failure into one clear line and a non-zero exit."""
 
 from __future__ import annotations
 
@@ -46,15 +47,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     usecase, backend = choices["usecase"], choices["backend"]
     typed: TrainConfig = OmegaConf.to_object(cfg)
     validate(typed)
+    run_dir = resolve_run_dir(typed, usecase)
+    if backend == "k8s":
+        from hmk8s.train.k8s_run import run_async_training
+
+        return run_async_training(cfg, run_dir=run_dir)
     if backend != "sim":
-        raise ConfigError(
-            f"backend={backend}: scripts/train.py trains on the simulator (backend=sim); "
-            "real clusters are driven by the asynchronous actor (hmk8s.train.async_train)"
-        )
+        raise ConfigError(f"backend={backend}: expected sim or k8s")
     from hmk8s.train.sim_eval import sim_setup
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    run_dir = resolve_run_dir(typed, usecase)
     spec, evaluator = sim_setup(typed.usecase, config["env"], usecase, typed.eval.episodes)
     return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
 
