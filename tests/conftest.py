@@ -43,6 +43,20 @@ def _quiet(mapping: dict[str, Any], *, wave: bool) -> dict[str, Any]:
     return mapping
 
 
+@pytest.fixture(scope="module")
+def fast_compile():
+    """Compile with most XLA optimisations off while a module runs (opt in with
+    `pytestmark = pytest.mark.usefixtures("fast_compile")`).
+
+    These tests run tiny workloads on many shapes, so compile time dominates; unoptimised
+    programs compile two to three times faster and compute the same values.
+    """
+    before = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", before)
+
+
 @pytest.fixture(scope="session")
 def usecase_mapping() -> Callable[..., dict[str, Any]]:
     """`usecase_mapping("ml", quiet=True, wave=False, sla_ms=80)`: the YAML as a dict, changed.

@@ -27,6 +27,8 @@ from hmk8s.sim.params import params_from_usecase
 from hmk8s.spaces import OP_DEPLOY, OP_REMOVE, action_mask
 from hmk8s.usecases import load_usecase
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ENC, DEC, FW = 0, 1, 2
 SMALL, MEDIUM, LARGE = 0, 1, 2
 NOOP = 243

@@ -18,6 +18,8 @@ from hmk8s.observation import Observation, chain_latency_ratio
 from hmk8s.reward import perf_reward, resource_reward, reward
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ENC, DEC, FW = 0, 1, 2
 SMALL, MEDIUM, LARGE = 0, 1, 2
 KEY = jax.random.PRNGKey(0)

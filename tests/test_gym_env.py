@@ -16,6 +16,8 @@ import hmk8s  # noqa: F401  (registers the ids)
 from hmk8s.envs import ENV_IDS
 from hmk8s.observation import Observation
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 @pytest.fixture(autouse=True)
 def _eager():

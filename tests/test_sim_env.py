@@ -12,6 +12,8 @@ from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import params_from_usecase
 from hmk8s.usecases import load_usecase
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ENC, DEC, FW = 0, 1, 2
 MEDIUM = 1
 
@@ -88,10 +90,9 @@ def test_encoders_on_random_states(random_trajectories, encoder):
         np.testing.assert_array_equal(x.sum(axis=1), 10.0)
 
 
-def test_reset_empty_and_minimal(quiet_params):
-    env = ClusterEnv()  # eager: two start modes would be two compiles
+def test_reset_empty_and_minimal(jitted, quiet_params):
     empty = quiet_params("ml")
-    obs, state = env.reset(jax.random.PRNGKey(0), empty)
+    obs, state = jitted.reset(jax.random.PRNGKey(0), empty)
     assert int(state.ready.sum()) == 0 and int(state.pending.sum()) == 0
     assert (np.asarray(state.routes) == -1).all()
     assert int(state.time) == 0
@@ -99,7 +100,7 @@ def test_reset_empty_and_minimal(quiet_params):
     np.testing.assert_allclose(obs.latency_ratio, 1.0 / 0.06, rtol=1e-5)
 
     minimal = params_from_usecase(load_usecase("ml"), {"start": "minimal"})
-    _, state = env.reset(jax.random.PRNGKey(0), minimal)
+    _, state = jitted.reset(jax.random.PRNGKey(0), minimal)
     # one ready medium pod of firewall and of encrypt on proxy 0's home (cluster 0)
     expected = np.zeros((3, 3, 3), int)
     expected[0, FW, MEDIUM] = expected[0, ENC, MEDIUM] = 1
@@ -114,9 +115,9 @@ def test_reset_empty_and_minimal(quiet_params):
     "and then caps at the timeout, so a broken chain reads as min(timeout * exp(sigma z), "
     "timeout) <= timeout (below it half the time) instead of counting as the timeout",
 )
-def test_broken_chain_counts_as_the_timeout_under_measurement_noise():
+def test_broken_chain_counts_as_the_timeout_under_measurement_noise(jitted):
     params = params_from_usecase(load_usecase("ml"))  # measurement_noise 0.05 as shipped
-    obs, _ = ClusterEnv().reset(jax.random.PRNGKey(0), params)  # empty start: every chain broken
+    obs, _ = jitted.reset(jax.random.PRNGKey(0), params)  # empty start: every chain broken
     # each proxy's latency = timeout 1 s -> ratio 1 / 0.06 = 16.667 for every proxy
     np.testing.assert_allclose(obs.latency_ratio, [1.0 / 0.06] * 3, rtol=1e-5)
 
@@ -128,11 +129,10 @@ def test_broken_chain_counts_as_the_timeout_under_measurement_noise():
     "action) and decodes -1 to cluster -1 = 2, so it deploys a large firewall pod on cluster 2 "
     "and reports invalid=False",
 )
-def test_step_refuses_minus_one_without_a_noop(quiet_params):
+def test_step_refuses_minus_one_without_a_noop(jitted, quiet_params, make_state):
     params = quiet_params("ml", {"noop": False})
-    env = ClusterEnv()
-    _, state = env.reset(jax.random.PRNGKey(0), params)  # empty start: no pods
-    _, nxt, _, _, _, info = env.step_env(jax.random.PRNGKey(1), state, jnp.int32(-1), params)
+    state = make_state(params)  # no pods
+    _, nxt, _, _, _, info = jitted.step_env(jax.random.PRNGKey(1), state, jnp.int32(-1), params)
     # expected: refused, nothing deployed
     assert bool(info["invalid"])
     assert int(nxt.replicas.sum()) == 0

@@ -12,6 +12,8 @@ from hmk8s.sim.params import params_from_usecase
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, ActionLayout, action_mask
 from hmk8s.usecases import load_usecase
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ENC, DEC, FW = 0, 1, 2  # function indices (encrypt, decrypt, firewall)
 SMALL, MEDIUM, LARGE = 0, 1, 2
 

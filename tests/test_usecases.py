@@ -10,6 +10,8 @@ from hmk8s.sim.dynamics import request_rates
 from hmk8s.sim.params import EnvConfigError, params_from_usecase, validate_env_config
 from hmk8s.usecases import UseCaseError, available_usecases, load_usecase, read_trace
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def _write_yaml(tmp_path, mapping, name="custom.yaml"):
     path = tmp_path / name
