@@ -220,6 +220,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return _status(415, "UnsupportedMediaType", "the body must be a JSON patch")
         obj.patch(request.data)
         obj.last["metadata"] = {**obj.raw["metadata"], "resourceVersion": str(next(self._versions))}
+        del obj.history[:-1]  # the current version is all a client can see; keep memory bounded
         return aiohttp.web.json_response(obj.raw)
 
     def _delete(self, request: kmock.Request) -> Any:
@@ -280,6 +281,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             if key not in self.objects or self.objects[key].deleted:
                 return False
             self.objects[key].patch(patch)
+            del self.objects[key].history[:-1]
             return True
 
     async def remove(self, resource: str, namespace: str, name: str) -> None:
