@@ -35,6 +35,8 @@ DEPLOYMENTS, CONFIGMAPS = "apps/v1/deployments", "v1/configmaps"
 _LABEL = re.compile(r'(\w+)\s*=\s*"([^"]*)"')
 _apply_action = jax.jit(apply_action)
 _advance = jax.jit(advance)
+_measure = jax.jit(measure)
+_reset = jax.jit(lambda key, params: sim.ClusterEnv().reset(key, params))
 
 
 class Twin:
@@ -53,10 +55,9 @@ class Twin:
         self.clusters = clusters
         self.usecase = usecase
         self.cmap = cmap
-        self.env, self.params = sim.make(usecase, env_cfg)
+        _, self.params = sim.make(usecase, env_cfg)
         self.namespaces = namespaces or [c.namespace for c in cmap.clusters]
         self.state: EnvState | None = None
-        self.steps = 0
         self._proxies: dict[tuple[str, str], tuple[float, float, bool]] = {}
         self._metrics: set[tuple[str, str]] = set()
         self._deployments: list[list[dict]] = []
@@ -68,11 +69,11 @@ class Twin:
 
     def reset(self, key: jax.Array) -> None:
         """A new episode: what the backend placed is ready at once, as in the simulator."""
-        _, start = self.env.reset(key, self.params)
+        _, start = _reset(key, self.params)
         with self._lock:
             state = self._sync(start, ready_now=True)
             if not _same_placement(state, start):
-                measurement, _, _, _ = measure(jax.random.fold_in(key, 1), state, self.params)
+                measurement, _, _, _ = _measure(jax.random.fold_in(key, 1), state, self.params)
                 state = state.replace(measurement=measurement)
             self.state = state
             self._measured_ready = np.asarray(state.ready)
@@ -82,11 +83,10 @@ class Twin:
         """One step of cluster time on the placement the backend wrote."""
         with self._lock:
             if self.state is None:
-                _, self.state = self.env.reset(jax.random.PRNGKey(0), self.params)
+                _, self.state = _reset(jax.random.PRNGKey(0), self.params)
             state = self._sync(self.state, ready_now=False)
             self._measured_ready = np.asarray(state.ready)
             self.state = _advance(key, state, self.params)
-            self.steps += 1
             self._publish()
 
     def _read(self) -> tuple[np.ndarray, np.ndarray]:
