@@ -165,6 +165,30 @@ def test_vmap_over_1024_envs_matches_a_python_loop(random_trajectories):
     assert len({float(r) for r in batched["obs"].rates[:, 0, 0]}) > 1000
 
 
+def test_step_resets_a_truncated_episode(quiet_params, make_state):
+    params = quiet_params("ml", wave=False)  # episode_steps 120, empty start
+    ready = {(0, FW, MEDIUM): 2, (0, ENC, MEDIUM): 2}
+    routes = {(p, f): 0 * 3 + MEDIUM for p in range(3) for f in (FW, ENC)}
+    step = jax.jit(ClusterEnv().step)
+    # step 119 -> 120: the episode ends (truncated) and the returned state is a fresh episode
+    last = make_state(params, ready=ready, routes=routes, time=119)
+    obs, state, reward, terminated, truncated, _ = step(jax.random.PRNGKey(0), last, 243, params)
+    assert bool(truncated) and not bool(terminated)
+    assert int(state.time) == 0 and int(state.replicas.sum()) == 0  # the empty start again
+    assert int(obs.pods.sum()) == 0
+    # the reward is the last step's (rates 50, 40, 30 req/s, all through cluster 0):
+    #   firewall: 2 pods * mu 120 for 120/s, rho 0.5 -> hop (1 + 1)/120 = 0.0166667 s
+    #   encrypt: 2 pods * mu 80 for 120/s, rho 0.75 -> hop (1 + 3)/80 = 0.05 s
+    #   network home -> 0 -> 0 -> home: 0, 8 + 8 = 16, 20 + 20 = 40 ms
+    #   ratios (/ 60 ms): 0.0666667 -> 1.111111, 0.0826667 -> 1.377778, 0.1066667 -> 1.777778
+    #   L = (50*1.111111 + 40*1.377778 + 30*1.777778) / 120 = 164 / 120 = 1.366667
+    #   R = 0.3*(1 - 4/30) + 0.7*(1 - 2*0.366667) = 0.26 + 0.186667 = 0.446667
+    assert float(reward) == pytest.approx(0.26 + 0.7 * (1 - 2 * (164 / 120 - 1)), abs=1e-5)
+    # one step earlier nothing is reset
+    _, state, _, _, truncated, _ = step(jax.random.PRNGKey(0), last.replace(time=118), 243, params)
+    assert not bool(truncated) and int(state.time) == 119 and int(state.replicas.sum()) == 4
+
+
 def test_time_advances(random_trajectories):
     params, _, _, records = random_trajectories("ml")
     # 8 steps from reset: time 1..8 after each step; the episode (120 steps) is not over
