@@ -175,3 +175,26 @@ def test_exception_mid_episode_still_cleans_up(emu):
         assert labelled(emu.clusters, env.run_id)
         raise RuntimeError("boom")
     assert labelled(emu.clusters) == []
+
+
+def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emu):
+    api = emu.cmap.api.model_copy(update={"max_attempts": 2, "backoff_base_s": 0.001})
+    env = emu.make_env(api=api)
+    lay = env.params.layout
+    clusters = emu.clusters
+    with env:
+        env.reset(seed=6)
+        clusters.set_faults(1.0, ["500"])  # the API server fails every request for a step
+        try:
+            _, reward, _, _, info = env.step(lay.encode(2, OP_DEPLOY, SMALL, ENCRYPT, 2))
+        finally:
+            clusters.set_faults(0.0)
+        assert np.isfinite(reward) and not info["invalid"]
+        assert any(e.startswith("scale ") for e in info["api_errors"])
+        assert info["assumed"]["latency"] == 3  # every proxy read failed: timeout assumed
+        assert named(clusters, "apps/v1/deployments", "hmk8s-2", "hmk8s-encrypt-small") is None
+        _, _, _, _, info = env.step(lay.noop_index)
+        assert info["api_errors"] == []
+        dep = named(clusters, "apps/v1/deployments", "hmk8s-2", "hmk8s-encrypt-small")
+        assert dep["spec"]["replicas"] == 1
+        assert named(clusters, "v1/services", "hmk8s-2", "hmk8s-encrypt-small") is not None
