@@ -133,6 +133,13 @@ def test_wrong_nested_field_names_its_path(tmp_path, usecase_mapping):
     assert "functions.encrypt.medium.mu" in str(err.value)
 
 
+def test_burst_tail_between_zero_and_one_is_refused(usecase_mapping):
+    mapping = usecase_mapping("ml")
+    mapping["proxies"][0]["burst_tail"] = 0.5  # an infinite-mean Pareto tail
+    with pytest.raises(UseCaseError, match="burst_tail"):
+        load_usecase(mapping)
+
+
 def test_proxy_home_outside_clusters(usecase_mapping):
     mapping = usecase_mapping("ml")
     mapping["proxies"][2]["home"] = 3  # clusters are 0, 1, 2
@@ -181,6 +188,14 @@ def test_trace_replay_through_the_simulator(tmp_path, usecase_mapping, make_stat
         state = make_state(params, time=t, trace_offset=offset)
         rates, _, _ = request_rates(key, state, params)
         np.testing.assert_allclose(rates, uc.trace[row], rtol=1e-6)
+
+
+def test_trace_path_is_relative_to_the_yaml_file(tmp_path, usecase_mapping):
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    (folder / "rates.csv").write_text("5,6,7\n8,9,10\n")
+    path = _write_yaml(folder, usecase_mapping("ml", trace="rates.csv"))
+    assert load_usecase(path).trace == ((5.0, 6.0, 7.0), (8.0, 9.0, 10.0))
 
 
 def test_trace_with_nan_names_file_row_and_column(tmp_path, usecase_mapping):
