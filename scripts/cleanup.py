@@ -5,7 +5,8 @@
     python scripts/cleanup.py --all --dry-run            # only list them
 
 Objects are found by `app.kubernetes.io/managed-by=hmk8s` (and `hmk8s.io/run-id`), in every
-namespace of the cluster map (`--backend`, default configs/backend/k8s.yaml).
+namespace of the cluster map (`--backend`, default configs/backend/k8s.yaml); `--envs N` adds
+the namespaces `<namespace>-e0` ... `-e<N-1>` a multi-env training run gives its envs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     which.add_argument("--all", action="store_true", help="delete the objects of every run")
     parser.add_argument("--backend", help="cluster map YAML (default configs/backend/k8s.yaml)")
     parser.add_argument("--kubeconfig", help="kubeconfig to use instead of the map's")
+    parser.add_argument(
+        "--envs", type=int, default=0, help="also the per-env namespaces <namespace>-e<i> of N envs"
+    )
     parser.add_argument("--dry-run", action="store_true", help="list, do not delete")
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for deletion")
     args = parser.parse_args(argv)
@@ -35,6 +39,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"kubeconfig": args.kubeconfig} if args.kubeconfig else {}
         cmap = load_cluster_map(args.backend, **overrides)
         clients = connect(cmap, check_metrics=False)
+        for i in range(args.envs):
+            per_env = [
+                {"context": c.context, "namespace": f"{c.namespace}-e{i}"} for c in cmap.clusters
+            ]
+            env_map = load_cluster_map(args.backend, **overrides, clusters=per_env)
+            clients += connect(env_map, check_metrics=False)
     except (ClusterMapError, ClusterAccessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -133,3 +133,11 @@ def test_cleanup_script_removes_leftovers_by_label(emu, tmp_path, capsys):
     assert labelled(emu.clusters) == []
     refused = cleanup()
     assert refused.returncode == 2 and "--run-id" in refused.stderr
+    # a multi-env run's per-env namespaces: found with --envs
+    ref_e1 = ref.model_copy(update={"namespace": f"{ref.namespace}-e1"})
+    ClusterClient(client.api_client, ref_e1, cmap).apply(
+        objects.service(cmap, "old-c", 0, 0), exists=False
+    )
+    assert cleanup("--all").returncode == 0 and len(labelled(emu.clusters, "old-c")) == 1
+    done = cleanup("--all", "--envs", "2")
+    assert done.returncode == 0 and labelled(emu.clusters) == []
