@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import _thread
 import dataclasses
+import os
+import signal
 import threading
 from collections import Counter
 
@@ -204,3 +206,23 @@ def test_a_slow_learner_holds_the_envs_back_through_the_bounded_queue(fns4):
     for row in rows:
         ahead = row["env_steps"] - fns.learning_starts - (row["updates"] + burst) / ratio
         assert ahead <= queue_size + 1, "envs ran ahead of the update-to-data ratio"
+
+
+def test_sigterm_stops_like_ctrl_c_and_hands_back_system_exit(fns4):
+    def raise_exit(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, raise_exit)
+    envs = [CountingEnv(i, delay_s=0.01) for i in range(4)]
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        result = train_async(
+            fns4, envs, no_hint, fresh_state(fns4), settings(total_steps=1_000_000)
+        )
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, previous)
+    assert isinstance(result.error, SystemExit) and not result.abandoned
+    assert result.state is not None, "the state is still checkpointable"
+    check_every_step_written_once(envs, result.state)

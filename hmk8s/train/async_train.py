@@ -153,7 +153,7 @@ def train_async(
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: finishing in-flight env steps (Ctrl-C again to discard them)")
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit (SIGTERM) too: stop cleanly, then the caller raises
         error = exc
     abandoned, interrupted = _shutdown(workers, learner, signals, settings, interrupted)
     error = learner.error or error
@@ -200,7 +200,11 @@ def _shutdown(
     if pending:
         signals.abort.set()
     abandoned = [f"env-{w.index}" for w in pending]
-    if not learner.finish(max(1.0, deadline - time.monotonic())):
+    try:
+        finished = learner.finish(max(1.0, deadline - time.monotonic()))
+    except KeyboardInterrupt:
+        interrupted, finished = True, learner.finish(1.0)
+    if not finished:
         signals.abort.set()
         abandoned.append("learner")
     if abandoned:
