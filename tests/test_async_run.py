@@ -8,11 +8,15 @@ import itertools
 import json
 from pathlib import Path
 
+import numpy as np
 from async_envs import CountingEnv, small_agent
 
+from hmk8s.agents.replay import Transition
+from hmk8s.train.async_core import StepBook
 from hmk8s.train.checkpoint import Checkpointer
 from hmk8s.train.config import LogConfig, TrainConfig
-from hmk8s.train.history import history_path, read_history
+from hmk8s.train.env_worker import StepRecord
+from hmk8s.train.history import HistoryWriter, history_path, read_history
 from hmk8s.train.k8s_run import env_cluster_maps, run_async_training, split_backend
 
 NUM_ENVS = 3
@@ -124,3 +128,39 @@ def test_ctrl_c_then_resume_continues_every_env(tmp_path):
         for r in read_history(history_path(tmp_path / "history", i))
     )
     assert sum(saved["episodes_done"]) == done
+
+
+def test_history_past_the_checkpoint_is_dropped_on_resume(tmp_path):
+    def record(env: int) -> StepRecord:
+        zeros = np.zeros(2, np.float32)
+        t = Transition(
+            zeros,
+            np.int32(1),
+            np.float32(0.5),
+            np.bool_(False),
+            zeros,
+            np.ones(3, bool),
+            np.int32(2),
+        )
+        return StepRecord(
+            env,
+            t,
+            hint=0,
+            first=False,
+            done=False,
+            truncated=False,
+            step_s=0.1,
+            info={"pods": 3, "sla_violated": True},
+        )
+
+    crashed = HistoryWriter(tmp_path, np.zeros(2, np.int64))
+    for k in range(5):
+        crashed.write(record(0), StepBook(k, 0, k, 0.5 * (k + 1)))
+    crashed.write(record(1), StepBook(0, 0, 0, 0.5))
+    crashed.close()
+    resumed = HistoryWriter(tmp_path, np.array([3, 1]))
+    resumed.close()
+    rows = read_history(history_path(tmp_path, 0))
+    assert [r["env_step"] for r in rows] == ["0", "1", "2"]
+    assert rows[0]["pods"] == "3" and rows[0]["sla_violated"] == "1" and rows[0]["hint"] == "0"
+    assert len(read_history(history_path(tmp_path, 1))) == 1
