@@ -153,24 +153,36 @@ def make_trainer(
         metrics = {k: v.astype(jnp.float32).mean() for k, v in ts.metrics.items()}
         return state, (*finished, metrics)
 
-    def update_step(state: TrainState, _: None) -> tuple[TrainState, Array]:
-        rng, k_sample = jax.random.split(state.rng)
-        batch = buffer.sample(state.buffer, k_sample).experience
-        target_bonus = xi(state.env_steps) * eta if in_target else 0.0
-        learner, loss = update(state.learner, batch, target_bonus)
-        return state._replace(learner=learner, rng=rng), loss
+    def learn(operand: tuple) -> tuple[dqn.LearnerState, Array, Array, Array]:
+        learner, rng, replay, env_steps = operand
+        target_bonus = xi(env_steps) * eta if in_target else 0.0
 
-    def learn(state: TrainState) -> tuple[TrainState, tuple[Array, Array]]:
-        state, losses = jax.lax.scan(update_step, state, None, length=updates_per_iter)
-        return state, (losses.sum(), jnp.asarray(updates_per_iter, jnp.int32))
+        def update_step(carry: tuple, _: None) -> tuple[tuple, Array]:
+            learner, rng = carry
+            rng, k_sample = jax.random.split(rng)
+            batch = buffer.sample(replay, k_sample).experience
+            learner, loss = update(learner, batch, target_bonus)
+            return (learner, rng), loss
 
-    def skip(state: TrainState) -> tuple[TrainState, tuple[Array, Array]]:
-        return state, (jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        (learner, rng), losses = jax.lax.scan(
+            update_step, (learner, rng), None, length=updates_per_iter
+        )
+        return learner, rng, losses.sum(), jnp.asarray(updates_per_iter, jnp.int32)
+
+    def skip(operand: tuple) -> tuple[dqn.LearnerState, Array, Array, Array]:
+        learner, rng, _, _ = operand
+        return learner, rng, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
 
     def iteration(state: TrainState, _: None) -> tuple[TrainState, tuple]:
         state, acted = jax.lax.scan(env_step, state, None, length=steps_per_iter)
-        state, learned = jax.lax.cond(state.env_steps >= learning_starts, learn, skip, state)
-        return state, (jax.tree.map(jnp.sum, acted), learned)
+        # Only the learner and key pass through the branch: under `vmap` over seeds a `cond`
+        # becomes a `select` of its outputs, which must not copy the replay buffer.
+        operand = (state.learner, state.rng, state.buffer, state.env_steps)
+        learner, rng, loss_sum, n_updates = jax.lax.cond(
+            state.env_steps >= learning_starts, learn, skip, operand
+        )
+        state = state._replace(learner=learner, rng=rng)
+        return state, (jax.tree.map(jnp.sum, acted), (loss_sum, n_updates))
 
     def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
         state, ((ret_sum, episodes, step_metrics), (loss_sum, n_updates)) = jax.lax.scan(
