@@ -49,7 +49,8 @@ def fast_compile():
     `pytestmark = pytest.mark.usefixtures("fast_compile")`).
 
     These tests run tiny workloads on many shapes, so compile time dominates; unoptimised
-    programs compile two to three times faster and compute the same values.
+    programs compile two to three times faster and compute the same values (up to float
+    rounding).
     """
     before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
