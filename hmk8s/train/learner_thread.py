@@ -116,7 +116,7 @@ class LearnerThread:
         self._finish = threading.Event()
         self._thread = threading.Thread(target=self._run, name="learner", daemon=True)
 
-    def _next_multiple(self, every: int) -> int:
+    def _next_multiple(self, every: int) -> float:
         return (self.written // every + 1) * every if every > 0 else math.inf
 
     @property
