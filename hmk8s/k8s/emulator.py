@@ -33,7 +33,6 @@ RESOURCES = {
     "apps/v1/deployments": ("Deployment", {"status"}),
     "v1/services": ("Service", set()),
     "v1/configmaps": ("ConfigMap", set()),
-    "v1/pods": ("Pod", set()),
 }
 METRICS_RESOURCE = "metrics.k8s.io/v1beta1/pods"
 REQUEST_LOG = 5000
@@ -390,6 +389,8 @@ class EmulatedClusters:
             self._loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(10)
         self._thread = None
+        if not self._loop.is_running():
+            self._loop.close()
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run a coroutine on the emulator's loop (the twin's and the tests' direct access)."""
