@@ -6,6 +6,8 @@ from __future__ import annotations
 import _thread
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,15 @@ def test_history_past_the_checkpoint_is_dropped_on_resume(tmp_path):
     assert [r["env_step"] for r in rows] == ["0", "1", "2"]
     assert rows[0]["pods"] == "3" and rows[0]["sla_violated"] == "1" and rows[0]["hint"] == "0"
     assert len(read_history(history_path(tmp_path, 1))) == 1
+
+
+def test_the_async_path_imports_without_the_kubernetes_client():
+    code = (
+        "import sys\n"
+        "sys.modules['kubernetes'] = None\n"
+        "sys.modules['kmock'] = None\n"
+        "import hmk8s.train.k8s_run, hmk8s.train.async_train\n"
+        "assert not [m for m in sys.modules if m.startswith('hmk8s.k8s')]\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
