@@ -73,6 +73,18 @@ def test_targets_read_the_iqms():
     assert not targets(make_result(0.51))["haql_half_time"]
 
 
+def test_no_learning_speed_verdict_when_dqn_ends_below_random():
+    # DQN's final return -40 is below random's -30: 90 % of the way from -30 to -40 is a
+    # threshold every curve passes at once, so no verdict on speed is drawn.
+    result = make_result(0.2)
+    result["learning_speed"]["dqn_final_iqm"] = -40.0
+    result["targets"] = targets(result)
+    assert not result["targets"]["haql_half_time"]
+    page = render_markdown({"ml": result}, {"command": "c", "device": "d", "wall_seconds": 60})
+    assert "learning-speed target **not measurable**" in page
+    assert "x DQN's env steps" not in page
+
+
 def test_page_states_each_target_and_the_numbers():
     meta = {"command": "python scripts/evaluate.py usecase=ml", "device": "cpu", "wall_seconds": 90}
     page = render_markdown({"ml": make_result(0.6)}, meta)

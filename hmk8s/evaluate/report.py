@@ -92,12 +92,20 @@ def comparison_lines(result: dict[str, Any]) -> list[str]:
 def verdicts(result: dict[str, Any]) -> list[str]:
     """Plain statements of which targets hold."""
     speed, t, pol = result["learning_speed"], result["targets"], result["policies"]
-    lines = [
-        f"- HAQL reaches {speed['threshold']:.1f} (90 % of the way from `random`'s "
-        f"{speed['random_return']:.1f} to DQN's final IQM return {speed['dqn_final_iqm']:.1f}) "
-        f"in {speed['time_ratio']:.2f} x DQN's env steps: "
-        f"target (at most 0.5) {'holds' if t['haql_half_time'] else '**missed**'}."
-    ]
+    lines = []
+    if speed["dqn_final_iqm"] <= speed["random_return"]:
+        lines.append(
+            f"- DQN's final IQM return {speed['dqn_final_iqm']:.1f} is no better than `random`'s "
+            f"{speed['random_return']:.1f}: DQN has not learnt within the budget, so the steps to "
+            "90 % of its final return measure nothing; learning-speed target **not measurable**."
+        )
+    else:
+        lines.append(
+            f"- HAQL reaches {speed['threshold']:.1f} (90 % of the way from `random`'s "
+            f"{speed['random_return']:.1f} to DQN's final IQM return {speed['dqn_final_iqm']:.1f}) "
+            f"in {speed['time_ratio']:.2f} x DQN's env steps: "
+            f"target (at most 0.5) {'holds' if t['haql_half_time'] else '**missed**'}."
+        )
     haql = pol["haql"]
     for b in ("hpa", "heuristic"):
         base = pol[b]
