@@ -75,7 +75,7 @@ def continuous(obs: Observation, params: EnvParams) -> jax.Array:
         routes.reshape(-1),
         jnp.clip(obs.latency_ratio * params.sla_s / params.timeout_s, 0.0, 1.0),
         obs.rates / jnp.maximum(total, 1e-6),
-        jnp.log1p(total)[None] / 10.0,
+        jnp.clip(jnp.log1p(total)[None] / 10.0, 0.0, 1.0),
     ]
     return jnp.concatenate(parts).astype(jnp.float32)
 

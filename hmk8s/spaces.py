@@ -71,21 +71,19 @@ class ActionLayout:
         cluster, op = jnp.divmod(idx, NUM_OPS)
         return Action(cluster, op, config, function, proxy, noop)
 
-    def check(self, action: int) -> int:
+    def check(self, action: object) -> int:
         """Validate a host-side action index, raising a clear error when it is outside the space."""
-        if isinstance(action, bool) or not isinstance(action, int | jnp.integer):
+        as_int = None
+        if not isinstance(action, bool):
             try:
-                as_int = int(action)
-            except (TypeError, ValueError):
-                raise ValueError(f"action must be an integer index, got {action!r}") from None
-            if as_int != action:
-                raise ValueError(f"action must be an integer index, got {action!r}")
-            action = as_int
-        if not 0 <= int(action) < self.num_actions:
-            raise ValueError(
-                f"action {int(action)} is outside the action space [0, {self.num_actions})"
-            )
-        return int(action)
+                as_int = int(action)  # type: ignore[call-overload]
+            except (TypeError, ValueError, OverflowError):
+                as_int = None
+        if as_int is None or as_int != action:
+            raise ValueError(f"action must be an integer index, got {action!r}")
+        if not 0 <= as_int < self.num_actions:
+            raise ValueError(f"action {as_int} is outside the action space [0, {self.num_actions})")
+        return as_int
 
 
 def action_mask(

@@ -157,27 +157,29 @@ class UseCase(_Frozen):
 
 
 def read_trace(path: Path, num_proxies: int) -> tuple[tuple[float, ...], ...]:
-    """Read a request-rate trace: one row per step, one column per proxy (a header is allowed)."""
+    """Read a request-rate trace: one row per step, one column per proxy (a header line and
+    `#` comments are allowed). Errors name the file's line and column, both from 1."""
     try:
         with path.open(newline="") as fh:
-            rows = [r for r in csv.reader(fh) if r and not r[0].lstrip().startswith("#")]
+            lines = list(enumerate(csv.reader(fh), start=1))
     except OSError as err:
         raise UseCaseError(f"trace {path}: cannot read ({err.strerror})") from err
-    if rows and not _is_number(rows[0][0]):
+    rows = [(n, r) for n, r in lines if r and not r[0].lstrip().startswith("#")]
+    if rows and not _is_number(rows[0][1][0]):
         rows = rows[1:]
     if not rows:
         raise UseCaseError(f"trace {path}: no rows")
     trace = []
-    for lineno, row in enumerate(rows, start=1):
+    for lineno, row in rows:
         if len(row) != num_proxies:
             raise UseCaseError(
-                f"trace {path}: row {lineno} has {len(row)} columns, expected {num_proxies}"
+                f"trace {path}: line {lineno} has {len(row)} columns, expected {num_proxies}"
             )
         values = []
-        for col, cell in enumerate(row):
+        for col, cell in enumerate(row, start=1):
             if not _is_number(cell) or not math.isfinite(float(cell)) or float(cell) < 0:
                 raise UseCaseError(
-                    f"trace {path}: row {lineno}, column {col}: {cell!r} is not a finite rate >= 0"
+                    f"trace {path}: line {lineno}, column {col}: {cell!r} is not a finite rate >= 0"
                 )
             values.append(float(cell))
         trace.append(tuple(values))

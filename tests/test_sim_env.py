@@ -109,12 +109,6 @@ def test_reset_empty_and_minimal(jitted, quiet_params):
     np.testing.assert_array_equal(state.routes, [[1, -1, 1]] * 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="measure() applies the log-normal measurement noise to the timeout of a broken chain "
-    "and then caps at the timeout, so a broken chain reads as min(timeout * exp(sigma z), "
-    "timeout) <= timeout (below it half the time) instead of counting as the timeout",
-)
 def test_broken_chain_counts_as_the_timeout_under_measurement_noise(jitted):
     params = params_from_usecase(load_usecase("ml"))  # measurement_noise 0.05 as shipped
     obs, _ = jitted.reset(jax.random.PRNGKey(0), params)  # empty start: every chain broken
@@ -122,13 +116,6 @@ def test_broken_chain_counts_as_the_timeout_under_measurement_noise(jitted):
     np.testing.assert_allclose(obs.latency_ratio, [1.0 / 0.06] * 3, rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with env.noop=false the policies' 'no action' is -1 (heuristics.recommend, the "
-    "baselines), and step_env(-1) is not refused: apply_action reads mask[-1] (the last grid "
-    "action) and decodes -1 to cluster -1 = 2, so it deploys a large firewall pod on cluster 2 "
-    "and reports invalid=False",
-)
 def test_step_refuses_minus_one_without_a_noop(jitted, quiet_params, make_state):
     params = quiet_params("ml", {"noop": False})
     state = make_state(params)  # no pods

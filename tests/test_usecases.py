@@ -205,20 +205,21 @@ def test_trace_with_nan_names_file_row_and_column(tmp_path, usecase_mapping):
         read_trace(path, 3)
     msg = str(err.value)
     assert str(path) in msg
-    assert "row 2" in msg
-    assert "column 1" in msg  # columns count from 0: the second column
+    assert "line 2" in msg
+    assert "column 2" in msg  # lines and columns count from 1, as an editor shows them
     # the same error through the use case loader
-    with pytest.raises(UseCaseError, match="row 2, column 1"):
+    with pytest.raises(UseCaseError, match="line 2, column 2"):
         load_usecase(usecase_mapping("ml", trace=str(path)))
 
 
 @pytest.mark.parametrize(
     ("text", "fragment"),
     [
-        ("10,20\n", "row 1 has 2 columns, expected 3"),
-        ("10,20,-1\n", "row 1, column 2"),
-        ("10,20,inf\n", "row 1, column 2"),
-        ("10,abc,3\n4,5,6\n", "row 1, column 1"),
+        ("10,20\n", "line 1 has 2 columns, expected 3"),
+        ("10,20,-1\n", "line 1, column 3"),
+        ("10,20,inf\n", "line 1, column 3"),
+        ("10,abc,3\n4,5,6\n", "line 1, column 2"),
+        ("p0,p1,p2\n# a comment\n1,2,3\n1,nan,3\n", "line 4, column 2"),
         ("p0,p1,p2\n", "no rows"),
     ],
 )

@@ -140,7 +140,11 @@ def measure(
         rates=rates,
         instance_util=noisy(k_inst, inst_util),
         cluster_cpu=noisy(k_cluster, cluster_cpu),
-        latency_s=jnp.minimum(noisy(k_lat, latency), params.timeout_s),
+        latency_s=jnp.where(
+            latency >= params.timeout_s,
+            params.timeout_s,
+            jnp.minimum(noisy(k_lat, latency), params.timeout_s),
+        ),
     )
     return measurement, backlog, burst_left, burst_level
 
@@ -173,12 +177,15 @@ def apply_action(
 ) -> tuple[EnvState, jax.Array]:
     """Change the placement as the action says; an action that cannot succeed changes nothing.
 
-    Returns the new state and whether the action was invalid.
+    Returns the new state and whether the action was invalid (masked, or outside the space,
+    such as the -1 a policy returns for "nothing to do" in a layout without a no-op).
     """
     layout = params.layout
     a = layout.decode(action)
     k, f, c, p = a.cluster, a.function, a.config, a.proxy
-    valid = action_mask(layout, state.replicas, params.max_pods, params.in_chain)[action]
+    in_space = (action >= 0) & (action < layout.num_actions)
+    mask = action_mask(layout, state.replicas, params.max_pods, params.in_chain)
+    valid = in_space & mask[jnp.clip(action, 0, layout.num_actions - 1)]
     act = valid & ~a.noop
     deploy, remove, assign = (
         act & (a.op == OP_DEPLOY),
