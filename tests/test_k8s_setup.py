@@ -14,7 +14,7 @@ import yaml
 
 import hmk8s  # noqa: F401  (registers the gymnasium ids)
 from hmk8s.k8s import objects
-from hmk8s.k8s.client import ClusterAccessError
+from hmk8s.k8s.client import ClusterAccessError, ClusterClient, new_api_client
 from hmk8s.k8s.config import load_cluster_map
 from hmk8s.k8s.harness import emulation
 from hmk8s.k8s.objects import Hop
@@ -177,3 +177,15 @@ def test_role_grants_only_what_the_backend_uses():
     binding = next(d for _, d in _manifests() if d["kind"] == "RoleBinding")
     assert binding["roleRef"]["kind"] == "Role"  # namespace-scoped, no ClusterRole
     assert not any(d["kind"].startswith("Cluster") for _, d in _manifests())
+
+
+def test_namespaces_holding_another_runs_objects_are_refused(emu):
+    ref = emu.cmap.clusters[2]
+    client = ClusterClient(new_api_client(emu.kubeconfig, ref.context), ref, emu.cmap)
+    client.apply(objects.deployment(emu.cmap, emu.usecase, "ghost", 0, 0, 1), exists=False)
+    with pytest.raises(ClusterAccessError, match=r"other runs: ghost \(1 objects\)"):
+        emu.make_env()
+    client.delete("Deployment", objects.instance_name(0, 0))
+    env = emu.make_env()
+    env.close()
+    assert labelled(emu.clusters) == []

@@ -78,3 +78,15 @@ def count_labelled(clients: Sequence[ClusterClient], run_id: str | None) -> int:
             except api_errors():
                 return -1
     return total
+
+
+def runs_present(clients: Sequence[ClusterClient]) -> dict[str, int]:
+    """How many objects each run has in these namespaces (by the run-id label)."""
+    found: dict[str, int] = {}
+    selector = objects.run_selector(None)
+    for client in clients:
+        for kind in KINDS:
+            for item in client.list(kind, selector):
+                run = (item.metadata.labels or {}).get(objects.RUN_ID, "")
+                found[run] = found.get(run, 0) + 1
+    return found

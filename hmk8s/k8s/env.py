@@ -29,7 +29,7 @@ import numpy as np
 from hmk8s import sim
 from hmk8s.encoders import get_encoder
 from hmk8s.k8s import objects, readings
-from hmk8s.k8s.cleanup import CleanupReport, delete_labelled
+from hmk8s.k8s.cleanup import CleanupReport, delete_labelled, runs_present
 from hmk8s.k8s.client import ClusterAccessError, api_errors, connect
 from hmk8s.k8s.config import ClusterMap, load_cluster_map
 from hmk8s.k8s.latency import make_source
@@ -109,6 +109,7 @@ class KubernetesClusterEnv(gym.Env):
         self.clock: ClusterClock = clock or WallClock()
         self.step_seconds = self.cmap.step_duration(self.usecase)
         self.clients = connect(self.cmap)
+        _check_namespaces_free(self.clients, self.run_id)
         self.homes = [p.home for p in self.usecase.proxies]
         self.reconciler = Reconciler(self.clients, self.cmap, self.usecase, self.run_id)
         self.proxies = make_source(
@@ -327,6 +328,19 @@ class KubernetesClusterEnv(gym.Env):
             "run_id": self.run_id,
         }
         return obs, extra
+
+
+def _check_namespaces_free(clients: list, run_id: str) -> None:
+    """Instance names are per namespace, so two runs cannot share one; objects of another run
+    are a run in progress or the leftovers of one that was killed."""
+    others = {run: n for run, n in runs_present(clients).items() if run != run_id}
+    if others:
+        where = ", ".join(sorted({c.namespace for c in clients}))
+        listing = ", ".join(f"{run or '<no run id>'} ({n} objects)" for run, n in others.items())
+        raise ClusterAccessError(
+            f"namespaces {where} hold objects of other runs: {listing}; stop that run or remove "
+            "them with scripts/cleanup.py --run-id <id>"
+        )
 
 
 def _with_observed(mirror: EnvState, ready: np.ndarray, m: Measurement) -> EnvState:
