@@ -1,7 +1,7 @@
 """One cluster's API through the official client: retried calls, create-or-patch, pre-flight checks.
 
-`kubernetes` is imported here and only here (and in the emulator), lazily, so the training core
-runs on hosts without the client.
+`kubernetes` is imported inside the functions of this package only, never at module level, so
+the training core (and even `import hmk8s.k8s.env`) works on hosts without the client.
 """
 
 from __future__ import annotations
