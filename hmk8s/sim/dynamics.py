@@ -105,6 +105,14 @@ def chain_latency(routes: jax.Array, hop_latency: jax.Array, params: EnvParams) 
     return jnp.where(broken, params.timeout_s, total)
 
 
+def cluster_utilisation(instance_util: jax.Array, ready: jax.Array, params: EnvParams) -> jax.Array:
+    """Each cluster's CPU usage over the requests of its ready pods [K]: what summing its pods'
+    metrics gives, so a noisy per-instance reading yields the cluster reading a cluster would."""
+    request = ready * params.cpu_request[None]
+    used, asked = (instance_util * request).sum(axis=(1, 2)), request.sum(axis=(1, 2))
+    return jnp.where(asked > 0, used / jnp.where(asked > 0, asked, 1.0), 0.0)
+
+
 def cpu_utilisation(
     ready: jax.Array, busy: jax.Array, params: EnvParams
 ) -> tuple[jax.Array, jax.Array]:
@@ -112,12 +120,8 @@ def cpu_utilisation(
 
     A busy pod uses `cpu_limit` cores, so utilisation can exceed 100 % (up to limit/request).
     """
-    usage = ready * busy * params.cpu_limit[None]
-    request = ready * params.cpu_request[None]
     inst = jnp.where(ready > 0, busy * params.cpu_limit[None] / params.cpu_request[None], 0.0)
-    used, asked = usage.sum(axis=(1, 2)), request.sum(axis=(1, 2))
-    cluster = jnp.where(asked > 0, used / jnp.where(asked > 0, asked, 1.0), 0.0)
-    return inst, cluster
+    return inst, cluster_utilisation(inst, ready, params)
 
 
 def measure(
@@ -129,17 +133,18 @@ def measure(
     load = instance_load(state.routes, rates, params)
     backlog, busy, hop_latency = serve(load, state.ready, state.backlog, params)
     latency = chain_latency(state.routes, hop_latency, params)
-    inst_util, cluster_cpu = cpu_utilisation(state.ready, busy, params)
-    k_inst, k_cluster, k_lat = jax.random.split(k_noise, 3)
+    inst_util, _ = cpu_utilisation(state.ready, busy, params)
+    k_inst, k_lat = jax.random.split(k_noise)
     sigma = params.measurement_noise
 
     def noisy(k: jax.Array, x: jax.Array) -> jax.Array:
         return x * jnp.exp(sigma * jax.random.normal(k, x.shape))
 
+    measured_util = noisy(k_inst, inst_util)
     measurement = Measurement(
         rates=rates,
-        instance_util=noisy(k_inst, inst_util),
-        cluster_cpu=noisy(k_cluster, cluster_cpu),
+        instance_util=measured_util,
+        cluster_cpu=cluster_utilisation(measured_util, state.ready, params),
         latency_s=jnp.where(
             latency >= params.timeout_s,
             params.timeout_s,
