@@ -51,9 +51,16 @@ def usecases(choice: str, mapping: Any) -> dict[str, dict[str, Any]]:
 
 
 def device() -> str:
-    """The machine the run used, for the results page."""
+    """The machine the run used, for the results page: JAX's device, cores and CPU model."""
     dev = jax.devices()[0]
-    return f"{dev.platform} ({dev.device_kind}), {os.cpu_count()} cores, {platform.processor()}"
+    cpuinfo = Path("/proc/cpuinfo")
+    models = [
+        line.split(":", 1)[1].strip()
+        for line in (cpuinfo.read_text().splitlines() if cpuinfo.exists() else [])
+        if line.startswith("model name")
+    ]
+    model = models[0] if models else platform.processor() or platform.machine()
+    return f"JAX {dev.platform} ({dev.device_kind}), {os.cpu_count()} cores, {model}"
 
 
 def run(cfg: DictConfig) -> Path:
