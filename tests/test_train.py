@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import gymnax
@@ -17,7 +18,7 @@ from hmk8s.train.anakin import (
     make_chunk_fn,
     make_trainer,
 )
-from hmk8s.train.config import AgentConfig, ScheduleConfig
+from hmk8s.train.config import AgentConfig, HaqlConfig, ScheduleConfig
 from hmk8s.train.env_spec import EnvSpec, Timestep
 from hmk8s.train.gymnax_spec import gymnax_env_spec
 from hmk8s.train.runner import chunk_plan
@@ -79,6 +80,20 @@ def test_replay_holds_the_true_successor_and_only_terminations(terminal):
     assert float(metrics["env/pods"][0]) == pytest.approx(np.mean([1, 2, 3, 4, 5]))
     ep_actions = exp.action.reshape(10, 3).T.reshape(3, 2, 5).sum(-1)  # per env, per episode
     assert float(metrics["episode_return"][0]) == pytest.approx(ep_actions.mean())
+
+
+def test_haql_acts_on_the_hint_while_its_weight_dominates():
+    greedy = ScheduleConfig("linear", 0.0, 0.0, 1)  # epsilon 0: no exploration
+    agent = dataclasses.replace(SMALL, epsilon=greedy)
+    haql = HaqlConfig(eta=1e6, xi=ScheduleConfig("linear", 1.0, 1.0, 1))
+    trainer = make_trainer(counting_env(True), agent, num_envs=3, haql=haql)
+    state, metrics = make_chunk_fn(trainer, 10)(init_seeds(trainer, 0, 1))
+    exp = jax.tree.map(lambda x: np.asarray(x)[0, 0, :30], state.buffer.experience)
+    t = exp.obs[:, 0]
+    # the hint t % 2 is taken wherever it is valid; at t = 1 the hinted action 1 is masked
+    np.testing.assert_array_equal(exp.action[t != 1], t[t != 1] % 2)
+    assert not exp.action[t == 1].any()
+    assert float(metrics["xi"][0]) == 1.0
 
 
 def test_iteration_shape_keeps_the_update_to_data_ratio():
