@@ -25,6 +25,7 @@ from hmk8s.agents.network import QNetwork
 from hmk8s.agents.replay import Transition, example_transition, make_buffer
 from hmk8s.train.config import AgentConfig, HaqlConfig
 from hmk8s.train.env_spec import EnvSpec
+from hmk8s.train.parts import make_agent_parts
 
 Array = jax.Array
 Metrics = dict[str, Array]
@@ -77,27 +78,10 @@ def make_trainer(
     spec: EnvSpec, agent: AgentConfig, num_envs: int, haql: HaqlConfig | None = None
 ) -> Trainer:
     """Build the pure init / chunk functions; ``haql=None`` is a pure DQN."""
-    network = QNetwork(hidden=tuple(agent.hidden), num_actions=spec.num_actions)
-    apply_fn = network.apply
-    optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
+    parts = make_agent_parts(agent, spec.num_actions, haql)
+    network, optimizer, update = parts.network, parts.optimizer, parts.update
+    apply_fn, epsilon, xi, eta = network.apply, parts.epsilon, parts.xi, parts.eta
     buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
-    update = dqn.make_update(
-        apply_fn,
-        optimizer,
-        agent.gamma,
-        agent.double,
-        agent.huber_delta,
-        agent.target_period,
-        agent.target_tau,
-    )
-    eps = agent.epsilon
-    epsilon = dqn.make_schedule(eps.kind, eps.start, eps.end, eps.steps)
-    if haql is None:
-        xi = dqn.make_schedule("linear", 0.0, 0.0, 1)
-        eta, in_target = 0.0, False
-    else:
-        xi = dqn.make_schedule(haql.xi.kind, haql.xi.start, haql.xi.end, haql.xi.steps)
-        eta, in_target = haql.eta, haql.in_target
     steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
     learning_starts = max(agent.learning_starts, agent.batch_size)
     v_reset = jax.vmap(spec.reset)
@@ -155,7 +139,7 @@ def make_trainer(
 
     def learn(operand: tuple) -> tuple[dqn.LearnerState, Array, Array, Array]:
         learner, rng, replay, env_steps = operand
-        target_bonus = xi(env_steps) * eta if in_target else 0.0
+        target_bonus = parts.target_bonus(env_steps)
 
         def update_step(carry: tuple, _: None) -> tuple[tuple, Array]:
             learner, rng = carry

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmk8s.agents import dqn
-from hmk8s.agents.network import QNetwork
 from hmk8s.agents.replay import Transition
 from hmk8s.train.anakin import init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.config import AgentConfig
 from hmk8s.train.env_spec import EnvSpec
+from hmk8s.train.parts import make_agent_parts
 
 
 def anakin_throughput(
@@ -58,26 +58,17 @@ def host_loop_throughput(
     num_actions = int(env.action_space.n)
     all_valid = np.ones(num_actions, bool)
     mask = np.asarray(info.get("action_mask", all_valid), bool)
-    network = QNetwork(hidden=tuple(agent.hidden), num_actions=num_actions)
+    parts = make_agent_parts(agent, num_actions)
+    network = parts.network
     params = network.init(jax.random.PRNGKey(seed), jnp.asarray(obs, jnp.float32))
-    optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm)
-    learner = dqn.LearnerState(params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
-    update = jax.jit(
-        dqn.make_update(
-            network.apply,
-            optimizer,
-            agent.gamma,
-            agent.double,
-            agent.huber_delta,
-            agent.target_period,
-            agent.target_tau,
-        )
+    learner = dqn.LearnerState(
+        params, params, parts.optimizer.init(params), jnp.zeros((), jnp.int32)
     )
+    update = jax.jit(parts.update)
     act = jax.jit(lambda p, o, m: dqn.masked_argmax(network.apply(p, o), m))
-    eps = agent.epsilon
-    epsilon = dqn.make_schedule(eps.kind, eps.start, eps.end, eps.steps)
     # the schedule's values on the host, so no step pays for an eager device call
-    eps_table = np.asarray(epsilon(np.arange(min(eps.steps, warmup + steps) + 1)))
+    horizon = min(agent.epsilon.steps, warmup + steps)
+    eps_table = np.asarray(parts.epsilon(np.arange(horizon + 1)))
 
     cap = agent.buffer_size
     store: dict[str, np.ndarray] = {
