@@ -16,21 +16,27 @@ from hmk8s.agents.dqn import masked_argmax
 from hmk8s.baselines import Policy
 from hmk8s.encoders import get_encoder
 from hmk8s.evaluation import rollout
+from hmk8s.heuristics import recommend
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
-def q_policy(apply_fn: ApplyFn, q_params: Any, encoder: str = "onehot") -> Policy:
-    """Greedy in Q over the actions the mask allows: ``argmax_a Q(encode(s), a)``. The
-    heuristic is not consulted: HAQL's weight on it has decayed by the end of training, and the
-    final agent is judged on what its network learnt."""
+def q_policy(
+    apply_fn: ApplyFn, q_params: Any, encoder: str = "onehot", heuristic_bonus: float = 0.0
+) -> Policy:
+    """Greedy over the actions the mask allows: ``argmax_a [Q(encode(s), a) + b H(s, a)]`` with
+    ``H`` the rulebook's one-hot recommendation and ``b = heuristic_bonus``. A DQN agent has
+    ``b = 0``; a HAQL agent is deployed as it acts at the end of training, ``b = xi_end * eta``
+    (0 when its heuristic weight decays to nothing, so it is judged on its network alone)."""
     encode = get_encoder(encoder)
 
     def act(key: jax.Array, pstate: Any, obs: Any, params: EnvParams):
         q = apply_fn(q_params, encode(obs, params))
-        return masked_argmax(q, obs.action_mask).astype(jnp.int32), pstate
+        hint = recommend(obs, params)
+        bonus = heuristic_bonus * jax.nn.one_hot(hint, q.shape[-1])
+        return masked_argmax(q + bonus, obs.action_mask).astype(jnp.int32), pstate
 
     return Policy(init=lambda params: jnp.zeros((), jnp.int32), act=act)
 
@@ -41,6 +47,7 @@ def make_seed_rollout(
     apply_fn: ApplyFn,
     num_episodes: int,
     encoder: str = "onehot",
+    heuristic_bonus: float = 0.0,
 ) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
     """``run(seed_params, key)``: `rollout` of each seed's greedy agent (``seed_params`` stacked
     on a leading seed axis) on the same ``num_episodes`` episodes drawn from ``key``; every array
@@ -48,7 +55,8 @@ def make_seed_rollout(
 
     def run(seed_params: Any, key: jax.Array) -> dict[str, jax.Array]:
         def one(q_params: Any) -> dict[str, jax.Array]:
-            return rollout(env, params, q_policy(apply_fn, q_params, encoder), key, num_episodes)
+            policy = q_policy(apply_fn, q_params, encoder, heuristic_bonus)
+            return rollout(env, params, policy, key, num_episodes)
 
         return jax.vmap(one)(seed_params)
 

@@ -25,7 +25,7 @@ from hmk8s.evaluate.agents import make_seed_rollout
 from hmk8s.evaluation import rollout, summarise
 from hmk8s.sim.spec import sim_env_spec
 from hmk8s.train.anakin import Trainer, init_seeds, make_chunk_fn, make_trainer
-from hmk8s.train.config import TrainConfig
+from hmk8s.train.config import TrainConfig, deployed_bonus
 
 AGENTS = ("dqn", "haql")
 METRICS = ("return", "sla_violation_rate", "mean_pods", "p95_latency_ratio", "invalid_rate")
@@ -214,8 +214,16 @@ def evaluate_usecase(
 
     runs, agent_records, per_seed = {}, {}, {}
     for name in AGENTS:
-        trainer = make_trainer(spec, cfg.agent, cfg.num_envs, cfg.haql if name == "haql" else None)
-        run = make_seed_rollout(env, params, trainer.network.apply, ev.episodes, cfg.env.encoder)
+        haql = cfg.haql if name == "haql" else None
+        trainer = make_trainer(spec, cfg.agent, cfg.num_envs, haql)
+        run = make_seed_rollout(
+            env,
+            params,
+            trainer.network.apply,
+            ev.episodes,
+            cfg.env.encoder,
+            deployed_bonus(haql),
+        )
 
         def curve(p: Any, run: Callable = run) -> np.ndarray:
             return np.asarray(run(p, curve_key)["reward"].sum(axis=2).mean(axis=1))

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.checkpoint import CheckpointError
-from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.config import ConfigError, TrainConfig, deployed_bonus, validate
 from hmk8s.train.runlog import default_run_dir
 from hmk8s.train.runner import run_training
 from hmk8s.usecases import UseCaseError
@@ -57,7 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hmk8s.train.sim_eval import sim_setup
 
     config = OmegaConf.to_container(cfg, resolve=True)
-    spec, evaluator = sim_setup(typed.usecase, config["env"], usecase, typed.eval.episodes)
+    bonus = deployed_bonus(typed.haql if typed.heuristic else None)
+    spec, evaluator = sim_setup(typed.usecase, config["env"], usecase, typed.eval.episodes, bonus)
     return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
 
 

@@ -70,6 +70,12 @@ class HaqlConfig:
     )
 
 
+def deployed_bonus(haql: HaqlConfig | None) -> float:
+    """Weight of the rulebook's action in the trained agent's policy: ``xi_end * eta`` for HAQL
+    (its action choice at the end of training), 0 for a pure DQN."""
+    return 0.0 if haql is None else haql.xi.end * haql.eta
+
+
 @dataclass
 class EnvConfig:
     """How the hmk8s environment is built (consumed by `hmk8s.sim.make`)."""

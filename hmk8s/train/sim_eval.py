@@ -33,9 +33,14 @@ def _summary(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def sim_setup(
-    usecase: Mapping[str, Any], env_cfg: Mapping[str, Any], name: str, episodes: int
+    usecase: Mapping[str, Any],
+    env_cfg: Mapping[str, Any],
+    name: str,
+    episodes: int,
+    heuristic_bonus: float = 0.0,
 ) -> tuple[EnvSpec, Evaluator]:
-    """The simulator for ``usecase`` (a use-case mapping) and its evaluator."""
+    """The simulator for ``usecase`` (a use-case mapping) and its evaluator; the agent is
+    evaluated as deployed, with ``heuristic_bonus`` on the rulebook's action (HAQL)."""
     env, params = sim.make(dict(usecase), dict(env_cfg), name=name)
     encoder = env_cfg["encoder"]
 
@@ -43,7 +48,7 @@ def sim_setup(
         per_seed = []
         for seed in range(jax.tree.leaves(seed_params)[0].shape[0]):
             q_params = jax.tree.map(lambda x, i=seed: x[i], seed_params)
-            policy = q_policy(trainer.network.apply, q_params, encoder)
+            policy = q_policy(trainer.network.apply, q_params, encoder, heuristic_bonus)
             per_seed.append(_summary(evaluate_policy(env, params, policy, key, episodes)))
         agent = {k: float(np.mean([s[k] for s in per_seed])) for k in SUMMARY_KEYS}
         baselines = {"hpa": _summary(evaluate_policy(env, params, hpa_policy(), key, episodes))}
