@@ -20,7 +20,8 @@ from hmk8s.train.anakin import init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError
 from hmk8s.train.config import AgentConfig, TrainConfig
 from hmk8s.train.gymnax_spec import gymnax_env_spec
-from hmk8s.train.runner import params_sha256, run_training
+from hmk8s.train.runlog import params_sha256
+from hmk8s.train.runner import run_training
 
 AGENT = AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200)
 DRIVER = """

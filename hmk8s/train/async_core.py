@@ -23,6 +23,7 @@ from hmk8s.agents.network import QNetwork
 from hmk8s.agents.replay import Transition, example_transition, make_buffer
 from hmk8s.train.anakin import TrainState
 from hmk8s.train.config import AgentConfig, HaqlConfig
+from hmk8s.train.parts import make_agent_parts
 
 Array = jax.Array
 
@@ -140,26 +141,9 @@ def make_async_fns(
     actor pads a partial batch), so it compiles once. ``learn`` samples a batch and does one
     update; ``add`` donates the buffer it extends.
     """
-    network = QNetwork(hidden=tuple(agent.hidden), num_actions=num_actions)
-    optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
+    parts = make_agent_parts(agent, num_actions, haql)
+    network, optimizer, epsilon, xi = parts.network, parts.optimizer, parts.epsilon, parts.xi
     buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
-    update = dqn.make_update(
-        network.apply,
-        optimizer,
-        agent.gamma,
-        agent.double,
-        agent.huber_delta,
-        agent.target_period,
-        agent.target_tau,
-    )
-    eps = agent.epsilon
-    epsilon = dqn.make_schedule(eps.kind, eps.start, eps.end, eps.steps)
-    if haql is None:
-        xi = dqn.make_schedule("linear", 0.0, 0.0, 1)
-        eta, in_target = 0.0, False
-    else:
-        xi = dqn.make_schedule(haql.xi.kind, haql.xi.start, haql.xi.end, haql.xi.steps)
-        eta, in_target = haql.eta, haql.in_target
 
     def init(key: Array, obs: np.ndarray) -> TrainState:
         k_net, k_run = jax.random.split(key)
@@ -181,7 +165,7 @@ def make_async_fns(
     @jax.jit
     def act(params, obs, mask, hint, env_steps, key):
         q = network.apply(params, obs)
-        bonus = xi(env_steps) * eta
+        bonus = xi(env_steps) * parts.eta
         return dqn.epsilon_greedy(key, q, mask, hint, epsilon(env_steps), bonus).astype(jnp.int32)
 
     @partial(jax.jit, donate_argnums=0)
@@ -191,8 +175,7 @@ def make_async_fns(
     @jax.jit
     def learn(learner: dqn.LearnerState, buffer_state, key, env_steps):
         batch = buffer.sample(buffer_state, key).experience
-        target_bonus = xi(env_steps) * eta if in_target else 0.0
-        return update(learner, batch, target_bonus)
+        return parts.update(learner, batch, parts.target_bonus(env_steps))
 
     return AsyncFns(
         network=network,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,7 +34,7 @@ from hmk8s.train.checkpoint import Checkpointer, check_resume_config
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.env_worker import BlockingEnv, no_hint
 from hmk8s.train.history import HistoryWriter
-from hmk8s.train.runlog import RunLog, default_run_dir
+from hmk8s.train.runlog import RunLog, default_run_dir, params_sha256
 from hmk8s.usecases import UseCase, load_usecase
 
 log = logging.getLogger(__name__)
@@ -148,14 +147,6 @@ def close_envs(envs: Sequence[BlockingEnv], timeout_s: float) -> list[str]:
     for message in errors:
         log.error("%s; run scripts/cleanup.py", message)
     return errors
-
-
-def params_sha256(params: Any) -> str:
-    """Digest of the Q-network's parameters (the summary's fingerprint of a run's result)."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        digest.update(np.asarray(leaf).tobytes())
-    return digest.hexdigest()
 
 
 def _train_config(cfg: Any) -> tuple[TrainConfig, dict[str, Any]]:

@@ -6,6 +6,7 @@ Called between compiled chunks only, so nothing here touches the device loop.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import time
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 import yaml
 from rich.console import Console
@@ -183,3 +185,13 @@ def _fmt(value: Any) -> str:
     if isinstance(value, int) and not isinstance(value, bool):
         return f"{value:,}"
     return str(value)
+
+
+def params_sha256(params: Any) -> str:
+    """Digest of every parameter's bytes in pytree order: equal digests, equal weights."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        arr = np.asarray(leaf)
+        digest.update(str((arr.dtype, arr.shape)).encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()

@@ -6,7 +6,6 @@ hmk8s metrics and baselines) comes in through the optional ``evaluator``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +25,7 @@ from hmk8s.train.anakin import (
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
 from hmk8s.train.config import TrainConfig
 from hmk8s.train.env_spec import EnvSpec
-from hmk8s.train.runlog import RunLog, chunk_rows
+from hmk8s.train.runlog import RunLog, chunk_rows, params_sha256
 
 # evaluator(trainer, seed-stacked params, key) -> {"eval": {...}, "baselines": {...}}
 Evaluator = Callable[[Trainer, Any, jax.Array], dict[str, Any]]
@@ -41,16 +40,6 @@ def chunk_plan(done_iters: int, total_iters: int, chunk_iters: int) -> list[int]
         plan.append(n)
         done_iters += n
     return plan
-
-
-def params_sha256(params: Any) -> str:
-    """Digest of every parameter's bytes in pytree order: equal digests, equal weights."""
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        arr = np.asarray(leaf)
-        digest.update(str((arr.dtype, arr.shape)).encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()
 
 
 def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) -> dict[str, Any]:
