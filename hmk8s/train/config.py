@@ -66,7 +66,7 @@ class HaqlConfig:
     eta: float = 1.0
     in_target: bool = True
     xi: ScheduleConfig = field(
-        default_factory=lambda: ScheduleConfig(kind="linear", start=1.0, end=0.0, steps=200_000)
+        default_factory=lambda: ScheduleConfig(kind="linear", start=1.0, end=0.5, steps=200_000)
     )
 
 
@@ -80,7 +80,7 @@ def deployed_bonus(haql: HaqlConfig | None) -> float:
 class EnvConfig:
     """How the hmk8s environment is built (consumed by `hmk8s.sim.make`)."""
 
-    encoder: str = "onehot"
+    encoder: str = "continuous"
     noop: bool = True
     start: str = "empty"
     episode_steps: int = 120
@@ -124,7 +124,7 @@ class TrainConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
     seed: int = 0
     seeds: int = 1
-    total_steps: int = 1_000_000
+    total_steps: int = 300_000
     num_envs: int = 64
     chunk_steps: int = 50_000
     run_dir: str | None = None
