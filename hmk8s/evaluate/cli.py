@@ -27,6 +27,9 @@ from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.usecases import CONFIG_DIR, UseCaseError
 
 ALL = "all"
+#: What ``usecase=all`` evaluates. It is registered as an option of the ``usecase`` group in
+#: Python, not as a file under `configs/usecase/`, which holds only real use cases.
+ALL_USECASES = ("ehr", "ml", "stream")
 
 
 @dataclass
@@ -38,13 +41,16 @@ class EvaluateRoot(TrainConfig):
 
 def register_schema() -> None:
     """Type the root config (the ``train_schema`` entry of `configs/config.yaml`) as
-    `EvaluateRoot`, so the training tree is reused with one more block."""
-    ConfigStore.instance().store(name=SCHEMA_NAME, node=EvaluateRoot)
+    `EvaluateRoot`, so the training tree is reused with one more block, and offer
+    ``usecase=all``."""
+    store = ConfigStore.instance()
+    store.store(name=SCHEMA_NAME, node=EvaluateRoot)
+    store.store(group="usecase", name=ALL, node={ALL: list(ALL_USECASES)})
 
 
 def usecases(choice: str, mapping: Any) -> dict[str, dict[str, Any]]:
-    """Use-case mappings by name: the chosen one (with any command-line changes), or every one
-    `configs/usecase/all.yaml` lists."""
+    """Use-case mappings by name: the chosen one (with any command-line changes), or each of
+    `ALL_USECASES` as its YAML file defines it."""
     if choice != ALL:
         return {choice: OmegaConf.to_container(mapping, resolve=True)}
     return {n: yaml.safe_load((CONFIG_DIR / f"{n}.yaml").read_text()) for n in mapping["all"]}
