@@ -195,8 +195,7 @@ def _is_number(text: str) -> bool:
 
 
 def available_usecases() -> tuple[str, ...]:
-    """Names of the shipped use cases: the YAML files of configs/usecase/ that define a chain
-    (the folder also holds `all.yaml`, the evaluation's list of use cases)."""
+    """Names of the shipped use cases: the YAML files of configs/usecase/ that define a chain."""
     names = []
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         data = _read_yaml(path)
