@@ -194,6 +194,13 @@ def _is_number(text: str) -> bool:
     return True
 
 
+def validation_problems(err: ValidationError) -> str:
+    """Every problem pydantic found, as `field.path: message`, for one-line config errors."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+    )
+
+
 def available_usecases() -> tuple[str, ...]:
     """Names of the shipped use cases: the YAML files of configs/usecase/ that define a chain."""
     names = []
@@ -243,7 +250,4 @@ def load_usecase(
     try:
         return UseCase.model_validate(data)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
-        )
-        raise UseCaseError(f"{origin}: {problems}") from None
+        raise UseCaseError(f"{origin}: {validation_problems(err)}") from None

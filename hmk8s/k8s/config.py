@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hmk8s.usecases import CONFIG_NAMES, UseCase
+from hmk8s.usecases import CONFIG_NAMES, UseCase, validation_problems
 
 CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "backend" / "k8s.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -170,10 +170,7 @@ def load_cluster_map(
     try:
         return ClusterMap.model_validate(merged)
     except ValidationError as err:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
-        )
-        raise ClusterMapError(f"{origin}: {problems}") from None
+        raise ClusterMapError(f"{origin}: {validation_problems(err)}") from None
 
 
 def _is_omegaconf(spec: object) -> bool:
