@@ -52,6 +52,7 @@ def train(cwd: Path, *overrides: str, cache: Path | None = None) -> subprocess.C
         (["env.encoder=foo"], "env.encoder must be one of ('onehot', 'continuous'), got 'foo'"),
         (["agent.gamma=1.5"], "agent.gamma must be in [0, 1], got 1.5"),
         (["haql.xi.kind=cosine"], "haql.xi.kind must be one of ('linear', 'exponential')"),
+        (["haql.deployed_xi=-1"], "haql.deployed_xi must be >= 0 or null, got -1.0"),
         (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such run directory"),
     ],
 )

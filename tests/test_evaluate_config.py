@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from hmk8s.evaluate import cli
-from hmk8s.train.config import TrainConfig
+from hmk8s.train.config import HaqlConfig, ScheduleConfig, TrainConfig, deployed_bonus
 from hmk8s.usecases import CONFIG_DIR
 
 
@@ -33,10 +33,11 @@ def test_evaluate_config_is_the_training_tree_plus_evaluate(evaluate_schema):
     assert (typed.seeds, typed.evaluate.episodes, typed.agent.hidden) == (3, 8, [32])
     # the evaluation budget of configs/evaluate.yaml over the training defaults
     assert (typed.total_steps, typed.agent.epsilon.steps, typed.haql.xi.steps) == (
-        30000,
-        15000,
-        15000,
+        300000,
+        150000,
+        150000,
     )
+    assert (typed.agent.updates_per_step, typed.haql.deployed_xi) == (0.025, 1.0)
     assert cli.usecases("ml", cfg.usecase)["ml"]["chain"] == ["firewall", "encrypt"]
 
 
@@ -51,3 +52,11 @@ def test_unknown_or_mistyped_evaluate_key_is_refused(evaluate_schema):
         load(["evaluate.unknown=1"])
     with pytest.raises(ConfigCompositionException):
         load(["evaluate.episodes=many"])
+
+
+def test_deployed_bonus_is_the_deployed_weight_times_eta():
+    fading = ScheduleConfig(kind="linear", start=1.0, end=0.5, steps=10)
+    assert deployed_bonus(None) == 0.0  # a pure DQN acts on Q alone
+    assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading)) == 1.0  # xi.end = 0.5 by default
+    assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading, deployed_xi=1.5)) == 3.0
+    assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading, deployed_xi=0.0)) == 0.0

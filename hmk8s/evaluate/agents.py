@@ -28,8 +28,8 @@ def q_policy(
 ) -> Policy:
     """Greedy over the actions the mask allows: ``argmax_a [Q(encode(s), a) + b H(s, a)]`` with
     ``H`` the rulebook's one-hot recommendation and ``b = heuristic_bonus``. A DQN agent has
-    ``b = 0``; a HAQL agent is deployed as it acts at the end of training, ``b = xi_end * eta``
-    (0 when its heuristic weight decays to nothing, so it is judged on its network alone)."""
+    ``b = 0``; a HAQL agent has ``b = deployed_xi * eta`` (`hmk8s.train.config.deployed_bonus`:
+    by default ``xi_end * eta``, the way it acts at the end of training)."""
     encode = get_encoder(encoder)
 
     def act(key: jax.Array, pstate: Any, obs: Any, params: EnvParams):

@@ -61,19 +61,27 @@ class AgentConfig:
 
 @dataclass
 class HaqlConfig:
-    """Heuristic acceleration: ``H(s, a) = eta [a == hint]`` weighted by ``xi_t``."""
+    """Heuristic acceleration: ``H(s, a) = eta [a == hint]`` weighted by ``xi_t``.
+
+    ``deployed_xi`` is the heuristic's weight in the trained agent's greedy policy,
+    ``argmax [Q + deployed_xi H]``; ``None`` keeps ``xi.end``, the weight it ended training with.
+    """
 
     eta: float = 1.0
     in_target: bool = True
     xi: ScheduleConfig = field(
         default_factory=lambda: ScheduleConfig(kind="linear", start=1.0, end=0.5, steps=200_000)
     )
+    deployed_xi: float | None = None
 
 
 def deployed_bonus(haql: HaqlConfig | None) -> float:
-    """Weight of the rulebook's action in the trained agent's policy: ``xi_end * eta`` for HAQL
-    (its action choice at the end of training), 0 for a pure DQN."""
-    return 0.0 if haql is None else haql.xi.end * haql.eta
+    """Weight of the rulebook's action in the trained agent's policy: ``deployed_xi * eta`` for
+    HAQL (``xi.end`` unless set: its action choice at the end of training), 0 for a pure DQN."""
+    if haql is None:
+        return 0.0
+    xi = haql.xi.end if haql.deployed_xi is None else haql.deployed_xi
+    return xi * haql.eta
 
 
 @dataclass
@@ -182,6 +190,8 @@ def validate(cfg: TrainConfig) -> None:
     _schedule(errors, "haql.xi", cfg.haql.xi)
     if cfg.haql.eta < 0:
         errors.append(f"haql.eta must be >= 0, got {cfg.haql.eta}")
+    if cfg.haql.deployed_xi is not None and cfg.haql.deployed_xi < 0:
+        errors.append(f"haql.deployed_xi must be >= 0 or null, got {cfg.haql.deployed_xi}")
     if cfg.env.encoder not in ENCODERS:
         errors.append(f"env.encoder must be one of {ENCODERS}, got {cfg.env.encoder!r}")
     if cfg.env.start not in STARTS:
