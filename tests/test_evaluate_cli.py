@@ -1,0 +1,66 @@
+"""scripts/evaluate.py end to end: a tiny evaluation writes its files; bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+TINY = [
+    "usecase=ml",
+    "seeds=2",
+    "total_steps=512",
+    "num_envs=16",
+    "agent.hidden=[16]",
+    "agent.batch_size=16",
+    "agent.learning_starts=64",
+    "agent.updates_per_step=0.25",
+    "evaluate.episodes=3",
+    "evaluate.curve_points=2",
+    "evaluate.bootstrap_reps=50",
+]
+
+
+def evaluate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), *overrides],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def test_tiny_evaluation_writes_results_and_figures(tmp_path):
+    out = evaluate(tmp_path, *TINY, "run_dir=out")
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "out"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no Hydra outputs/
+    results = json.loads((run / "results.json").read_text())
+    assert results["meta"]["command"].startswith("python scripts/evaluate.py usecase=ml")
+    ml = results["results"]["ml"]
+    assert set(ml["policies"]) == {"dqn", "haql", "random", "static", "heuristic", "hpa"}
+    assert [len(v) for v in ml["per_seed"]["haql"].values()] == [2] * 5
+    assert ml["curves"]["dqn"]["steps"][0] == 0 and len(ml["curves"]["dqn"]["steps"]) == 3
+    assert set(ml["targets"]) == {"haql_half_time", "haql_beats_hpa", "haql_beats_heuristic"}
+    for name in ("curves", "policies", "timeline"):
+        assert (run / f"ml_{name}.png").stat().st_size > 10_000
+    assert "### ML" in (run / "results.md").read_text()
+
+
+def test_bad_input_is_refused_before_any_work(tmp_path):
+    unknown = evaluate(tmp_path, "usecase=nope")
+    assert unknown.returncode != 0
+    assert "Could not find 'usecase/nope'" in unknown.stderr
+    remote = evaluate(tmp_path, "backend=k8s")
+    assert remote.returncode == 2
+    assert "backend=k8s: the evaluation runs on the simulator" in remote.stderr
+    bad = evaluate(tmp_path, "seeds=0")
+    assert bad.returncode == 2
+    assert "seeds must be > 0" in bad.stderr
+    assert list(tmp_path.iterdir()) == []
