@@ -50,7 +50,7 @@ def test_tiny_evaluation_writes_results_and_figures(tmp_path):
     assert set(ml["targets"]) == {"haql_half_time", "haql_beats_hpa", "haql_beats_heuristic"}
     for name in ("curves", "policies", "timeline"):
         assert (run / f"ml_{name}.png").stat().st_size > 10_000
-    assert "### ML" in (run / "results.md").read_text()
+    assert "## ML" in (run / "results.md").read_text()
 
 
 def test_bad_input_is_refused_before_any_work(tmp_path):
