@@ -10,7 +10,13 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from hmk8s.evaluate import cli
-from hmk8s.train.config import HaqlConfig, ScheduleConfig, TrainConfig, deployed_bonus
+from hmk8s.train.config import (
+    HaqlConfig,
+    ScheduleConfig,
+    TrainConfig,
+    deployed_bonus,
+    resume_mismatches,
+)
 from hmk8s.usecases import CONFIG_DIR
 
 
@@ -60,3 +66,11 @@ def test_deployed_bonus_is_the_deployed_weight_times_eta():
     assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading)) == 1.0  # xi.end = 0.5 by default
     assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading, deployed_xi=1.5)) == 3.0
     assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading, deployed_xi=0.0)) == 0.0
+
+
+def test_resume_ignores_the_deployed_weight_but_not_the_training_schedule():
+    saved = {"haql": {"eta": 1.0, "xi": {"end": 0.5}}, "total_steps": 100}
+    current = {"haql": {"eta": 1.0, "xi": {"end": 0.5}, "deployed_xi": 1.0}, "total_steps": 200}
+    assert resume_mismatches(saved, current) == []
+    current["haql"]["xi"]["end"] = 0.0
+    assert resume_mismatches(saved, current) == ["haql.xi.end: checkpoint has 0.5, now 0.0"]

@@ -16,9 +16,17 @@ ENCODERS = ("onehot", "continuous")
 STARTS = ("empty", "minimal", "random")
 SCHEDULE_KINDS = ("linear", "exponential")
 
-# Keys that may differ between a checkpoint's config and the resuming run's:
-# they change how long the run goes or what is logged, not what it computes.
-RESUME_SAFE_KEYS = ("total_steps", "run_dir", "resume", "checkpoint", "log", "eval")
+# Keys that may differ between a checkpoint's config and the resuming run's: they change how
+# long the run goes, what is logged or how the trained agent is evaluated, not what it computes.
+RESUME_SAFE_KEYS = (
+    "total_steps",
+    "run_dir",
+    "resume",
+    "checkpoint",
+    "log",
+    "eval",
+    "haql.deployed_xi",
+)
 
 
 class ConfigError(ValueError):
