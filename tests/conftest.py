@@ -8,6 +8,7 @@ noise), and hand-built simulator states.
 from __future__ import annotations
 
 import copy
+import signal
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
@@ -215,3 +216,12 @@ def random_trajectories() -> Callable[..., tuple[EnvParams, Callable, Callable, 
         return cache[name]
 
     return get
+
+
+@pytest.fixture(autouse=True, scope="session")
+def ctrl_c_raises_keyboard_interrupt():
+    """Ctrl-C as in a terminal: a runner started in the background inherits SIGINT ignored, and
+    then `_thread.interrupt_main` does nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

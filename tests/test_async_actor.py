@@ -160,14 +160,16 @@ def test_a_learner_error_stops_actor_and_envs(fns4):
 
 def test_ctrl_c_finishes_in_flight_steps_and_stops(fns4):
     envs = [CountingEnv(i, delay_s=0.01) for i in range(4)]
-    timer = threading.Timer(1.0, _thread.interrupt_main)
-    timer.start()
-    try:
-        result = train_async(
-            fns4, envs, no_hint, fresh_state(fns4), settings(total_steps=1_000_000)
-        )
-    finally:
-        timer.cancel()
+    step = envs[0].step
+
+    def step_then_interrupt(action):
+        out = step(action)
+        if envs[0].steps == 20:  # Ctrl-C once steps are flowing, however long compiling took
+            _thread.interrupt_main()
+        return out
+
+    envs[0].step = step_then_interrupt
+    result = train_async(fns4, envs, no_hint, fresh_state(fns4), settings(total_steps=1_000_000))
     assert result.interrupted and result.error is None and not result.abandoned
     assert 0 < result.env_steps < 1_000_000
     check_every_step_written_once(envs, result.state)

@@ -22,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")
 CHILD = textwrap.dedent(
     """
-    import sys, time, yaml
+    import signal, sys, time, yaml
     from hmk8s.k8s.env import KubernetesClusterEnv
+    # Ctrl-C as in a terminal, even when the test runner was started with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     env = KubernetesClusterEnv("ml", {"start": "empty"}, yaml.safe_load(open(sys.argv[1])))
     env.reset(seed=0)
     env.step(env.params.layout.encode(0, 2, 0, 2, 0))  # deploy firewall/small on cluster 0
