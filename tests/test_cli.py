@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from script_runs import run_script
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
 TINY = [
     "total_steps=512",
     "num_envs=16",
@@ -25,19 +23,7 @@ TINY = [
 
 
 def train(cwd: Path, *overrides: str, cache: Path | None = None) -> subprocess.CompletedProcess:
-    # These runs check the command's behaviour, not its speed: compile without optimisation,
-    # and let later runs reuse the first run's compiled programs.
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    if cache is not None:
-        env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_script("train.py", cwd, *overrides, cache=cache)
 
 
 @pytest.mark.parametrize(

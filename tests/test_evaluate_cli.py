@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "evaluate.py"
+from script_runs import run_script
+
 TINY = [
     "usecase=ml",
     "seeds=2",
@@ -25,15 +24,7 @@ TINY = [
 
 
 def evaluate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *overrides],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    return run_script("evaluate.py", cwd, *overrides, timeout=900)
 
 
 def test_tiny_evaluation_writes_results_and_figures(tmp_path):
