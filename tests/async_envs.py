@@ -6,6 +6,7 @@ step in the episode), so a test can match each env's steps to the replay's write
 
 from __future__ import annotations
 
+import _thread
 import threading
 import time
 
@@ -78,6 +79,20 @@ class CountingEnv:
 
     def close(self) -> None:
         self.closed = True
+
+
+def interrupt_after(env: CountingEnv, steps: int) -> None:
+    """Press Ctrl-C (a KeyboardInterrupt in the main thread) right after ``env``'s ``steps``-th
+    step, so the interrupt lands while steps flow however long compiling took."""
+    step = env.step
+
+    def step_then_interrupt(action):
+        out = step(action)
+        if env.steps == steps:
+            _thread.interrupt_main()
+        return out
+
+    env.step = step_then_interrupt
 
 
 def small_agent(**changes) -> AgentConfig:

@@ -3,7 +3,6 @@ replay exactly once, slow and failing envs stall nobody, errors and Ctrl-C stop 
 
 from __future__ import annotations
 
-import _thread
 import dataclasses
 import os
 import signal
@@ -13,7 +12,7 @@ from collections import Counter
 import jax
 import numpy as np
 import pytest
-from async_envs import NUM_ACTIONS, OBS_DIM, CountingEnv, small_agent, written
+from async_envs import NUM_ACTIONS, OBS_DIM, CountingEnv, interrupt_after, small_agent, written
 
 from hmk8s.train.async_core import (
     advance_books,
@@ -160,15 +159,7 @@ def test_a_learner_error_stops_actor_and_envs(fns4):
 
 def test_ctrl_c_finishes_in_flight_steps_and_stops(fns4):
     envs = [CountingEnv(i, delay_s=0.01) for i in range(4)]
-    step = envs[0].step
-
-    def step_then_interrupt(action):
-        out = step(action)
-        if envs[0].steps == 20:  # Ctrl-C once steps are flowing, however long compiling took
-            _thread.interrupt_main()
-        return out
-
-    envs[0].step = step_then_interrupt
+    interrupt_after(envs[0], 20)
     result = train_async(fns4, envs, no_hint, fresh_state(fns4), settings(total_steps=1_000_000))
     assert result.interrupted and result.error is None and not result.abandoned
     assert 0 < result.env_steps < 1_000_000

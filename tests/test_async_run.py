@@ -3,7 +3,6 @@ continues every env's history and episode bookkeeping where the stopped one left
 
 from __future__ import annotations
 
-import _thread
 import itertools
 import json
 import subprocess
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from async_envs import CountingEnv, small_agent
+from async_envs import CountingEnv, interrupt_after, small_agent
 
 from hmk8s.agents.replay import Transition
 from hmk8s.train.async_core import StepBook
@@ -60,15 +59,7 @@ class Factory:
     def __call__(self, index: int, cluster_map: dict) -> CountingEnv:
         env = CountingEnv(index, delay_s=0.003 * (index + 1), episode=4 + index)
         if index == 0 and self.interrupt_at is not None:
-            step = env.step
-
-            def step_then_interrupt(action):
-                out = step(action)
-                if env.steps == self.interrupt_at:
-                    _thread.interrupt_main()
-                return out
-
-            env.step = step_then_interrupt
+            interrupt_after(env, self.interrupt_at)
         self.envs.append(env)
         self.maps.append(cluster_map)
         return env
