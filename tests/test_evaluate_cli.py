@@ -38,6 +38,9 @@ def test_tiny_evaluation_writes_results_and_figures(tmp_path):
     assert set(ml["policies"]) == {"dqn", "haql", "random", "static", "heuristic", "hpa"}
     assert [len(v) for v in ml["per_seed"]["haql"].values()] == [2] * 5
     assert ml["curves"]["dqn"]["steps"][0] == 0 and len(ml["curves"]["dqn"]["steps"]) == 3
+    scores = ml["deployed_xi"]["validation_returns"]  # chosen on the curve episodes
+    assert list(scores) == ["0.0", "0.25", "0.5", "1.0", "2.0", "4.0", "16.0"]
+    assert scores[str(ml["deployed_xi"]["value"])] == max(scores.values())
     assert set(ml["targets"]) == {"haql_half_time", "haql_beats_hpa", "haql_beats_heuristic"}
     for name in ("curves", "policies", "timeline"):
         assert (run / f"ml_{name}.png").stat().st_size > 10_000
@@ -54,4 +57,7 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     bad = evaluate(tmp_path, "seeds=0")
     assert bad.returncode == 2
     assert "seeds must be > 0" in bad.stderr
+    grid = evaluate(tmp_path, "evaluate.deployed_xi_grid=[1.0,-0.5]")
+    assert grid.returncode == 2
+    assert "evaluate.deployed_xi_grid must hold weights >= 0" in grid.stderr
     assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ from hmk8s.train.config import (
     HaqlConfig,
     ScheduleConfig,
     TrainConfig,
+    acting_bonus,
     deployed_bonus,
     resume_mismatches,
 )
@@ -43,7 +44,12 @@ def test_evaluate_config_is_the_training_tree_plus_evaluate(evaluate_schema):
         150000,
         150000,
     )
-    assert (typed.agent.updates_per_step, typed.haql.deployed_xi) == (0.025, 1.0)
+    assert (typed.agent.updates_per_step, typed.haql.xi.end, typed.haql.deployed_xi) == (
+        0.025,
+        0.1,
+        None,
+    )
+    assert typed.evaluate.deployed_xi_grid == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0]
     assert cli.usecases("ml", cfg.usecase)["ml"]["chain"] == ["firewall", "encrypt"]
 
 
@@ -66,6 +72,16 @@ def test_deployed_bonus_is_the_deployed_weight_times_eta():
     assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading)) == 1.0  # xi.end = 0.5 by default
     assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading, deployed_xi=1.5)) == 3.0
     assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading, deployed_xi=0.0)) == 0.0
+
+
+def test_acting_bonus_follows_the_xi_schedule_times_eta():
+    fading = HaqlConfig(eta=2.0, xi=ScheduleConfig(kind="linear", start=1.0, end=0.25, steps=100))
+    # xi_t = 1 - 0.75 t / 100 until step 100, then 0.25; times eta = 2
+    assert acting_bonus(fading, 0) == pytest.approx(2.0)
+    assert acting_bonus(fading, 40) == pytest.approx(2.0 * 0.7)
+    assert acting_bonus(fading, 100) == pytest.approx(0.5)
+    assert acting_bonus(fading, 1000) == pytest.approx(0.5)
+    assert acting_bonus(None, 40) == 0.0
 
 
 def test_resume_ignores_the_deployed_weight_but_not_the_training_schedule():

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from hmk8s.evaluate.experiment import METRICS, targets
+import numpy as np
+
+from hmk8s.evaluate.experiment import METRICS, select_deployed_xi, targets
 from hmk8s.evaluate.report import render_markdown
 
 
@@ -43,6 +45,7 @@ def make_result(time_ratio: float) -> dict:
         "total_steps": 1000,
         "eval_episodes": 8,
         "train_seconds": {"dqn": 10.0, "haql": 12.0},
+        "deployed_xi": {"value": 0.5, "validation_returns": {"0.0": 71.25, "0.5": 80.0}},
         "policies": {
             "dqn": policy(70.0, 0.20),
             # HAQL beats hpa (80 > 75, 0.10 <= 0.10) but not heuristic (80 < 85)
@@ -102,3 +105,26 @@ def test_page_states_each_target_and_the_numbers():
         in page
     )
     assert "![learning curves](ml_curves.png)" in page
+    assert (
+        "Trained HAQL acts by argmax [Q + 0.5 eta H], the weight with the best IQM return on "
+        "the curve episodes (0.0: 71.2, 0.5: 80.0)." in page
+    )
+
+
+def test_page_states_a_configured_deployed_weight_without_validation():
+    result = make_result(0.4)
+    result["deployed_xi"] = {"value": 1.0, "validation_returns": {}}
+    page = render_markdown({"ml": result}, {"command": "c", "device": "d", "wall_seconds": 60})
+    assert "Trained HAQL acts by argmax [Q + 1 eta H].\n" in page
+
+
+def test_deployed_weight_is_the_one_with_the_best_validation_iqm():
+    # returns per seed for each weight; IQM of 4 seeds = mean of the middle two
+    returns = {
+        0.0: np.array([10.0, 50.0, 60.0, 100.0]),  # IQM 55
+        0.5: np.array([0.0, 58.0, 62.0, 62.0]),  # IQM 60
+        1.0: np.array([-50.0, 59.0, 61.0, 99.0]),  # IQM 60: a tie, the first one wins
+    }
+    chosen, scores = select_deployed_xi(lambda xi: returns[xi], [0.0, 0.5, 1.0])
+    assert chosen == 0.5
+    assert scores == {"0.0": 55.0, "0.5": 60.0, "1.0": 60.0}

@@ -24,12 +24,16 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
 
 def q_policy(
-    apply_fn: ApplyFn, q_params: Any, encoder: str = "onehot", heuristic_bonus: float = 0.0
+    apply_fn: ApplyFn,
+    q_params: Any,
+    encoder: str = "onehot",
+    heuristic_bonus: float | jax.Array = 0.0,
 ) -> Policy:
     """Greedy over the actions the mask allows: ``argmax_a [Q(encode(s), a) + b H(s, a)]`` with
     ``H`` the rulebook's one-hot recommendation and ``b = heuristic_bonus``. A DQN agent has
-    ``b = 0``; a HAQL agent has ``b = deployed_xi * eta`` (`hmk8s.train.config.deployed_bonus`:
-    by default ``xi_end * eta``, the way it acts at the end of training)."""
+    ``b = 0``; a trained HAQL agent has ``b = deployed_xi * eta`` (`hmk8s.train.config.deployed_bonus`:
+    by default ``xi_end * eta``, the way it acts at the end of training), and one still training
+    ``b = xi_t * eta`` (`acting_bonus`)."""
     encode = get_encoder(encoder)
 
     def act(key: jax.Array, pstate: Any, obs: Any, params: EnvParams):
@@ -47,13 +51,13 @@ def make_seed_rollout(
     apply_fn: ApplyFn,
     num_episodes: int,
     encoder: str = "onehot",
-    heuristic_bonus: float = 0.0,
-) -> Callable[[Any, jax.Array], dict[str, jax.Array]]:
-    """``run(seed_params, key)``: `rollout` of each seed's greedy agent (``seed_params`` stacked
-    on a leading seed axis) on the same ``num_episodes`` episodes drawn from ``key``; every array
-    is [seeds, episodes, steps, ...]. Compiled once, so a learning curve re-uses it."""
+) -> Callable[..., dict[str, jax.Array]]:
+    """``run(seed_params, key, heuristic_bonus=0.0)``: `rollout` of each seed's greedy agent
+    (``seed_params`` stacked on a leading seed axis, `q_policy` with ``heuristic_bonus``) on the
+    same ``num_episodes`` episodes drawn from ``key``; every array is [seeds, episodes, steps,
+    ...]. Compiled once, so a learning curve re-uses it whatever the bonus."""
 
-    def run(seed_params: Any, key: jax.Array) -> dict[str, jax.Array]:
+    def run(seed_params: Any, key: jax.Array, heuristic_bonus: Any = 0.0) -> dict[str, jax.Array]:
         def one(q_params: Any) -> dict[str, jax.Array]:
             policy = q_policy(apply_fn, q_params, encoder, heuristic_bonus)
             return rollout(env, params, policy, key, num_episodes)

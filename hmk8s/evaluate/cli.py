@@ -77,6 +77,9 @@ def run(cfg: DictConfig) -> Path:
         raise ConfigError(f"backend={choices['backend']}: the evaluation runs on the simulator")
     typed: EvaluateRoot = OmegaConf.to_object(cfg)
     validate(typed)
+    if any(xi < 0 for xi in typed.evaluate.deployed_xi_grid):
+        grid = typed.evaluate.deployed_xi_grid
+        raise ConfigError(f"evaluate.deployed_xi_grid must hold weights >= 0, got {grid}")
     chosen = usecases(choice, cfg.usecase)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(typed.run_dir or f"runs/evaluate-{choice}-{stamp}")

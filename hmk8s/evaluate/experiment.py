@@ -25,7 +25,7 @@ from hmk8s.evaluate.agents import make_seed_rollout
 from hmk8s.evaluation import rollout, summarise
 from hmk8s.sim.spec import sim_env_spec
 from hmk8s.train.anakin import Trainer, init_seeds, make_chunk_fn, make_trainer
-from hmk8s.train.config import TrainConfig, deployed_bonus
+from hmk8s.train.config import TrainConfig, acting_bonus, deployed_bonus, deployed_weight
 
 AGENTS = ("dqn", "haql")
 METRICS = ("return", "sla_violation_rate", "mean_pods", "p95_latency_ratio", "invalid_rate")
@@ -43,6 +43,7 @@ class EvaluateConfig:
     threshold: float = 0.9
     budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     timeline: list[str] = field(default_factory=lambda: ["haql", "hpa"])
+    deployed_xi_grid: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -71,21 +72,21 @@ def train_agent(
     trainer: Trainer,
     cfg: TrainConfig,
     points: int,
-    curve: Callable[[Any], np.ndarray],
+    curve: Callable[[Any, int], np.ndarray],
     log: Callable[[str], None],
 ) -> AgentRun:
     """Train ``cfg.seeds`` seeds in one vmapped program for about ``cfg.total_steps`` env steps
-    per seed, measuring ``curve(params) -> [seeds]`` before training and after each of
-    ``points`` equal chunks."""
+    per seed, measuring ``curve(params, env_steps) -> [seeds]`` before training and after each
+    of ``points`` equal chunks."""
     iters = max(1, math.ceil(cfg.total_steps / trainer.env_steps_per_iter / points))
     chunk = make_chunk_fn(trainer, iters)
     states = init_seeds(trainer, cfg.seed, cfg.seeds)
     start = time.perf_counter()
-    steps, values = [0], [curve(states.learner.params)]
+    steps, values = [0], [curve(states.learner.params, 0)]
     for _ in range(points):
         states, metrics = chunk(states)
         steps.append(int(np.asarray(metrics["env_steps"])[0]))
-        values.append(curve(states.learner.params))
+        values.append(curve(states.learner.params, steps[-1]))
         log(f"  {steps[-1]:>8d} steps  greedy IQM {stats.iqm(values[-1]):8.2f}")
     return AgentRun(
         steps=np.array(steps),
@@ -93,6 +94,16 @@ def train_agent(
         params=states.learner.params,
         seconds=time.perf_counter() - start,
     )
+
+
+def select_deployed_xi(
+    score: Callable[[float], np.ndarray], grid: list[float]
+) -> tuple[float, dict[str, float]]:
+    """The weight of ``grid`` whose greedy agents score the highest IQM over seeds, with every
+    weight's IQM; ``score(xi) -> [seeds]`` returns on validation episodes. Ties: the first."""
+    scores = {xi: stats.iqm(score(xi)) for xi in grid}
+    best = max(scores, key=lambda xi: scores[xi])
+    return best, {str(xi): value for xi, value in scores.items()}
 
 
 def summarise_agent(
@@ -213,24 +224,30 @@ def evaluate_usecase(
         log(f"{usecase} {name:9s} return {baselines[name]['return']:8.2f}")
 
     runs, agent_records, per_seed = {}, {}, {}
+    deployed: dict[str, Any] = {"value": deployed_weight(cfg.haql), "validation_returns": {}}
     for name in AGENTS:
         haql = cfg.haql if name == "haql" else None
         trainer = make_trainer(spec, cfg.agent, cfg.num_envs, haql)
-        run = make_seed_rollout(
-            env,
-            params,
-            trainer.network.apply,
-            ev.episodes,
-            cfg.env.encoder,
-            deployed_bonus(haql),
-        )
+        run = make_seed_rollout(env, params, trainer.network.apply, ev.episodes, cfg.env.encoder)
 
-        def curve(p: Any, run: Callable = run) -> np.ndarray:
-            return np.asarray(run(p, curve_key)["reward"].sum(axis=2).mean(axis=1))
+        def curve(p: Any, steps: int, run: Callable = run, haql=haql) -> np.ndarray:
+            records = run(p, curve_key, acting_bonus(haql, steps))
+            return np.asarray(records["reward"].sum(axis=2).mean(axis=1))
 
         log(f"{usecase} {name}: {cfg.seeds} seeds x {cfg.total_steps} env steps")
         runs[name] = train_agent(trainer, cfg, ev.curve_points, curve, log)
-        records = run(runs[name].params, eval_key)
+        bonus = deployed_bonus(haql)
+        if haql is not None and haql.deployed_xi is None and ev.deployed_xi_grid:
+
+            def score(xi: float, run: Callable = run, p: Any = runs[name].params) -> np.ndarray:
+                records = run(p, curve_key, xi * haql.eta)
+                return np.asarray(records["reward"].sum(axis=2).mean(axis=1))
+
+            chosen, scores = select_deployed_xi(score, ev.deployed_xi_grid)
+            deployed = {"value": chosen, "validation_returns": scores}
+            bonus = chosen * haql.eta
+            log(f"  deployed xi {chosen} (IQM return on the curve episodes: {scores})")
+        records = run(runs[name].params, eval_key, bonus)
         agent_records[name] = records
         seeds = [
             episode_metrics(jax.tree.map(lambda x, i=i: x[i], records)) for i in range(cfg.seeds)
@@ -246,6 +263,7 @@ def evaluate_usecase(
         "total_steps": int(runs["dqn"].steps[-1]),
         "eval_episodes": ev.episodes,
         "train_seconds": {name: run.seconds for name, run in runs.items()},
+        "deployed_xi": deployed,
         "policies": policies,
         "per_seed": {a: {m: v.tolist() for m, v in per_seed[a].items()} for a in AGENTS},
         "curves": {

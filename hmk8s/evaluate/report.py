@@ -119,6 +119,16 @@ def verdicts(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def deployed_line(deployed: dict[str, Any]) -> str:
+    """How the trained HAQL agent weighs the rulebook in the tables, and where that came from."""
+    line = f"Trained HAQL acts by argmax [Q + {deployed['value']:g} eta H]"
+    scores = deployed["validation_returns"]
+    if not scores:
+        return line + "."
+    tried = ", ".join(f"{xi}: {value:.1f}" for xi, value in scores.items())
+    return line + f", the weight with the best IQM return on the curve episodes ({tried})."
+
+
 def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:
     """The whole page for one run: a section per use case, figures referenced by file name."""
     out = [
@@ -143,6 +153,8 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
             f"{r['eval_episodes']} held-out episodes; learning curves on {r['eval_episodes']} "
             f"other episodes. Training time: DQN {r['train_seconds']['dqn']:.0f} s, "
             f"HAQL {r['train_seconds']['haql']:.0f} s.",
+            "",
+            deployed_line(r["deployed_xi"]),
             "",
             *verdicts(r),
             "",

@@ -12,6 +12,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from hmk8s.agents.dqn import make_schedule
+
 ENCODERS = ("onehot", "continuous")
 STARTS = ("empty", "minimal", "random")
 SCHEDULE_KINDS = ("linear", "exponential")
@@ -83,13 +85,24 @@ class HaqlConfig:
     deployed_xi: float | None = None
 
 
+def deployed_weight(haql: HaqlConfig) -> float:
+    """``deployed_xi``, or ``xi.end`` unless set: the agent's action choice at the end of training."""
+    return haql.xi.end if haql.deployed_xi is None else haql.deployed_xi
+
+
 def deployed_bonus(haql: HaqlConfig | None) -> float:
-    """Weight of the rulebook's action in the trained agent's policy: ``deployed_xi * eta`` for
-    HAQL (``xi.end`` unless set: its action choice at the end of training), 0 for a pure DQN."""
+    """Weight of the rulebook's action in the trained agent's policy: ``deployed_weight * eta``
+    for HAQL, 0 for a pure DQN."""
+    return 0.0 if haql is None else deployed_weight(haql) * haql.eta
+
+
+def acting_bonus(haql: HaqlConfig | None, env_steps: int) -> float:
+    """Weight of the rulebook's action in the agent's greedy policy after ``env_steps`` steps of
+    training: ``xi_t * eta`` for HAQL (how it acts then, exploration aside), 0 for a pure DQN."""
     if haql is None:
         return 0.0
-    xi = haql.xi.end if haql.deployed_xi is None else haql.deployed_xi
-    return xi * haql.eta
+    xi = haql.xi
+    return float(make_schedule(xi.kind, xi.start, xi.end, xi.steps)(env_steps)) * haql.eta
 
 
 @dataclass
