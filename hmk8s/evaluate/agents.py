@@ -31,9 +31,9 @@ def q_policy(
 ) -> Policy:
     """Greedy over the actions the mask allows: ``argmax_a [Q(encode(s), a) + b H(s, a)]`` with
     ``H`` the rulebook's one-hot recommendation and ``b = heuristic_bonus``. A DQN agent has
-    ``b = 0``; a trained HAQL agent has ``b = deployed_xi * eta`` (`hmk8s.train.config.deployed_bonus`:
-    by default ``xi_end * eta``, the way it acts at the end of training), and one still training
-    ``b = xi_t * eta`` (`acting_bonus`)."""
+    ``b = 0``; a trained HAQL agent has ``b = deployed_xi * eta``
+    (`hmk8s.train.config.deployed_bonus`: by default ``xi_end * eta``, the way it acts at the end
+    of training), and one still training ``b = xi_t * eta`` (`acting_bonus`)."""
     encode = get_encoder(encoder)
 
     def act(key: jax.Array, pstate: Any, obs: Any, params: EnvParams):

@@ -239,8 +239,10 @@ def evaluate_usecase(
         bonus = deployed_bonus(haql)
         if haql is not None and haql.deployed_xi is None and ev.deployed_xi_grid:
 
-            def score(xi: float, run: Callable = run, p: Any = runs[name].params) -> np.ndarray:
-                records = run(p, curve_key, xi * haql.eta)
+            def score(
+                xi: float, run: Callable = run, p: Any = runs[name].params, eta: float = haql.eta
+            ) -> np.ndarray:
+                records = run(p, curve_key, xi * eta)
                 return np.asarray(records["reward"].sum(axis=2).mean(axis=1))
 
             chosen, scores = select_deployed_xi(score, ev.deployed_xi_grid)

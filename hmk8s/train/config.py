@@ -86,7 +86,7 @@ class HaqlConfig:
 
 
 def deployed_weight(haql: HaqlConfig) -> float:
-    """``deployed_xi``, or ``xi.end`` unless set: the agent's action choice at the end of training."""
+    """``deployed_xi``, else ``xi.end``: how the agent chose actions at the end of training."""
     return haql.xi.end if haql.deployed_xi is None else haql.deployed_xi
 
 
