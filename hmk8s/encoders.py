@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from hmk8s.observation import Observation, chain_latency_ratio
+from hmk8s.sim.dynamics import instance_pressure
 from hmk8s.sim.params import EnvParams
 
 PERCENT_EDGES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.5)
@@ -58,8 +59,10 @@ def onehot_size(clusters: int, functions: int) -> int:
 
 def continuous(obs: Observation, params: EnvParams) -> jax.Array:
     """Normalised raw values: CPU and utilisation / 2, pods and replicas / max_pods,
-    each proxy's route per chain hop one-hot (last slot = broken), latency ratios over the
-    timeout ratio, and each proxy's share of the load with the total load's log."""
+    each proxy's route per chain hop one-hot (last slot = broken), latency ratios twice (over
+    the timeout ratio, for the whole range, and / 2, to resolve the SLA), each instance's
+    pressure / 2 (the rulebook's planning quantity), and each proxy's share of the load with
+    the total load's log."""
     lay = params.layout
     chain = jnp.asarray(params.chain)
     hops = obs.routes[:, chain]
@@ -67,6 +70,7 @@ def continuous(obs: Observation, params: EnvParams) -> jax.Array:
         jnp.where(hops < 0, lay.clusters * lay.configs, hops), lay.clusters * lay.configs + 1
     )
     total = obs.rates.sum()
+    pressure = instance_pressure(obs.routes, obs.rates, obs.replicas, params)
     parts = [
         jnp.clip(obs.cpu_util / 2.0, 0.0, 1.0),
         obs.pods / params.max_pods,
@@ -74,6 +78,8 @@ def continuous(obs: Observation, params: EnvParams) -> jax.Array:
         jnp.clip(obs.instance_util.reshape(-1) / 2.0, 0.0, 1.0),
         routes.reshape(-1),
         jnp.clip(obs.latency_ratio * params.sla_s / params.timeout_s, 0.0, 1.0),
+        jnp.clip(obs.latency_ratio / 2.0, 0.0, 1.0),
+        jnp.clip(pressure.reshape(-1) / 2.0, 0.0, 1.0),
         obs.rates / jnp.maximum(total, 1e-6),
         jnp.clip(jnp.log1p(total)[None] / 10.0, 0.0, 1.0),
     ]

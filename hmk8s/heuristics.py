@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from hmk8s.observation import Observation
-from hmk8s.sim.dynamics import instance_load
+from hmk8s.sim.dynamics import instance_load, instance_pressure
 from hmk8s.sim.params import EnvParams
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 
@@ -69,7 +69,7 @@ def recommend(obs: Observation, params: EnvParams, rules: Rulebook = DEFAULT_RUL
     room = pods < params.max_pods
     load = instance_load(obs.routes, obs.rates, params)
     capacity = replicas * params.mu[None]
-    pressure = jnp.where(capacity > 0, load / jnp.maximum(capacity, 1e-9), 0.0)
+    pressure = instance_pressure(obs.routes, obs.rates, replicas, params)
     hops = obs.routes[:, chain]
     safe_hops = jnp.maximum(hops, 0)
     hop_k, hop_c = safe_hops // c_n, safe_hops % c_n

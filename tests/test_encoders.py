@@ -117,9 +117,9 @@ def test_onehot_bin_edges_by_hand(ml_params):
     [
         # K cpu + K pods + KFC replicas + KFC util + P*len(chain)*(K*C + 1) routes
         # + P latency + P load share + 1 total load
-        ("ehr", 3 + 3 + 27 + 27 + 3 * 3 * 10 + 3 + 3 + 1),  # 157
-        ("ml", 3 + 3 + 27 + 27 + 3 * 2 * 10 + 3 + 3 + 1),  # 127
-        ("stream", 3 + 3 + 27 + 27 + 5 * 2 * 10 + 5 + 5 + 1),  # 171
+        ("ehr", 3 + 3 + 27 + 27 + 3 * 3 * 10 + 3 + 3 + 27 + 3 + 1),  # 187
+        ("ml", 3 + 3 + 27 + 27 + 3 * 2 * 10 + 3 + 3 + 27 + 3 + 1),  # 157
+        ("stream", 3 + 3 + 27 + 27 + 5 * 2 * 10 + 5 + 5 + 27 + 5 + 1),  # 203
     ],
 )
 def test_continuous_size(name, size):
@@ -156,7 +156,7 @@ def test_continuous_values_by_hand(ml_params):
         util=util,
     )
     x = np.asarray(continuous(obs, ml_params))
-    assert x.shape == (127,)
+    assert x.shape == (157,)
     assert np.all((x >= 0.0) & (x <= 1.0))
     np.testing.assert_allclose(x[0:3], [0.3, 0.0, 1.0], rtol=1e-6)  # cpu / 2, clipped
     np.testing.assert_allclose(x[3:6], [0.4, 0.0, 1.0], rtol=1e-6)  # pods / 10
@@ -174,8 +174,15 @@ def test_continuous_values_by_hand(ml_params):
     assert np.flatnonzero(hops[2, 0]).tolist() == [9]
     # latency: ratio * sla / timeout = ratio * 0.06, clipped to 1
     np.testing.assert_allclose(x[120:123], [0.03, 1.0, 0.48], rtol=1e-5)
-    np.testing.assert_allclose(x[123:126], [0.75, 0.25, 0.0], rtol=1e-6)  # load shares
-    assert x[126] == pytest.approx(np.log(41.0) / 10.0, rel=1e-6)  # log1p(40) / 10
+    np.testing.assert_allclose(x[123:126], [0.25, 1.0, 1.0], rtol=1e-6)  # ratio / 2, clipped
+    # pressure / 2: firewall (0, medium) takes proxies 0 and 1, 40/s on 4 x 120/s;
+    # encrypt (2, small) proxy 0's 30/s on 10 x 40/s; nothing else is routed
+    pressure = x[126:153].reshape(3, 3, 3)
+    assert pressure[0, FW, MEDIUM] == pytest.approx(40.0 / 480.0 / 2.0, rel=1e-6)
+    assert pressure[2, ENC, SMALL] == pytest.approx(30.0 / 400.0 / 2.0, rel=1e-6)
+    assert np.count_nonzero(pressure) == 2
+    np.testing.assert_allclose(x[153:156], [0.75, 0.25, 0.0], rtol=1e-6)  # load shares
+    assert x[156] == pytest.approx(np.log(41.0) / 10.0, rel=1e-6)  # log1p(40) / 10
 
 
 def test_get_encoder():

@@ -37,7 +37,7 @@ def test_check_env(env_id, encoder):
     env = gym.make(env_id, encoder=encoder)
     check_env(env.unwrapped, skip_render_check=True)
     # sizes: one-hot 70; continuous by hand in test_encoders (EHR 157, ML 127, STREAM 171)
-    dims = {"onehot": 70, "continuous": {"EHR": 157, "ML": 127, "STREAM": 171}}
+    dims = {"onehot": 70, "continuous": {"EHR": 187, "ML": 157, "STREAM": 203}}
     expected = 70 if encoder == "onehot" else dims["continuous"][env_id.split("/")[1][:-3]]
     assert env.observation_space.shape == (expected,)
     proxies = 5 if "STREAM" in env_id else 3

@@ -83,7 +83,7 @@ def test_encoders_on_random_states(random_trajectories, encoder):
     params, _, _, records = random_trajectories("stream")
     obs = _flat_states(records)["obs"]  # 16 episodes x 8 steps
     x = np.asarray(jax.jit(jax.vmap(lambda o: encoder(o, params)))(obs))
-    assert x.shape == (128, 70 if encoder is onehot else 171)
+    assert x.shape == (128, 70 if encoder is onehot else 203)
     assert np.all((x >= 0.0) & (x <= 1.0))
     if encoder is onehot:
         # one hot bit per block: 3 CPU + 3 placement + 3 pod + 1 latency = 10

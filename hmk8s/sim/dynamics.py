@@ -62,6 +62,16 @@ def instance_load(routes: jax.Array, rates: jax.Array, params: EnvParams) -> jax
     return jnp.transpose(load_fi.reshape(-1, k, c), (1, 0, 2))
 
 
+def instance_pressure(
+    routes: jax.Array, rates: jax.Array, replicas: jax.Array, params: EnvParams
+) -> jax.Array:
+    """Rate routed to each instance over the service rate of all its pods, starting ones
+    included (0 without pods), [K, F, C]: the utilisation the placement is heading for."""
+    load = instance_load(routes, rates, params)
+    capacity = replicas * params.mu[None]
+    return jnp.where(capacity > 0, load / jnp.maximum(capacity, 1e-9), 0.0)
+
+
 def serve(
     load: jax.Array, ready: jax.Array, backlog: jax.Array, params: EnvParams
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
