@@ -96,6 +96,12 @@ def train_agent(
     )
 
 
+def seed_returns(run: Callable, seed_params: Any, key: jax.Array, bonus: float) -> np.ndarray:
+    """Each seed's mean greedy episode return on the episodes of ``key`` (``run`` from
+    `make_seed_rollout`, the rulebook weighted by ``bonus``)."""
+    return np.asarray(run(seed_params, key, bonus)["reward"].sum(axis=2).mean(axis=1))
+
+
 def select_deployed_xi(
     score: Callable[[float], np.ndarray], grid: list[float]
 ) -> tuple[float, dict[str, float]]:
@@ -231,21 +237,17 @@ def evaluate_usecase(
         run = make_seed_rollout(env, params, trainer.network.apply, ev.episodes, cfg.env.encoder)
 
         def curve(p: Any, steps: int, run: Callable = run, haql=haql) -> np.ndarray:
-            records = run(p, curve_key, acting_bonus(haql, steps))
-            return np.asarray(records["reward"].sum(axis=2).mean(axis=1))
+            return seed_returns(run, p, curve_key, acting_bonus(haql, steps))
 
         log(f"{usecase} {name}: {cfg.seeds} seeds x {cfg.total_steps} env steps")
         runs[name] = train_agent(trainer, cfg, ev.curve_points, curve, log)
         bonus = deployed_bonus(haql)
         if haql is not None and haql.deployed_xi is None and ev.deployed_xi_grid:
-
-            def score(
-                xi: float, run: Callable = run, p: Any = runs[name].params, eta: float = haql.eta
-            ) -> np.ndarray:
-                records = run(p, curve_key, xi * eta)
-                return np.asarray(records["reward"].sum(axis=2).mean(axis=1))
-
-            chosen, scores = select_deployed_xi(score, ev.deployed_xi_grid)
+            trained, eta = runs[name].params, haql.eta
+            chosen, scores = select_deployed_xi(
+                lambda xi, run=run, p=trained, eta=eta: seed_returns(run, p, curve_key, xi * eta),
+                ev.deployed_xi_grid,
+            )
             deployed = {"value": chosen, "validation_returns": scores}
             bonus = chosen * haql.eta
             log(f"  deployed xi {chosen} (IQM return on the curve episodes: {scores})")
