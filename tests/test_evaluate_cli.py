@@ -28,7 +28,9 @@ def evaluate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_tiny_evaluation_writes_results_and_figures(tmp_path):
-    out = evaluate(tmp_path, *TINY, "run_dir=out")
+    out = evaluate(
+        tmp_path, *TINY, "evaluate.updates_per_step={ml: 0.5, stream: 0.1}", "run_dir=out"
+    )
     assert out.returncode == 0, out.stderr
     run = tmp_path / "out"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no Hydra outputs/
@@ -38,6 +40,11 @@ def test_tiny_evaluation_writes_results_and_figures(tmp_path):
     assert set(ml["policies"]) == {"dqn", "haql", "random", "static", "heuristic", "hpa"}
     assert [len(v) for v in ml["per_seed"]["haql"].values()] == [2] * 5
     assert ml["curves"]["dqn"]["steps"][0] == 0 and len(ml["curves"]["dqn"]["steps"]) == 3
+    # ml's own ratio: 16 envs x 0.5 = 8 updates after each of the 32 iterations of 16 env
+    # steps, from the 4th (64 = learning_starts) on: 29 x 8
+    assert ml["agent_changes"] == {"updates_per_step": 0.5}
+    assert ml["updates_per_step"] == 0.5
+    assert ml["updates"] == {"dqn": 232, "haql": 232}
     scores = ml["deployed_xi"]["validation_returns"]  # chosen on the curve episodes
     assert list(scores) == ["0.0", "0.25", "0.5", "1.0", "2.0", "4.0", "16.0"]
     assert scores[str(ml["deployed_xi"]["value"])] == max(scores.values())
@@ -60,4 +67,12 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     grid = evaluate(tmp_path, "evaluate.deployed_xi_grid=[1.0,-0.5]")
     assert grid.returncode == 2
     assert "evaluate.deployed_xi_grid must hold weights >= 0" in grid.stderr
+    for changes, message in (
+        ("{nope: {hidden: [8]}}", "evaluate.agent_by_usecase: unknown use case 'nope'"),
+        ("{ml: {updates_per_step: 0.0}}", "agent.updates_per_step must be > 0"),
+        ("{stream: {hiden: [8]}}", "evaluate.agent_by_usecase.stream: Key 'hiden' not in"),
+    ):
+        refused = evaluate(tmp_path, f"evaluate.agent_by_usecase={changes}")
+        assert refused.returncode == 2
+        assert message in refused.stderr
     assert list(tmp_path.iterdir()) == []

@@ -10,7 +10,10 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from hmk8s.evaluate import cli
+from hmk8s.evaluate.experiment import EvaluateConfig, usecase_agent
 from hmk8s.train.config import (
+    AgentConfig,
+    ConfigError,
     HaqlConfig,
     ScheduleConfig,
     TrainConfig,
@@ -50,6 +53,9 @@ def test_evaluate_config_is_the_training_tree_plus_evaluate(evaluate_schema):
         None,
     )
     assert typed.evaluate.deployed_xi_grid == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0]
+    assert typed.evaluate.agent_by_usecase == {
+        "stream": {"updates_per_step": 0.1, "lr_decay_updates": 27200}
+    }
     assert cli.usecases("ml", cfg.usecase)["ml"]["chain"] == ["firewall", "encrypt"]
 
 
@@ -90,3 +96,24 @@ def test_resume_ignores_the_deployed_weight_but_not_the_training_schedule():
     assert resume_mismatches(saved, current) == []
     current["haql"]["xi"]["end"] = 0.0
     assert resume_mismatches(saved, current) == ["haql.xi.end: checkpoint has 0.5, now 0.0"]
+
+
+def test_a_use_case_in_agent_by_usecase_trains_with_its_own_agent_settings():
+    agent = AgentConfig(updates_per_step=0.025, batch_size=64)
+    ev = EvaluateConfig(agent_by_usecase={"stream": {"updates_per_step": 0.1, "hidden": [32]}})
+    stream = usecase_agent(agent, "stream", ev)
+    assert isinstance(stream, AgentConfig)
+    assert (stream.updates_per_step, stream.hidden, stream.batch_size) == (0.1, [32], 64)
+    assert usecase_agent(agent, "ml", ev) == agent
+    assert agent.updates_per_step == 0.025
+
+
+def test_agent_by_usecase_refuses_unknown_keys_and_wrong_types():
+    agent = AgentConfig()
+    for changes, word in (
+        ({"learning_rat": 0.1}, "learning_rat"),
+        ({"batch_size": "many"}, "batch_size"),
+    ):
+        ev = EvaluateConfig(agent_by_usecase={"ml": changes})
+        with pytest.raises(ConfigError, match=f"(?s)evaluate.agent_by_usecase.ml: .*{word}"):
+            usecase_agent(agent, "ml", ev)

@@ -43,6 +43,9 @@ def make_result(time_ratio: float) -> dict:
     result = {
         "seeds": 5,
         "total_steps": 1000,
+        "agent_changes": {"updates_per_step": 0.1},
+        "updates_per_step": 0.1,
+        "updates": {"dqn": 90, "haql": 90},
         "eval_episodes": 8,
         "train_seconds": {"dqn": 10.0, "haql": 12.0},
         "deployed_xi": {"value": 0.5, "validation_returns": {"0.0": 71.25, "0.5": 80.0}},
@@ -92,6 +95,8 @@ def test_page_states_each_target_and_the_numbers():
     meta = {"command": "python scripts/evaluate.py usecase=ml", "device": "cpu", "wall_seconds": 90}
     page = render_markdown({"ml": make_result(0.6)}, meta)
     assert "Wall time: 1.5 min" in page
+    assert "5 seeds x 1,000 env steps and 90 updates each (0.1 per env step)" in page
+    assert "HAQL 12 s. This use case trains with `agent.updates_per_step=0.1`." in page
     assert "in 0.60 x DQN's env steps: target (at most 0.5) **missed**" in page
     assert "HAQL vs `hpa`: return 80.0 vs 75.0, SLA violations 0.100 vs 0.100: target holds" in page
     assert "HAQL vs `heuristic`: return 80.0 vs 85.0" in page

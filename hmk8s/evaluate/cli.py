@@ -4,6 +4,7 @@ results.md and the figures into the run directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hmk8s.evaluate.experiment import EvaluateConfig, evaluate_usecase
+from hmk8s.evaluate.experiment import EvaluateConfig, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME
@@ -80,6 +81,13 @@ def run(cfg: DictConfig) -> Path:
     if any(xi < 0 for xi in typed.evaluate.deployed_xi_grid):
         grid = typed.evaluate.deployed_xi_grid
         raise ConfigError(f"evaluate.deployed_xi_grid must hold weights >= 0, got {grid}")
+    for name in typed.evaluate.agent_by_usecase:
+        if name not in ALL_USECASES:
+            raise ConfigError(
+                f"evaluate.agent_by_usecase: unknown use case {name!r} "
+                f"(one of {', '.join(ALL_USECASES)})"
+            )
+        validate(dataclasses.replace(typed, agent=usecase_agent(typed.agent, name, typed.evaluate)))
     chosen = usecases(choice, cfg.usecase)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(typed.run_dir or f"runs/evaluate-{choice}-{stamp}")

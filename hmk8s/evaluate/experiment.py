@@ -17,6 +17,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
 from hmk8s.baselines import BASELINES
@@ -25,7 +27,14 @@ from hmk8s.evaluate.agents import make_seed_rollout
 from hmk8s.evaluation import rollout, summarise
 from hmk8s.sim.spec import sim_env_spec
 from hmk8s.train.anakin import Trainer, init_seeds, make_chunk_fn, make_trainer
-from hmk8s.train.config import TrainConfig, acting_bonus, deployed_bonus, deployed_weight
+from hmk8s.train.config import (
+    AgentConfig,
+    ConfigError,
+    TrainConfig,
+    acting_bonus,
+    deployed_bonus,
+    deployed_weight,
+)
 
 AGENTS = ("dqn", "haql")
 METRICS = ("return", "sla_violation_rate", "mean_pods", "p95_latency_ratio", "invalid_rate")
@@ -44,6 +53,17 @@ class EvaluateConfig:
     budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     timeline: list[str] = field(default_factory=lambda: ["haql", "hpa"])
     deployed_xi_grid: list[float] = field(default_factory=list)
+    agent_by_usecase: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def usecase_agent(agent: AgentConfig, usecase: str, ev: EvaluateConfig) -> AgentConfig:
+    """The agent config for ``usecase``: ``agent`` with the changes ``ev.agent_by_usecase`` lists
+    for it. Typed like ``agent``: an unknown key or a wrong type raises `ConfigError`."""
+    changes = ev.agent_by_usecase.get(usecase, {})
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(agent), changes))
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"evaluate.agent_by_usecase.{usecase}: {err}") from err
 
 
 @dataclass
@@ -53,6 +73,7 @@ class AgentRun:
     steps: np.ndarray
     curves: np.ndarray
     params: Any
+    updates: int
     seconds: float
 
 
@@ -92,6 +113,7 @@ def train_agent(
         steps=np.array(steps),
         curves=np.stack(values, axis=1),
         params=states.learner.params,
+        updates=int(np.asarray(states.learner.updates)[0]),
         seconds=time.perf_counter() - start,
     )
 
@@ -216,6 +238,7 @@ def evaluate_usecase(
     env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
     env, params = sim.make(dict(mapping), env_cfg, name=usecase)
     spec = sim_env_spec(env, params, cfg.env.encoder)
+    agent = usecase_agent(cfg.agent, usecase, ev)
     curve_key, eval_key = jax.random.split(jax.random.PRNGKey(ev.key))
     reps = ev.bootstrap_reps
 
@@ -233,7 +256,7 @@ def evaluate_usecase(
     deployed: dict[str, Any] = {"value": deployed_weight(cfg.haql), "validation_returns": {}}
     for name in AGENTS:
         haql = cfg.haql if name == "haql" else None
-        trainer = make_trainer(spec, cfg.agent, cfg.num_envs, haql)
+        trainer = make_trainer(spec, agent, cfg.num_envs, haql)
         run = make_seed_rollout(env, params, trainer.network.apply, ev.episodes, cfg.env.encoder)
 
         def curve(p: Any, steps: int, run: Callable = run, haql=haql) -> np.ndarray:
@@ -265,6 +288,9 @@ def evaluate_usecase(
         "usecase": usecase,
         "seeds": cfg.seeds,
         "total_steps": int(runs["dqn"].steps[-1]),
+        "agent_changes": dict(ev.agent_by_usecase.get(usecase, {})),
+        "updates_per_step": agent.updates_per_step,
+        "updates": {name: run.updates for name, run in runs.items()},
         "eval_episodes": ev.episodes,
         "train_seconds": {name: run.seconds for name, run in runs.items()},
         "deployed_xi": deployed,

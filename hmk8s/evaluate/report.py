@@ -119,6 +119,14 @@ def verdicts(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def changes_sentence(changes: dict[str, Any]) -> str:
+    """The agent settings this use case trains with that differ from the agent block."""
+    if not changes:
+        return ""
+    listed = ", ".join(f"`agent.{key}={value}`" for key, value in changes.items())
+    return f" This use case trains with {listed}."
+
+
 def deployed_line(deployed: dict[str, Any]) -> str:
     """How the trained HAQL agent weighs the rulebook in the tables, and where that came from."""
     line = f"Trained HAQL acts by argmax [Q + {deployed['value']:g} eta H]"
@@ -149,10 +157,11 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
             "",
             f"## {usecase.upper()}",
             "",
-            f"{r['seeds']} seeds x {r['total_steps']:,} env steps each; "
+            f"{r['seeds']} seeds x {r['total_steps']:,} env steps and "
+            f"{r['updates']['dqn']:,} updates each ({r['updates_per_step']:g} per env step); "
             f"{r['eval_episodes']} held-out episodes; learning curves on {r['eval_episodes']} "
             f"other episodes. Training time: DQN {r['train_seconds']['dqn']:.0f} s, "
-            f"HAQL {r['train_seconds']['haql']:.0f} s.",
+            f"HAQL {r['train_seconds']['haql']:.0f} s.{changes_sentence(r['agent_changes'])}",
             "",
             deployed_line(r["deployed_xi"]),
             "",
