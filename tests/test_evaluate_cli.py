@@ -28,9 +28,8 @@ def evaluate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
 
 
 def test_tiny_evaluation_writes_results_and_figures(tmp_path):
-    out = evaluate(
-        tmp_path, *TINY, "evaluate.updates_per_step={ml: 0.5, stream: 0.1}", "run_dir=out"
-    )
+    ml_agent = "++evaluate.agent_by_usecase.ml={updates_per_step: 0.5}"
+    out = evaluate(tmp_path, *TINY, ml_agent, "run_dir=out")
     assert out.returncode == 0, out.stderr
     run = tmp_path / "out"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no Hydra outputs/
@@ -68,11 +67,11 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert grid.returncode == 2
     assert "evaluate.deployed_xi_grid must hold weights >= 0" in grid.stderr
     for changes, message in (
-        ("{nope: {hidden: [8]}}", "evaluate.agent_by_usecase: unknown use case 'nope'"),
-        ("{ml: {updates_per_step: 0.0}}", "agent.updates_per_step must be > 0"),
-        ("{stream: {hiden: [8]}}", "evaluate.agent_by_usecase.stream: Key 'hiden' not in"),
+        ("nope={hidden: [8]}", "evaluate.agent_by_usecase: unknown use case 'nope'"),
+        ("ml={updates_per_step: 0.0}", "agent.updates_per_step must be > 0"),
+        ("stream={hiden: [8]}", "evaluate.agent_by_usecase.stream: Key 'hiden' not in"),
     ):
-        refused = evaluate(tmp_path, f"evaluate.agent_by_usecase={changes}")
+        refused = evaluate(tmp_path, f"++evaluate.agent_by_usecase.{changes}")
         assert refused.returncode == 2
         assert message in refused.stderr
     assert list(tmp_path.iterdir()) == []
