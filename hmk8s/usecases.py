@@ -18,7 +18,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "usecase"
+from hmk8s.configs import CONFIG_DIR as PACKAGE_CONFIGS
+
+CONFIG_DIR = PACKAGE_CONFIGS / "usecase"
 FUNCTION_NAMES = ("encrypt", "decrypt", "firewall")
 CONFIG_NAMES = ("small", "medium", "large")
 

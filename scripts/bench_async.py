@@ -24,14 +24,14 @@ from dataclasses import dataclass, field
 import jax
 import numpy as np
 
+from hmk8s.agents.config import AgentConfig, HaqlConfig
 from hmk8s.agents.replay import Transition
+from hmk8s.k8s.emulated.harness import Emulation, emulation
+from hmk8s.k8s.emulated.twin import Twin
 from hmk8s.k8s.env import KubernetesClusterEnv
-from hmk8s.k8s.harness import Emulation, emulation
-from hmk8s.k8s.twin import Twin
-from hmk8s.train.async_core import AsyncFns, make_async_fns
-from hmk8s.train.async_train import AsyncSettings, train_async
-from hmk8s.train.config import AgentConfig, HaqlConfig
-from hmk8s.train.k8s_run import build_envs, close_envs, heuristic_hint
+from hmk8s.train.actor_learner.core import AsyncFns, make_async_fns
+from hmk8s.train.actor_learner.k8s_run import build_envs, close_envs, heuristic_hint
+from hmk8s.train.actor_learner.loop import AsyncSettings, train_async
 
 
 class PacedTwinClock:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hmk8s.benchmarks import device_name, gym_steps_per_second, int_list, sim_steps_per_second
+from hmk8s.bench.sim import device_name, gym_steps_per_second, int_list, sim_steps_per_second
 from hmk8s.envs import ENV_IDS
 
 

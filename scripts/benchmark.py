@@ -17,11 +17,11 @@ import gymnasium as gym
 import gymnax
 import jax
 
-from hmk8s.benchmarks import device_name, int_list, sim_steps_per_second
+from hmk8s.agents.config import AgentConfig, ScheduleConfig
+from hmk8s.bench.sim import device_name, int_list, sim_steps_per_second
+from hmk8s.bench.training import anakin_throughput, host_loop_throughput
 from hmk8s.envs import ENV_IDS
-from hmk8s.train.config import AgentConfig, ScheduleConfig
-from hmk8s.train.gymnax_spec import gymnax_env_spec
-from hmk8s.train.throughput import anakin_throughput, host_loop_throughput
+from hmk8s.envs.gymnax_spec import gymnax_env_spec
 
 
 def make_envs(name: str, encoder: str):
@@ -29,7 +29,7 @@ def make_envs(name: str, encoder: str):
     if name == "cartpole":
         return gymnax_env_spec(*gymnax.make("CartPole-v1")), gym.make("CartPole-v1")
     from hmk8s import sim
-    from hmk8s.sim.spec import sim_env_spec
+    from hmk8s.envs.sim_spec import sim_env_spec
 
     env, params = sim.make(name, {"encoder": encoder})
     return sim_env_spec(env, params, encoder), gym.make(ENV_IDS[name], encoder=encoder)

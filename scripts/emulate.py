@@ -22,8 +22,8 @@ import threading
 from pathlib import Path
 
 from hmk8s.k8s.config import load_cluster_map
-from hmk8s.k8s.emulator import FAULT_KINDS, EmulatedClusters
-from hmk8s.k8s.twin import TwinPool
+from hmk8s.k8s.emulated.emulator import FAULT_KINDS, EmulatedClusters
+from hmk8s.k8s.emulated.twin import TwinPool
 from hmk8s.usecases import load_usecase
 
 

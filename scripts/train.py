@@ -1,22 +1,10 @@
 """Train DQN or HAQL on a use case: ``python scripts/train.py usecase=ml heuristic=true``.
 
-Hydra composes ``configs/config.yaml`` with the overrides given; see `hmk8s.train.cli`.
+Hydra composes the shipped ``hmk8s/configs/config.yaml`` with the overrides given; the same
+program is installed as ``hmk8s-train``. See `hmk8s.train.cli`.
 """
 
-from __future__ import annotations
-
-import hydra
-from omegaconf import DictConfig
-
-from hmk8s.train import cli
-
-cli.register_schema()
-
-
-@hydra.main(config_path="../configs", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
-    cli.main(cfg)
-
+from hmk8s.train.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

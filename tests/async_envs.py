@@ -13,8 +13,8 @@ import time
 import gymnasium as gym
 import numpy as np
 
+from hmk8s.agents.config import AgentConfig, ScheduleConfig
 from hmk8s.agents.replay import Transition
-from hmk8s.train.config import AgentConfig, ScheduleConfig
 
 OBS_DIM = 4
 NUM_ACTIONS = 5

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from async_envs import NUM_ACTIONS, OBS_DIM, CountingEnv, interrupt_after, small_agent, written
 
-from hmk8s.train.async_core import (
+from hmk8s.train.actor_learner.core import (
     advance_books,
     chunk_sizes,
     make_async_fns,
     new_books,
     owed_updates,
 )
-from hmk8s.train.async_train import AsyncSettings, train_async
-from hmk8s.train.env_worker import no_hint
+from hmk8s.train.actor_learner.env_worker import no_hint
+from hmk8s.train.actor_learner.loop import AsyncSettings, train_async
 
 BOUND_S = 20.0
 

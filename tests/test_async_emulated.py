@@ -10,10 +10,10 @@ import jax
 import numpy as np
 from async_envs import small_agent, written
 
-from hmk8s.k8s.harness import emulation
-from hmk8s.train.async_core import make_async_fns
-from hmk8s.train.async_train import AsyncSettings, train_async
-from hmk8s.train.k8s_run import close_envs, heuristic_hint
+from hmk8s.k8s.emulated.harness import emulation
+from hmk8s.train.actor_learner.core import make_async_fns
+from hmk8s.train.actor_learner.k8s_run import close_envs, heuristic_hint
+from hmk8s.train.actor_learner.loop import AsyncSettings, train_async
 
 FAST_BACKEND = {
     "poll_interval_s": 0.02,

@@ -13,12 +13,12 @@ import numpy as np
 from async_envs import CountingEnv, interrupt_after, small_agent
 
 from hmk8s.agents.replay import Transition
-from hmk8s.train.async_core import StepBook
+from hmk8s.train.actor_learner.core import StepBook
+from hmk8s.train.actor_learner.env_worker import StepRecord
+from hmk8s.train.actor_learner.history import HistoryWriter, history_path, read_history
+from hmk8s.train.actor_learner.k8s_run import env_cluster_maps, run_async_training, split_backend
 from hmk8s.train.checkpoint import Checkpointer
 from hmk8s.train.config import LogConfig, TrainConfig
-from hmk8s.train.env_worker import StepRecord
-from hmk8s.train.history import HistoryWriter, history_path, read_history
-from hmk8s.train.k8s_run import env_cluster_maps, run_async_training, split_backend
 
 NUM_ENVS = 3
 BACKEND = {
@@ -164,7 +164,7 @@ def test_the_async_path_imports_without_the_kubernetes_client():
         "import sys\n"
         "sys.modules['kubernetes'] = None\n"
         "sys.modules['kmock'] = None\n"
-        "import hmk8s.train.k8s_run, hmk8s.train.async_train\n"
+        "import hmk8s.train.actor_learner.k8s_run, hmk8s.train.actor_learner.loop\n"
         "assert not [m for m in sys.modules if m.startswith('hmk8s.k8s')]\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.baselines import (
+from hmk8s.observation import Observation
+from hmk8s.policies.baselines import (
     BASELINES,
     hpa_desired,
     hpa_policy,
@@ -20,8 +21,7 @@ from hmk8s.baselines import (
     static_policy,
     static_target,
 )
-from hmk8s.evaluation import rollout, summarise
-from hmk8s.observation import Observation
+from hmk8s.policies.rollout import rollout, summarise
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import params_from_usecase
 from hmk8s.spaces import OP_DEPLOY, OP_REMOVE, action_mask

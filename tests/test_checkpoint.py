@@ -16,21 +16,23 @@ import jax
 import numpy as np
 import pytest
 
-from hmk8s.train.anakin import init_seeds, make_chunk_fn, make_trainer
+from hmk8s.agents.config import AgentConfig
+from hmk8s.envs.gymnax_spec import gymnax_env_spec
+from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
+from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError
-from hmk8s.train.config import AgentConfig, TrainConfig
-from hmk8s.train.gymnax_spec import gymnax_env_spec
+from hmk8s.train.config import TrainConfig
 from hmk8s.train.runlog import params_sha256
-from hmk8s.train.runner import run_training
 
 AGENT = AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200)
 DRIVER = """
 import dataclasses, sys
 from pathlib import Path
 import gymnax
-from hmk8s.train.config import AgentConfig, TrainConfig
-from hmk8s.train.gymnax_spec import gymnax_env_spec
-from hmk8s.train.runner import run_training
+from hmk8s.agents.config import AgentConfig
+from hmk8s.train.config import TrainConfig
+from hmk8s.envs.gymnax_spec import gymnax_env_spec
+from hmk8s.train.anakin.run import run_training
 cfg = TrainConfig(
     agent=AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200),
     total_steps=int(sys.argv[2]), num_envs=4, chunk_steps=400, seeds=2, resume=sys.argv[3] or None,

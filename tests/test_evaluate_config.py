@@ -9,18 +9,16 @@ from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from hmk8s.evaluate import cli
-from hmk8s.evaluate.experiment import EvaluateConfig, usecase_agent
-from hmk8s.train.config import (
+from hmk8s.agents.config import (
     AgentConfig,
-    ConfigError,
     HaqlConfig,
     ScheduleConfig,
-    TrainConfig,
-    acting_bonus,
     deployed_bonus,
-    resume_mismatches,
+    heuristic_bonus,
 )
+from hmk8s.evaluate import cli
+from hmk8s.evaluate.experiment import EvaluateConfig, usecase_agent
+from hmk8s.train.config import ConfigError, TrainConfig, resume_mismatches
 from hmk8s.usecases import CONFIG_DIR
 
 
@@ -80,14 +78,14 @@ def test_deployed_bonus_is_the_deployed_weight_times_eta():
     assert deployed_bonus(HaqlConfig(eta=2.0, xi=fading, deployed_xi=0.0)) == 0.0
 
 
-def test_acting_bonus_follows_the_xi_schedule_times_eta():
+def test_heuristic_bonus_follows_the_xi_schedule_times_eta():
     fading = HaqlConfig(eta=2.0, xi=ScheduleConfig(kind="linear", start=1.0, end=0.25, steps=100))
     # xi_t = 1 - 0.75 t / 100 until step 100, then 0.25; times eta = 2
-    assert acting_bonus(fading, 0) == pytest.approx(2.0)
-    assert acting_bonus(fading, 40) == pytest.approx(2.0 * 0.7)
-    assert acting_bonus(fading, 100) == pytest.approx(0.5)
-    assert acting_bonus(fading, 1000) == pytest.approx(0.5)
-    assert acting_bonus(None, 40) == 0.0
+    assert float(heuristic_bonus(fading, 0)) == pytest.approx(2.0)
+    assert float(heuristic_bonus(fading, 40)) == pytest.approx(2.0 * 0.7)
+    assert float(heuristic_bonus(fading, 100)) == pytest.approx(0.5)
+    assert float(heuristic_bonus(fading, 1000)) == pytest.approx(0.5)
+    assert float(heuristic_bonus(None, 40)) == 0.0
 
 
 def test_resume_ignores_the_deployed_weight_but_not_the_training_schedule():

@@ -8,10 +8,10 @@ import pytest
 
 from hmk8s import sim
 from hmk8s.agents.network import QNetwork
-from hmk8s.baselines import BASELINES
 from hmk8s.encoders import get_encoder
-from hmk8s.evaluate.agents import make_seed_rollout, q_policy
-from hmk8s.evaluation import rollout
+from hmk8s.policies.baselines import BASELINES
+from hmk8s.policies.q_policy import make_seed_rollout, q_policy
+from hmk8s.policies.rollout import rollout
 
 EPISODES, STEPS = 3, 8
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from hmk8s.k8s import objects
-from hmk8s.k8s.harness import emulation
+from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 

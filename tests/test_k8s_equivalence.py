@@ -12,7 +12,7 @@ import yaml
 from hmk8s.envs.gym_env import SimClusterEnv
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterClient, new_api_client
-from hmk8s.k8s.harness import emulation
+from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.k8s.retry import ApiCallError
 from hmk8s.usecases import CONFIG_DIR
 

@@ -16,7 +16,7 @@ import yaml
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterClient, new_api_client
-from hmk8s.k8s.harness import emulation
+from hmk8s.k8s.emulated.harness import emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")

@@ -16,9 +16,9 @@ import hmk8s  # noqa: F401  (registers the gymnasium ids)
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterAccessError, ClusterClient, new_api_client
 from hmk8s.k8s.config import load_cluster_map
-from hmk8s.k8s.harness import emulation
+from hmk8s.k8s.emulated.harness import emulation
+from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.k8s.objects import Hop
-from hmk8s.k8s.twin import TwinClock
 from hmk8s.usecases import load_usecase
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,7 +115,7 @@ def test_training_core_imports_without_the_kubernetes_client():
     code = (
         "import sys\n"
         "sys.modules['kubernetes'] = None\n"  # any import of it now fails
-        "import hmk8s, hmk8s.envs, hmk8s.sim, hmk8s.train.env_spec, hmk8s.train.anakin\n"
+        "import hmk8s, hmk8s.envs, hmk8s.sim, hmk8s.envs.spec, hmk8s.train.anakin.loop\n"
         "import hmk8s.k8s, hmk8s.k8s.config, hmk8s.k8s.objects, hmk8s.k8s.env\n"
         "print('ok')\n"
     )

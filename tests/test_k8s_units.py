@@ -12,7 +12,7 @@ from kubernetes.client.exceptions import ApiException
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import Api, ClusterMapError, load_cluster_map
-from hmk8s.k8s.emulator import match_labels
+from hmk8s.k8s.emulated.emulator import match_labels
 from hmk8s.k8s.objects import Hop
 from hmk8s.k8s.readings import cpu_cores, cpu_utilisation, fill_proxy_readings, usage_by_instance
 from hmk8s.k8s.reconcile import Placement, placement_of, plan

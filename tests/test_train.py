@@ -11,17 +11,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.train.anakin import (
+from hmk8s.agents.config import AgentConfig, HaqlConfig, ScheduleConfig
+from hmk8s.envs.gymnax_spec import gymnax_env_spec
+from hmk8s.envs.spec import EnvSpec, Timestep
+from hmk8s.train.anakin.loop import (
     greedy_returns,
     init_seeds,
     iteration_shape,
     make_chunk_fn,
     make_trainer,
 )
-from hmk8s.train.config import AgentConfig, HaqlConfig, ScheduleConfig
-from hmk8s.train.env_spec import EnvSpec, Timestep
-from hmk8s.train.gymnax_spec import gymnax_env_spec
-from hmk8s.train.runner import chunk_plan
+from hmk8s.train.anakin.run import chunk_plan
 
 EPISODE = 5  # the counting env's episode length
 

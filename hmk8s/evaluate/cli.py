@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hydra
 import jax
 import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from hmk8s.configs import SEARCH_PATH
 from hmk8s.evaluate.experiment import EvaluateConfig, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.sim.params import EnvConfigError
@@ -117,3 +119,15 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, EnvConfigError, UseCaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+
+@hydra.main(config_path=SEARCH_PATH, config_name="evaluate", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    main(cfg)
+
+
+def entry() -> None:
+    """``hmk8s-evaluate`` and ``scripts/evaluate.py``: Hydra over the shipped configs, then
+    `main`."""
+    register_schema()
+    _hydra_main()

@@ -21,23 +21,17 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
-from hmk8s.baselines import BASELINES
+from hmk8s.agents.config import AgentConfig, deployed_bonus, deployed_weight, heuristic_bonus
+from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
-from hmk8s.evaluate.agents import make_seed_rollout
-from hmk8s.evaluation import rollout, summarise
-from hmk8s.sim.spec import sim_env_spec
-from hmk8s.train.anakin import Trainer, init_seeds, make_chunk_fn, make_trainer
-from hmk8s.train.config import (
-    AgentConfig,
-    ConfigError,
-    TrainConfig,
-    acting_bonus,
-    deployed_bonus,
-    deployed_weight,
-)
+from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
+from hmk8s.policies.baselines import BASELINES
+from hmk8s.policies.q_policy import make_seed_rollout
+from hmk8s.policies.rollout import rollout
+from hmk8s.train.anakin.loop import Trainer, init_seeds, make_chunk_fn, make_trainer
+from hmk8s.train.config import ConfigError, TrainConfig
 
 AGENTS = ("dqn", "haql")
-METRICS = ("return", "sla_violation_rate", "mean_pods", "p95_latency_ratio", "invalid_rate")
 TIMELINE_KEYS = ("rates", "pods_per_cluster", "latency_ratio")
 
 
@@ -80,13 +74,7 @@ class AgentRun:
 def episode_metrics(records: dict[str, jax.Array]) -> dict[str, float]:
     """The per-policy metrics of one rollout (mean over its episodes and steps)."""
     s = summarise(records)
-    return {
-        "return": s["return_mean"],
-        "sla_violation_rate": s["sla_violation_rate"],
-        "mean_pods": s["mean_pods"],
-        "p95_latency_ratio": s["p95_latency_ratio"],
-        "invalid_rate": s["invalid_rate"],
-    }
+    return {m: s[m] for m in POLICY_METRIC_NAMES}
 
 
 def train_agent(
@@ -138,7 +126,10 @@ def summarise_agent(
     per_seed: dict[str, np.ndarray], reps: int, seed: int
 ) -> dict[str, dict[str, float]]:
     """IQM and 95 % CI over seeds of each metric."""
-    return {m: stats.bootstrap_ci(per_seed[m], reps=reps, seed=seed)._asdict() for m in METRICS}
+    return {
+        m: stats.bootstrap_ci(per_seed[m], reps=reps, seed=seed)._asdict()
+        for m in POLICY_METRIC_NAMES
+    }
 
 
 def learning_speed(runs: dict[str, AgentRun], low: float, ev: EvaluateConfig) -> dict[str, Any]:
@@ -202,7 +193,9 @@ def policy_comparisons(
     out: dict[str, Any] = {}
     pairs = [("haql", "dqn")] + [(a, b) for a in AGENTS for b in baselines]
     for a, b in pairs:
-        other = per_seed[b] if b in per_seed else {m: [baselines[b][m]] for m in METRICS}
+        other = (
+            per_seed[b] if b in per_seed else {m: [baselines[b][m]] for m in POLICY_METRIC_NAMES}
+        )
         out[f"{a}_vs_{b}"] = {
             m: _comparison(per_seed[a][m], other[m], reps) for m in ("return", "sla_violation_rate")
         }
@@ -260,7 +253,7 @@ def evaluate_usecase(
         run = make_seed_rollout(env, params, trainer.network.apply, ev.episodes, cfg.env.encoder)
 
         def curve(p: Any, steps: int, run: Callable = run, haql=haql) -> np.ndarray:
-            return seed_returns(run, p, curve_key, acting_bonus(haql, steps))
+            return seed_returns(run, p, curve_key, float(heuristic_bonus(haql, steps)))
 
         log(f"{usecase} {name}: {cfg.seeds} seeds x {cfg.total_steps} env steps")
         runs[name] = train_agent(trainer, cfg, ev.curve_points, curve, log)
@@ -279,7 +272,7 @@ def evaluate_usecase(
         seeds = [
             episode_metrics(jax.tree.map(lambda x, i=i: x[i], records)) for i in range(cfg.seeds)
         ]
-        per_seed[name] = {m: np.array([s[m] for s in seeds]) for m in METRICS}
+        per_seed[name] = {m: np.array([s[m] for s in seeds]) for m in POLICY_METRIC_NAMES}
 
     policies = {name: summarise_agent(per_seed[name], reps, 0) for name in AGENTS}
     for name, values in baselines.items():

@@ -13,15 +13,10 @@ from typing import Any
 from hmk8s.evaluate import learning, plots
 from hmk8s.evaluate.experiment import AGENTS
 from hmk8s.evaluate.stats import Interval
+from hmk8s.metrics import POLICY_METRICS
 
 BASELINE_ORDER = ("hpa", "heuristic", "static", "random")
-COLUMNS = (
-    ("return", "episode return", "{:.1f}"),
-    ("sla_violation_rate", "SLA violations", "{:.3f}"),
-    ("mean_pods", "mean pods", "{:.2f}"),
-    ("p95_latency_ratio", "p95 latency / SLA", "{:.2f}"),
-    ("invalid_rate", "invalid actions", "{:.3f}"),
-)
+COLUMNS = POLICY_METRICS
 
 
 def _cell(v: dict[str, float], fmt: str) -> str:

@@ -15,9 +15,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from hmk8s.configs import CONFIG_DIR
 from hmk8s.usecases import CONFIG_NAMES, UseCase, validation_problems
 
-CONFIG_PATH = Path(__file__).resolve().parents[2] / "configs" / "backend" / "k8s.yaml"
+CONFIG_PATH = CONFIG_DIR / "backend" / "k8s.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 

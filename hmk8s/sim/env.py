@@ -59,6 +59,12 @@ def initial_placement(key: jax.Array, params: EnvParams) -> tuple[jax.Array, jax
     return jnp.where(fits, ready, minimal_ready), jnp.where(fits, routes, minimal_routes)
 
 
+def auto_reset(done: jax.Array, fresh: Any, current: Any) -> Any:
+    """``fresh`` where the episode ended, else ``current`` (two pytrees of one structure): the
+    one auto-reset rule, shared by `ClusterEnv.step` and the trainer's env spec."""
+    return jax.tree.map(lambda x, y: jnp.where(done, x, y), fresh, current)
+
+
 class ClusterEnv:
     """Functional environment over `EnvParams`; holds no state of its own."""
 
@@ -130,7 +136,6 @@ class ClusterEnv:
         obs, next_state, r, terminated, truncated, info = self.step_env(
             k_step, state, action, params
         )
-        reset_obs, reset_state = self.reset(k_reset, params)
-        done = terminated | truncated
-        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(done, x, y), a, b)  # noqa: E731
-        return pick(reset_obs, obs), pick(reset_state, next_state), r, terminated, truncated, info
+        fresh = self.reset(k_reset, params)
+        obs, state = auto_reset(terminated | truncated, fresh, (obs, next_state))
+        return obs, state, r, terminated, truncated, info

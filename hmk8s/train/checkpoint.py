@@ -16,8 +16,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from hmk8s.train.anakin import TrainState
 from hmk8s.train.config import resume_mismatches
+from hmk8s.train.state import TrainState
 
 FORMAT = "hmk8s-train-state"
 FORMAT_VERSION = 1

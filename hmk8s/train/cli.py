@@ -8,15 +8,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from hmk8s.agents.config import deployed_bonus
+from hmk8s.configs import SEARCH_PATH
 from hmk8s.sim.params import EnvConfigError
+from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import CheckpointError
-from hmk8s.train.config import ConfigError, TrainConfig, deployed_bonus, validate
+from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.runlog import default_run_dir
-from hmk8s.train.runner import run_training
 from hmk8s.usecases import UseCaseError
 
 SCHEMA_NAME = "train_schema"
@@ -49,12 +52,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate(typed)
     run_dir = resolve_run_dir(typed, usecase)
     if backend == "k8s":
-        from hmk8s.train.k8s_run import run_async_training
+        from hmk8s.train.actor_learner.k8s_run import run_async_training
 
         return run_async_training(cfg, run_dir=run_dir)
     if backend != "sim":
         raise ConfigError(f"backend={backend}: expected sim or k8s")
-    from hmk8s.train.sim_eval import sim_setup
+    from hmk8s.train.anakin.sim_eval import sim_setup
 
     config = OmegaConf.to_container(cfg, resolve=True)
     bonus = deployed_bonus(typed.haql if typed.heuristic else None)
@@ -69,3 +72,14 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, CheckpointError, EnvConfigError, UseCaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+
+
+@hydra.main(config_path=SEARCH_PATH, config_name="config", version_base="1.3")
+def _hydra_main(cfg: DictConfig) -> None:
+    main(cfg)
+
+
+def entry() -> None:
+    """``hmk8s-train`` and ``scripts/train.py``: Hydra over the shipped configs, then `main`."""
+    register_schema()
+    _hydra_main()

@@ -12,11 +12,10 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from hmk8s.agents.dqn import make_schedule
+from hmk8s.agents.config import SCHEDULE_KINDS, AgentConfig, HaqlConfig, ScheduleConfig
 
 ENCODERS = ("onehot", "continuous")
 STARTS = ("empty", "minimal", "random")
-SCHEDULE_KINDS = ("linear", "exponential")
 
 # Keys that may differ between a checkpoint's config and the resuming run's: they change how
 # long the run goes, what is logged or how the trained agent is evaluated, not what it computes.
@@ -33,76 +32,6 @@ RESUME_SAFE_KEYS = (
 
 class ConfigError(ValueError):
     """A config value that would make the run meaningless or crash later."""
-
-
-@dataclass
-class ScheduleConfig:
-    """``start -> end`` over ``steps`` env steps (per env-seed, summed over envs)."""
-
-    kind: str = "linear"
-    start: float = 1.0
-    end: float = 0.05
-    steps: int = 100_000
-
-
-@dataclass
-class AgentConfig:
-    """Q-network and learner hyperparameters shared by DQN and HAQL.
-
-    ``lr_decay_updates > 0`` decays the learning rate linearly to 0 over that many updates
-    (a fixed horizon, so extending ``total_steps`` on resume changes nothing already run).
-    """
-
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    learning_rate: float = 2.5e-4
-    lr_decay_updates: int = 0
-    gamma: float = 0.99
-    batch_size: int = 128
-    buffer_size: int = 100_000
-    learning_starts: int = 10_000
-    updates_per_step: float = 0.25
-    double: bool = True
-    huber_delta: float = 1.0
-    max_grad_norm: float = 10.0
-    target_period: int = 500
-    target_tau: float = 1.0
-    epsilon: ScheduleConfig = field(default_factory=ScheduleConfig)
-
-
-@dataclass
-class HaqlConfig:
-    """Heuristic acceleration: ``H(s, a) = eta [a == hint]`` weighted by ``xi_t``.
-
-    ``deployed_xi`` is the heuristic's weight in the trained agent's greedy policy,
-    ``argmax [Q + deployed_xi H]``; ``None`` keeps ``xi.end``, the weight it ended training with.
-    """
-
-    eta: float = 1.0
-    in_target: bool = True
-    xi: ScheduleConfig = field(
-        default_factory=lambda: ScheduleConfig(kind="linear", start=1.0, end=0.5, steps=200_000)
-    )
-    deployed_xi: float | None = None
-
-
-def deployed_weight(haql: HaqlConfig) -> float:
-    """``deployed_xi``, else ``xi.end``: how the agent chose actions at the end of training."""
-    return haql.xi.end if haql.deployed_xi is None else haql.deployed_xi
-
-
-def deployed_bonus(haql: HaqlConfig | None) -> float:
-    """Weight of the rulebook's action in the trained agent's policy: ``deployed_weight * eta``
-    for HAQL, 0 for a pure DQN."""
-    return 0.0 if haql is None else deployed_weight(haql) * haql.eta
-
-
-def acting_bonus(haql: HaqlConfig | None, env_steps: int) -> float:
-    """Weight of the rulebook's action in the agent's greedy policy after ``env_steps`` steps of
-    training: ``xi_t * eta`` for HAQL (how it acts then, exploration aside), 0 for a pure DQN."""
-    if haql is None:
-        return 0.0
-    xi = haql.xi
-    return float(make_schedule(xi.kind, xi.start, xi.end, xi.steps)(env_steps)) * haql.eta
 
 
 @dataclass

@@ -21,28 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-CSV_COLUMNS = (
-    "seed",
-    "env_steps",
-    "updates",
-    "episode_return",
-    "episodes",
-    "sla_violation_rate",
-    "mean_pods",
-    "latency_ratio",
-    "invalid_rate",
-    "loss",
-    "epsilon",
-    "xi",
-    "sps",
-)
-# Per-step env metrics (Timestep.metrics) under their metrics.csv names.
-ENV_METRIC_COLUMNS = {
-    "sla_violated": "sla_violation_rate",
-    "pods": "mean_pods",
-    "latency_ratio": "latency_ratio",
-    "invalid": "invalid_rate",
-}
+from hmk8s.metrics import STEP_METRICS, TRAIN_COLUMNS
 
 
 def default_run_dir(usecase: str, algo: str, root: str | Path = "runs") -> Path:
@@ -58,7 +37,7 @@ def chunk_rows(metrics: Mapping[str, Any], sps: float) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"seed": seed, "sps": sps}
         for name, values in host.items():
             key = name.removeprefix("env/")
-            key = ENV_METRIC_COLUMNS.get(key, key) if name.startswith("env/") else key
+            key = STEP_METRICS.get(key, key) if name.startswith("env/") else key
             value = values[seed].item()
             row[key] = value
         rows.append(row)
@@ -91,7 +70,7 @@ class RunLog:
         self._csv_path = run_dir / "metrics.csv"
         kept = self._rows_up_to(start_steps)
         self._csv_file = self._csv_path.open("w", newline="")
-        self._csv = csv.DictWriter(self._csv_file, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=TRAIN_COLUMNS, extrasaction="ignore")
         self._csv.writeheader()
         self._csv.writerows(kept)
         self._csv_file.flush()

@@ -21,11 +21,18 @@ from typing import Any
 import jax
 import numpy as np
 
-from hmk8s.train.anakin import TrainState
-from hmk8s.train.async_actor import Actor, ActorStats
-from hmk8s.train.async_core import AsyncFns, host_books
-from hmk8s.train.env_worker import BlockingEnv, EnvWorker, HintFn, Ready, Signals, StepRecord
-from hmk8s.train.learner_thread import LearnerThread, ParamsBox
+from hmk8s.train.actor_learner.actor import Actor, ActorStats
+from hmk8s.train.actor_learner.core import AsyncFns, host_books
+from hmk8s.train.actor_learner.env_worker import (
+    BlockingEnv,
+    EnvWorker,
+    HintFn,
+    Ready,
+    Signals,
+    StepRecord,
+)
+from hmk8s.train.actor_learner.learner import LearnerThread, ParamsBox
+from hmk8s.train.state import TrainState
 
 log = logging.getLogger(__name__)
 

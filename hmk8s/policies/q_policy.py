@@ -1,4 +1,4 @@
-"""Trained Q-networks as `hmk8s.baselines.Policy`s, so agents and baselines share `rollout`.
+"""Trained Q-networks as `Policy`s, so agents and baselines share `rollout`.
 
 Every seed's agent is evaluated on the same episodes as every baseline: `rollout` draws the
 env's randomness from its key alone, and `rollout_seeds` hands every seed that same key.
@@ -12,11 +12,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from hmk8s.agents.dqn import masked_argmax
-from hmk8s.baselines import Policy
+from hmk8s.agents.dqn import greedy_action
 from hmk8s.encoders import get_encoder
-from hmk8s.evaluation import rollout
-from hmk8s.heuristics import recommend
+from hmk8s.policies.baselines import Policy
+from hmk8s.policies.heuristics import recommend
+from hmk8s.policies.rollout import rollout
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams
 
@@ -32,15 +32,14 @@ def q_policy(
     """Greedy over the actions the mask allows: ``argmax_a [Q(encode(s), a) + b H(s, a)]`` with
     ``H`` the rulebook's one-hot recommendation and ``b = heuristic_bonus``. A DQN agent has
     ``b = 0``; a trained HAQL agent has ``b = deployed_xi * eta``
-    (`hmk8s.train.config.deployed_bonus`: by default ``xi_end * eta``, the way it acts at the end
-    of training), and one still training ``b = xi_t * eta`` (`acting_bonus`)."""
+    (`hmk8s.agents.config.deployed_bonus`: by default ``xi_end * eta``, the way it acts at the end
+    of training), and one still training ``b = xi_t * eta`` (`heuristic_bonus`)."""
     encode = get_encoder(encoder)
 
     def act(key: jax.Array, pstate: Any, obs: Any, params: EnvParams):
         q = apply_fn(q_params, encode(obs, params))
-        hint = recommend(obs, params)
-        bonus = heuristic_bonus * jax.nn.one_hot(hint, q.shape[-1])
-        return masked_argmax(q + bonus, obs.action_mask).astype(jnp.int32), pstate
+        action = greedy_action(q, obs.action_mask, recommend(obs, params), heuristic_bonus)
+        return action.astype(jnp.int32), pstate
 
     return Policy(init=lambda params: jnp.zeros((), jnp.int32), act=act)
 

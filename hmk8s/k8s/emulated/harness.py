@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from hmk8s.k8s.config import ClusterMap, load_cluster_map
-from hmk8s.k8s.emulator import EmulatedClusters
+from hmk8s.k8s.emulated.emulator import EmulatedClusters
+from hmk8s.k8s.emulated.twin import Twin, TwinClock
 from hmk8s.k8s.env import KubernetesClusterEnv
-from hmk8s.k8s.twin import Twin, TwinClock
 from hmk8s.usecases import UseCase, load_usecase
 
 

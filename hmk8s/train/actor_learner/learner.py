@@ -22,8 +22,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from hmk8s.train.anakin import TrainState
-from hmk8s.train.async_core import (
+from hmk8s.metrics import STEP_METRICS
+from hmk8s.train.actor_learner.core import (
     AsyncFns,
     advance_books,
     chunk_sizes,
@@ -31,16 +31,10 @@ from hmk8s.train.async_core import (
     owed_updates,
     stack_transitions,
 )
-from hmk8s.train.env_worker import POLL_S, Signals, StepRecord
+from hmk8s.train.actor_learner.env_worker import POLL_S, Signals, StepRecord
+from hmk8s.train.state import TrainState
 
 log = logging.getLogger(__name__)
-ENV_METRICS = ("sla_violated", "pods", "latency_ratio", "invalid")
-METRIC_NAMES = {
-    "sla_violated": "sla_violation_rate",
-    "pods": "mean_pods",
-    "latency_ratio": "latency_ratio",
-    "invalid": "invalid_rate",
-}
 
 
 class ParamsBox:
@@ -70,7 +64,7 @@ class Window:
     episodes: int = 0
     returns: float = 0.0
     started: float = field(default_factory=time.monotonic)
-    metrics: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ENV_METRICS, 0.0))
+    metrics: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STEP_METRICS, 0.0))
 
 
 class LearnerThread:
@@ -209,7 +203,7 @@ class LearnerThread:
     def _account(self, record: StepRecord, episode_return: float) -> None:
         w = self._window
         w.steps += 1
-        for name in ENV_METRICS:
+        for name in STEP_METRICS:
             w.metrics[name] += float(record.info.get(name, 0.0))
         if record.done:
             w.episodes += 1
@@ -253,5 +247,5 @@ class LearnerThread:
             "sps": w.steps / elapsed,
         }
         for name, total in w.metrics.items():
-            row[METRIC_NAMES[name]] = total / max(w.steps, 1)
+            row[STEP_METRICS[name]] = total / max(w.steps, 1)
         self.on_log(row)

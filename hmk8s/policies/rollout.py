@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from hmk8s.baselines import Policy
+from hmk8s.metrics import summarise
 from hmk8s.observation import Observation
+from hmk8s.policies.baselines import Policy
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams
 
@@ -59,20 +59,6 @@ def rollout(
         return records
 
     return jax.jit(jax.vmap(episode))(episode_keys, policy_keys)
-
-
-def summarise(records: dict[str, jax.Array]) -> dict[str, Any]:
-    """Per-policy metrics from a rollout: returns, SLA violations, pods, p95 latency ratio."""
-    returns = records["reward"].sum(axis=1)
-    return {
-        "return_mean": float(returns.mean()),
-        "return_std": float(returns.std()),
-        "episode_returns": [float(r) for r in returns],
-        "sla_violation_rate": float(records["sla_violated"].mean()),
-        "mean_pods": float(records["pods"].mean()),
-        "p95_latency_ratio": float(jnp.percentile(records["latency_ratio"], 95)),
-        "invalid_rate": float(records["invalid"].mean()),
-    }
 
 
 def evaluate_policy(

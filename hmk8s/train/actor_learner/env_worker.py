@@ -20,10 +20,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from hmk8s.agents.replay import Transition
+from hmk8s.metrics import STEP_METRICS
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05
-HISTORY_INFO = ("latency_ratio", "pods", "sla_violated", "invalid")
 
 
 class BlockingEnv(Protocol):
@@ -82,7 +82,7 @@ def episode_seed(seed: int, env: int, start_steps: int, attempt: int) -> int:
 
 
 def _history_info(info: Mapping[str, Any]) -> dict[str, Any]:
-    out = {k: info[k] for k in HISTORY_INFO if k in info}
+    out = {k: info[k] for k in STEP_METRICS if k in info}
     if "api_errors" in info:
         out["api_errors"] = len(info["api_errors"])
     return out

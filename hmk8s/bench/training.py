@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmk8s.agents import dqn
+from hmk8s.agents.config import AgentConfig
+from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.replay import Transition
-from hmk8s.train.anakin import init_seeds, make_chunk_fn, make_trainer
-from hmk8s.train.config import AgentConfig
-from hmk8s.train.env_spec import EnvSpec
-from hmk8s.train.parts import make_agent_parts
+from hmk8s.envs.spec import EnvSpec
+from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
 
 
 def anakin_throughput(

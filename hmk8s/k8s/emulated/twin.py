@@ -24,7 +24,7 @@ import numpy as np
 from hmk8s import sim
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import ClusterMap
-from hmk8s.k8s.emulator import METRICS_RESOURCE, EmulatedClusters
+from hmk8s.k8s.emulated.emulator import METRICS_RESOURCE, EmulatedClusters
 from hmk8s.sim.dynamics import advance, apply_action, measure
 from hmk8s.sim.state import EnvState
 from hmk8s.spaces import OP_DEPLOY, OP_REMOVE

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from hmk8s.encoders import get_encoder
-from hmk8s.heuristics import recommend
-from hmk8s.sim.env import ClusterEnv
+from hmk8s.envs.spec import EnvSpec, Timestep
+from hmk8s.metrics import STEP_METRICS
+from hmk8s.policies.heuristics import recommend
+from hmk8s.sim.env import ClusterEnv, auto_reset
 from hmk8s.sim.params import EnvParams
-from hmk8s.train.env_spec import EnvSpec, Timestep
 
 
 def sim_env_spec(env: ClusterEnv, params: EnvParams, encoder: str = "onehot") -> EnvSpec:
@@ -25,26 +25,27 @@ def sim_env_spec(env: ClusterEnv, params: EnvParams, encoder: str = "onehot") ->
 
     def step(key: jax.Array, state, action: jax.Array):
         k_step, k_reset = jax.random.split(key)
-        obs, next_state, reward, terminated, truncated, info = env.step_env(
+        successor, next_state, reward, terminated, truncated, info = env.step_env(
             k_step, state, action, params
         )
-        reset_state, reset_obs, reset_mask, reset_hint = reset(k_reset)
-        next_obs, next_mask, next_hint = view(obs)
-        done = terminated | truncated
-        pick = lambda a, b: jax.tree.map(lambda x, y: jnp.where(done, x, y), a, b)  # noqa: E731
+        reset_state, *reset_view = reset(k_reset)
+        next_view = view(successor)
+        (obs, mask, hint), state = auto_reset(
+            terminated | truncated, (reset_view, reset_state), (next_view, next_state)
+        )
         timestep = Timestep(
-            obs=pick(reset_obs, next_obs),
-            mask=pick(reset_mask, next_mask),
-            hint=pick(reset_hint, next_hint),
+            obs=obs,
+            mask=mask,
+            hint=hint,
             reward=reward,
             terminated=terminated,
             truncated=truncated,
-            next_obs=next_obs,
-            next_mask=next_mask,
-            next_hint=next_hint,
-            metrics={k: info[k] for k in ("latency_ratio", "pods", "sla_violated", "invalid")},
+            next_obs=next_view[0],
+            next_mask=next_view[1],
+            next_hint=next_view[2],
+            metrics={k: info[k] for k in STEP_METRICS},
         )
-        return pick(reset_state, next_state), timestep
+        return state, timestep
 
     obs_dim = int(jax.eval_shape(lambda k: reset(k)[1], jax.random.PRNGKey(0)).shape[0])
     return EnvSpec(num_actions=params.layout.num_actions, obs_dim=obs_dim, reset=reset, step=step)

@@ -15,7 +15,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from hmk8s.train.anakin import (
+from hmk8s.envs.spec import EnvSpec
+from hmk8s.train.anakin.loop import (
     Trainer,
     greedy_returns,
     init_seeds,
@@ -24,7 +25,6 @@ from hmk8s.train.anakin import (
 )
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
 from hmk8s.train.config import TrainConfig
-from hmk8s.train.env_spec import EnvSpec
 from hmk8s.train.runlog import RunLog, chunk_rows, params_sha256
 
 # evaluator(trainer, seed-stacked params, key) -> {"eval": {...}, "baselines": {...}}
@@ -51,7 +51,7 @@ def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) ->
             trainer.spec, trainer.network.apply, seed_params, key, episodes, GREEDY_MAX_STEPS
         )
         per_seed.append(float(np.mean(returns)))
-    return {"return_mean": float(np.mean(per_seed)), "per_seed": per_seed}
+    return {"return": float(np.mean(per_seed)), "per_seed": per_seed}
 
 
 def open_checkpoints(cfg: TrainConfig, run_dir: Path) -> Checkpointer | None:

@@ -19,11 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmk8s.agents import dqn
+from hmk8s.agents.config import AgentConfig, HaqlConfig
 from hmk8s.agents.network import QNetwork
+from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.replay import Transition, example_transition, make_buffer
-from hmk8s.train.anakin import TrainState
-from hmk8s.train.config import AgentConfig, HaqlConfig
-from hmk8s.train.parts import make_agent_parts
+from hmk8s.train.state import TrainState
 
 Array = jax.Array
 
@@ -142,16 +142,14 @@ def make_async_fns(
     update; ``add`` donates the buffer it extends.
     """
     parts = make_agent_parts(agent, num_actions, haql)
-    network, optimizer, epsilon, xi = parts.network, parts.optimizer, parts.epsilon, parts.xi
+    network, epsilon, xi = parts.network, parts.epsilon, parts.xi
     buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
 
     def init(key: Array, obs: np.ndarray) -> TrainState:
         k_net, k_run = jax.random.split(key)
         example = jnp.asarray(obs, jnp.float32)
-        params = network.init(k_net, example)
-        learner = dqn.LearnerState(params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
         return TrainState(
-            learner=learner,
+            learner=parts.init_learner(k_net, example),
             buffer=buffer.init(example_transition(example, num_actions)),
             env_state=new_books(num_envs),
             obs=np.zeros((num_envs, example.shape[0]), np.float32),
@@ -165,7 +163,7 @@ def make_async_fns(
     @jax.jit
     def act(params, obs, mask, hint, env_steps, key):
         q = network.apply(params, obs)
-        bonus = xi(env_steps) * parts.eta
+        bonus = parts.bonus(env_steps)
         return dqn.epsilon_greedy(key, q, mask, hint, epsilon(env_steps), bonus).astype(jnp.int32)
 
     @partial(jax.jit, donate_argnums=0)

@@ -18,8 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from hmk8s.heuristics import recommend
 from hmk8s.observation import Observation
+from hmk8s.policies.heuristics import recommend
 from hmk8s.sim.params import EnvParams
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from hmk8s.train.async_core import AsyncFns
-from hmk8s.train.env_worker import POLL_S, EnvWorker, Ready, Signals
-from hmk8s.train.learner_thread import ParamsBox
+from hmk8s.train.actor_learner.core import AsyncFns
+from hmk8s.train.actor_learner.env_worker import POLL_S, EnvWorker, Ready, Signals
+from hmk8s.train.actor_learner.learner import ParamsBox
 
 
 class AllEnvsFailed(RuntimeError):

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hmk8s.train.env_spec import EnvSpec, Timestep
+from hmk8s.envs.spec import EnvSpec, Timestep
 
 
 def gymnax_env_spec(env: Any, params: Any | None = None) -> EnvSpec:

@@ -27,13 +27,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from hmk8s.heuristics import recommend
-from hmk8s.train.async_core import host_books, make_async_fns
-from hmk8s.train.async_train import AsyncResult, AsyncSettings, train_async
+from hmk8s.policies.heuristics import recommend
+from hmk8s.train.actor_learner.core import host_books, make_async_fns
+from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
+from hmk8s.train.actor_learner.history import HistoryWriter
+from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_async
 from hmk8s.train.checkpoint import Checkpointer, check_resume_config
 from hmk8s.train.config import ConfigError, TrainConfig, validate
-from hmk8s.train.env_worker import BlockingEnv, no_hint
-from hmk8s.train.history import HistoryWriter
 from hmk8s.train.runlog import RunLog, default_run_dir, params_sha256
 from hmk8s.usecases import UseCase, load_usecase
 

@@ -11,25 +11,18 @@ import jax
 import numpy as np
 
 from hmk8s import sim
-from hmk8s.baselines import hpa_policy
-from hmk8s.evaluate.agents import q_policy
-from hmk8s.evaluation import evaluate_policy
-from hmk8s.sim.spec import sim_env_spec
-from hmk8s.train.anakin import Trainer
-from hmk8s.train.env_spec import EnvSpec
-from hmk8s.train.runner import Evaluator
-
-SUMMARY_KEYS = (
-    "return_mean",
-    "sla_violation_rate",
-    "mean_pods",
-    "p95_latency_ratio",
-    "invalid_rate",
-)
+from hmk8s.envs.sim_spec import sim_env_spec
+from hmk8s.envs.spec import EnvSpec
+from hmk8s.metrics import POLICY_METRIC_NAMES
+from hmk8s.policies.baselines import hpa_policy
+from hmk8s.policies.q_policy import q_policy
+from hmk8s.policies.rollout import evaluate_policy
+from hmk8s.train.anakin.loop import Trainer
+from hmk8s.train.anakin.run import Evaluator
 
 
 def _summary(result: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(result[k]) for k in SUMMARY_KEYS}
+    return {k: float(result[k]) for k in POLICY_METRIC_NAMES}
 
 
 def sim_setup(
@@ -50,7 +43,7 @@ def sim_setup(
             q_params = jax.tree.map(lambda x, i=seed: x[i], seed_params)
             policy = q_policy(trainer.network.apply, q_params, encoder, heuristic_bonus)
             per_seed.append(_summary(evaluate_policy(env, params, policy, key, episodes)))
-        agent = {k: float(np.mean([s[k] for s in per_seed])) for k in SUMMARY_KEYS}
+        agent = {k: float(np.mean([s[k] for s in per_seed])) for k in POLICY_METRIC_NAMES}
         baselines = {"hpa": _summary(evaluate_policy(env, params, hpa_policy(), key, episodes))}
         return {"eval": {**agent, "per_seed": per_seed}, "baselines": baselines}
 

@@ -16,30 +16,9 @@ from typing import IO, Any
 
 import numpy as np
 
-from hmk8s.train.async_core import StepBook
-from hmk8s.train.env_worker import StepRecord
-
-COLUMNS = (
-    "wall_time",
-    "env",
-    "env_step",
-    "episode",
-    "t",
-    "action",
-    "action_name",
-    "reward",
-    "episode_return",
-    "terminated",
-    "truncated",
-    "latency_ratio",
-    "pods",
-    "sla_violated",
-    "invalid",
-    "api_errors",
-    "hint",
-    "step_s",
-    "state",
-)
+from hmk8s.metrics import HISTORY_COLUMNS
+from hmk8s.train.actor_learner.core import StepBook
+from hmk8s.train.actor_learner.env_worker import StepRecord
 
 
 def history_path(directory: Path, env: int) -> Path:
@@ -76,7 +55,7 @@ class HistoryWriter:
             path = history_path(directory, env)
             kept = [r for r in read_history(path) if int(r["env_step"]) < int(kept_steps)]
             f = path.open("w", newline="")
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(kept)
             f.flush()

@@ -1,21 +1,22 @@
 """One DQN / HAQL agent's pieces built from the config, for every loop that trains one.
 
-The Anakin loop, the host-loop benchmark and any other driver take the network, the
-optimiser, the update and the exploration schedules from here, so they learn identically.
+The Anakin loop, the actor/learner, the host-loop benchmark and any other driver take the
+network, the optimiser, the update and the schedules from here, so they learn identically.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from hmk8s.agents import dqn
+from hmk8s.agents.config import AgentConfig, HaqlConfig, heuristic_bonus, xi_schedule
 from hmk8s.agents.network import QNetwork
 from hmk8s.agents.replay import Transition
-from hmk8s.train.config import AgentConfig, HaqlConfig
 
 Array = jax.Array
 
@@ -28,12 +29,22 @@ class AgentParts(NamedTuple):
     update: Callable[[dqn.LearnerState, Transition, Array], tuple[dqn.LearnerState, Array]]
     epsilon: optax.Schedule
     xi: optax.Schedule
-    eta: float
-    in_target: bool
+    haql: HaqlConfig | None
 
-    def target_bonus(self, env_steps: Array) -> Array | float:
+    def bonus(self, env_steps: Array) -> Any:
+        """``xi_t * eta`` on the rulebook's action when acting (0 for a pure DQN)."""
+        return heuristic_bonus(self.haql, env_steps)
+
+    def init_learner(self, key: Array, example_obs: Array) -> dqn.LearnerState:
+        """Fresh online and target weights (equal) and optimiser state, 0 updates done."""
+        params = self.network.init(key, example_obs)
+        return dqn.LearnerState(
+            params, params, self.optimizer.init(params), jnp.zeros((), jnp.int32)
+        )
+
+    def target_bonus(self, env_steps: Array) -> Any:
         """``xi_t * eta`` where the bootstrap target uses the heuristic, else 0."""
-        return self.xi(env_steps) * self.eta if self.in_target else 0.0
+        return self.bonus(env_steps) if self.haql is not None and self.haql.in_target else 0.0
 
 
 def make_agent_parts(
@@ -53,9 +64,4 @@ def make_agent_parts(
     )
     eps = agent.epsilon
     epsilon = dqn.make_schedule(eps.kind, eps.start, eps.end, eps.steps)
-    if haql is None:
-        return AgentParts(
-            network, optimizer, update, epsilon, optax.constant_schedule(0.0), 0.0, False
-        )
-    xi = dqn.make_schedule(haql.xi.kind, haql.xi.start, haql.xi.end, haql.xi.steps)
-    return AgentParts(network, optimizer, update, epsilon, xi, haql.eta, haql.in_target)
+    return AgentParts(network, optimizer, update, epsilon, xi_schedule(haql), haql)

@@ -15,34 +15,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 from hmk8s.agents import dqn
+from hmk8s.agents.config import AgentConfig, HaqlConfig
 from hmk8s.agents.network import QNetwork
+from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.replay import Transition, example_transition, make_buffer
-from hmk8s.train.config import AgentConfig, HaqlConfig
-from hmk8s.train.env_spec import EnvSpec
-from hmk8s.train.parts import make_agent_parts
+from hmk8s.envs.spec import EnvSpec
+from hmk8s.train.state import TrainState
 
 Array = jax.Array
 Metrics = dict[str, Array]
-
-
-class TrainState(NamedTuple):
-    """Everything a chunk reads and writes; one pytree, checkpointed whole."""
-
-    learner: dqn.LearnerState
-    buffer: Any
-    env_state: Any
-    obs: Array
-    mask: Array
-    hint: Array
-    episode_return: Array
-    env_steps: Array
-    rng: Array
 
 
 def iteration_shape(num_envs: int, updates_per_step: float) -> tuple[int, int]:
@@ -79,8 +66,8 @@ def make_trainer(
 ) -> Trainer:
     """Build the pure init / chunk functions; ``haql=None`` is a pure DQN."""
     parts = make_agent_parts(agent, spec.num_actions, haql)
-    network, optimizer, update = parts.network, parts.optimizer, parts.update
-    apply_fn, epsilon, xi, eta = network.apply, parts.epsilon, parts.xi, parts.eta
+    network, update = parts.network, parts.update
+    apply_fn, epsilon, xi = network.apply, parts.epsilon, parts.xi
     buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
     steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
     learning_starts = max(agent.learning_starts, agent.batch_size)
@@ -90,10 +77,8 @@ def make_trainer(
     def init(key: Array) -> TrainState:
         k_net, k_env, k_run = jax.random.split(key, 3)
         env_state, obs, mask, hint = v_reset(jax.random.split(k_env, num_envs))
-        params = network.init(k_net, obs[0])
-        learner = dqn.LearnerState(params, params, optimizer.init(params), jnp.zeros((), jnp.int32))
         return TrainState(
-            learner=learner,
+            learner=parts.init_learner(k_net, obs[0]),
             buffer=buffer.init(example_transition(obs[0], spec.num_actions)),
             env_state=env_state,
             obs=obs,
@@ -107,7 +92,7 @@ def make_trainer(
     def env_step(state: TrainState, _: None) -> tuple[TrainState, tuple[Array, Array, Metrics]]:
         rng, k_act, k_env = jax.random.split(state.rng, 3)
         q = apply_fn(state.learner.params, state.obs)
-        bonus = xi(state.env_steps) * eta
+        bonus = parts.bonus(state.env_steps)
         action = dqn.epsilon_greedy(
             k_act, q, state.mask, state.hint, epsilon(state.env_steps), bonus
         ).astype(jnp.int32)
@@ -230,19 +215,21 @@ def greedy_returns(
 ) -> tuple[Array, Array]:
     """Return of each env's first greedy episode (and whether it ended within ``max_steps``)."""
     k_reset, k_run = jax.random.split(key)
-    env_state, obs, mask, _ = jax.vmap(spec.reset)(jax.random.split(k_reset, num_envs))
+    env_state, obs, mask, hint = jax.vmap(spec.reset)(jax.random.split(k_reset, num_envs))
     zeros = jnp.zeros((num_envs,), jnp.float32)
     not_done = jnp.zeros((num_envs,), jnp.bool_)
 
     def step(carry, k):
-        env_state, obs, mask, ret, first, ended = carry
-        action = dqn.masked_argmax(apply_fn(params, obs), mask)
+        env_state, obs, mask, hint, ret, first, ended = carry
+        action = dqn.greedy_action(apply_fn(params, obs), mask, hint)
         env_state, ts = jax.vmap(spec.step)(jax.random.split(k, num_envs), env_state, action)
         ret = ret + jnp.where(ended, 0.0, ts.reward.astype(jnp.float32))
         done = ts.terminated | ts.truncated
         first = jnp.where(done & ~ended, ret, first)
-        return (env_state, ts.obs, ts.mask, ret, first, ended | done), None
+        return (env_state, ts.obs, ts.mask, ts.hint, ret, first, ended | done), None
 
-    carry = (env_state, obs, mask, zeros, zeros, not_done)
-    (_, _, _, ret, first, ended), _ = jax.lax.scan(step, carry, jax.random.split(k_run, max_steps))
+    carry = (env_state, obs, mask, hint, zeros, zeros, not_done)
+    (_, _, _, _, ret, first, ended), _ = jax.lax.scan(
+        step, carry, jax.random.split(k_run, max_steps)
+    )
     return jnp.where(ended, first, ret), ended
