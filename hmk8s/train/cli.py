@@ -5,7 +5,6 @@ expected failure into one clear line and a non-zero exit."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -15,33 +14,36 @@ from omegaconf import DictConfig, OmegaConf
 
 from hmk8s.agents.config import deployed_bonus
 from hmk8s.configs import SEARCH_PATH
+from hmk8s.k8s.client import ClusterAccessError
+from hmk8s.k8s.config import ClusterMapError
 from hmk8s.sim.params import EnvConfigError
+from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
-from hmk8s.train.runlog import default_run_dir
+from hmk8s.train.run import NonFiniteError, RunDirError, resolve_run_dir
 from hmk8s.usecases import UseCaseError
 
 SCHEMA_NAME = "train_schema"
 EXIT_BAD_INPUT = 2
+EXIT_RUN_FAILED = 1
+#: Errors in what the user asked for: one line and exit code 2, before any work starts.
+BAD_INPUT = (
+    ConfigError,
+    CheckpointError,
+    EnvConfigError,
+    UseCaseError,
+    RunDirError,
+    ClusterMapError,
+    ClusterAccessError,
+)
+#: A run that started and then failed in a known way: one line and exit code 1.
+RUN_FAILED = (NonFiniteError, CleanupError)
 
 
 def register_schema() -> None:
     """Make the typed root config available to the defaults list as ``train_schema``."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
-
-
-def resolve_run_dir(cfg: TrainConfig, usecase: str) -> Path:
-    """``resume`` names the run to continue; else ``run_dir``; else a fresh timestamped one."""
-    if cfg.resume is not None:
-        if cfg.run_dir is not None and Path(cfg.run_dir).resolve() != Path(cfg.resume).resolve():
-            raise ConfigError(f"run_dir={cfg.run_dir} and resume={cfg.resume} name different runs")
-        if not Path(cfg.resume).is_dir():
-            raise CheckpointError(f"resume={cfg.resume}: no such run directory")
-        return Path(cfg.resume)
-    if cfg.run_dir is not None:
-        return Path(cfg.run_dir)
-    return default_run_dir(usecase, "haql" if cfg.heuristic else "dqn")
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -69,9 +71,12 @@ def main(cfg: DictConfig) -> None:
     """Hydra task: train, or print why not and exit with status 2."""
     try:
         train(cfg)
-    except (ConfigError, CheckpointError, EnvConfigError, UseCaseError) as err:
+    except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except RUN_FAILED as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(EXIT_RUN_FAILED)
 
 
 @hydra.main(config_path=SEARCH_PATH, config_name="config", version_base="1.3")

@@ -7,6 +7,8 @@ trainer core reads the same dataclasses, so a setting has one definition.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +30,12 @@ RESUME_SAFE_KEYS = (
     "eval",
     "haql.deployed_xi",
 )
+
+
+#: Bounds that keep a run meaningful: counters are int32 on the device (a margin of one
+#: chunk's worth of steps below 2**31), and more envs than this do not fit one device's replay.
+MAX_TOTAL_STEPS = 2**31 - 2**26
+MAX_NUM_ENVS = 2**18
 
 
 class ConfigError(ValueError):
@@ -90,6 +98,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    halt_on_nan: bool = True
 
 
 def _positive(errors: list[str], name: str, value: float) -> None:
@@ -106,12 +115,39 @@ def _schedule(errors: list[str], name: str, sched: ScheduleConfig) -> None:
         errors.append(f"{name}: an exponential schedule needs start > 0 and end > 0")
 
 
+def _non_finite(node: Any, path: str = "") -> list[str]:
+    """Dotted names of every NaN or infinite float setting in a (nested) dataclass."""
+    if dataclasses.is_dataclass(node):
+        return [
+            bad
+            for f in dataclasses.fields(node)
+            for bad in _non_finite(getattr(node, f.name), f"{path}{f.name}.")
+        ]
+    if isinstance(node, float) and not math.isfinite(node):
+        return [f"{path[:-1]} must be a finite number, got {node}"]
+    return []
+
+
 def validate(cfg: TrainConfig) -> None:
     """Raise `ConfigError` listing every bad value in ``cfg``."""
-    errors: list[str] = []
+    errors: list[str] = _non_finite(cfg)
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     a = cfg.agent
     for name in ("seeds", "total_steps", "num_envs", "chunk_steps"):
         _positive(errors, name, getattr(cfg, name))
+    if cfg.num_envs > MAX_NUM_ENVS:
+        errors.append(f"num_envs must be <= {MAX_NUM_ENVS:,}, got {cfg.num_envs:,}")
+    if cfg.total_steps > MAX_TOTAL_STEPS:
+        errors.append(
+            f"total_steps must be <= {MAX_TOTAL_STEPS:,} (the step counters are 32-bit), "
+            f"got {cfg.total_steps:,}"
+        )
+    if a.learning_starts >= cfg.total_steps:
+        errors.append(
+            f"agent.learning_starts ({a.learning_starts:,}) must be < total_steps "
+            f"({cfg.total_steps:,}): the run would make no update"
+        )
     if cfg.seed < 0:
         errors.append(f"seed must be >= 0, got {cfg.seed}")
     if not a.hidden or any(w <= 0 for w in a.hidden):

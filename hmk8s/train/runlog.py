@@ -9,7 +9,6 @@ import csv
 import hashlib
 import json
 import math
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,11 +21,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from hmk8s.metrics import STEP_METRICS, TRAIN_COLUMNS
-
-
-def default_run_dir(usecase: str, algo: str, root: str | Path = "runs") -> Path:
-    """``runs/<usecase>-<algo>-<UTC timestamp>``."""
-    return Path(root) / f"{usecase}-{algo}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 def chunk_rows(metrics: Mapping[str, Any], sps: float) -> list[dict[str, Any]]:
@@ -46,7 +40,7 @@ def chunk_rows(metrics: Mapping[str, Any], sps: float) -> list[dict[str, Any]]:
 
 def _csv_value(value: Any) -> Any:
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        return f"{value:.6g}"
     return value
 
 
@@ -68,12 +62,13 @@ class RunLog:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(dict(config), sort_keys=False))
         self._csv_path = run_dir / "metrics.csv"
-        kept = self._rows_up_to(start_steps)
-        self._csv_file = self._csv_path.open("w", newline="")
+        self._logged_up_to = self._last_logged_step() if start_steps else -1
+        appending = self._logged_up_to >= 0
+        self._csv_file = self._csv_path.open("a" if appending else "w", newline="")
         self._csv = csv.DictWriter(self._csv_file, fieldnames=TRAIN_COLUMNS, extrasaction="ignore")
-        self._csv.writeheader()
-        self._csv.writerows(kept)
-        self._csv_file.flush()
+        if not appending:
+            self._csv.writeheader()
+            self._csv_file.flush()
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -93,16 +88,20 @@ class RunLog:
         )
         self._progress.start()
 
-    def _rows_up_to(self, steps: int) -> list[dict[str, str]]:
-        """Rows an earlier run logged up to its checkpoint (later rows will be redone)."""
-        if steps == 0 or not self._csv_path.exists():
-            return []
+    def _last_logged_step(self) -> int:
+        """The newest env step an earlier part of this run logged (-1: none). A resumed run
+        appends after it: it replays the steps since its checkpoint exactly, so rows up to
+        there are already in the file and are not written twice."""
+        if not self._csv_path.exists():
+            return -1
         with self._csv_path.open(newline="") as f:
-            return [r for r in csv.DictReader(f) if r["env_steps"] and int(r["env_steps"]) <= steps]
+            steps = [int(r["env_steps"]) for r in csv.DictReader(f) if r.get("env_steps")]
+        return max(steps, default=-1)
 
     def log_chunk(self, rows: list[dict[str, Any]]) -> None:
         """Append one chunk's rows (one per seed) to the CSV, TensorBoard and the progress bar."""
-        self._csv.writerows([{k: _csv_value(v) for k, v in r.items()} for r in rows])
+        fresh = [r for r in rows if int(r["env_steps"]) > self._logged_up_to]
+        self._csv.writerows([{k: _csv_value(v) for k, v in r.items()} for r in fresh])
         self._csv_file.flush()
         step = int(rows[0]["env_steps"])
         if self._tb is not None:

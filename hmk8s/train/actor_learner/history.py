@@ -2,8 +2,10 @@
 
 The original notebooks kept such a record of every step (state, action, reward, latency, pods);
 here it is ``<run_dir>/history/env<i>.csv``. Rows are written when the transition reaches the
-replay, so a checkpoint's books say exactly which rows it covers; on resume, rows past the
-checkpoint (written after it by a run that then crashed) are dropped and the run appends.
+replay, so a checkpoint's books say exactly which rows it covers. A file is only ever appended
+to: on resume, rows past the checkpoint (written after it by a run that then crashed) stay, and
+the resumed run's rows follow them with the same ``env_step`` numbers; where both exist, the
+later row is the one the replay holds.
 """
 
 from __future__ import annotations
@@ -53,12 +55,12 @@ class HistoryWriter:
         self._writers: list[csv.DictWriter] = []
         for env, kept_steps in enumerate(np.asarray(env_steps)):
             path = history_path(directory, env)
-            kept = [r for r in read_history(path) if int(r["env_step"]) < int(kept_steps)]
-            f = path.open("w", newline="")
+            appending = path.exists() and int(kept_steps) > 0
+            f = path.open("a" if appending else "w", newline="")
             writer = csv.DictWriter(f, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(kept)
-            f.flush()
+            if not appending:
+                writer.writeheader()
+                f.flush()
             self._files.append(f)
             self._writers.append(writer)
 

@@ -32,9 +32,9 @@ from hmk8s.train.actor_learner.core import host_books, make_async_fns
 from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
 from hmk8s.train.actor_learner.history import HistoryWriter
 from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_async
-from hmk8s.train.checkpoint import Checkpointer, check_resume_config
 from hmk8s.train.config import ConfigError, TrainConfig, validate
-from hmk8s.train.runlog import RunLog, default_run_dir, params_sha256
+from hmk8s.train.run import open_run, resolve_run_dir
+from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import UseCase, load_usecase
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ ACTOR_KEYS = (
     "max_seconds",
     "close_timeout_s",
 )
+
+
+class CleanupError(RuntimeError):
+    """A run ended but some of its cluster objects could not be deleted."""
+
+
 EnvFactory = Callable[[int, dict[str, Any]], BlockingEnv]
 _recommend = jax.jit(recommend)
 
@@ -131,7 +137,8 @@ def build_envs(factory: EnvFactory, maps: list[dict[str, Any]]) -> list[Blocking
 
 
 def close_envs(envs: Sequence[BlockingEnv], timeout_s: float) -> list[str]:
-    """Close (delete the objects of) every env concurrently; the errors, as messages."""
+    """Close (delete the objects of) every env concurrently; what failed or was left behind,
+    as messages (an env's close may return a `CleanupReport`, which is checked)."""
     if not envs:
         return []
     pool = ThreadPoolExecutor(max_workers=len(envs), thread_name_prefix="env-close")
@@ -140,9 +147,13 @@ def close_envs(envs: Sequence[BlockingEnv], timeout_s: float) -> list[str]:
     deadline = time.monotonic() + timeout_s
     for i, future in enumerate(futures):
         try:
-            future.result(timeout=max(0.1, deadline - time.monotonic()))
+            report = future.result(timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:
             errors.append(f"env {i}: close failed: {exc!r}")
+            continue
+        if report is not None and not report.clean():
+            problems = "; ".join(report.errors) or "deletes did not finish in time"
+            errors.append(f"env {i}: {report.remaining} objects left ({problems})")
     pool.shutdown(wait=False, cancel_futures=True)
     for message in errors:
         log.error("%s; run scripts/cleanup.py", message)
@@ -197,84 +208,74 @@ def run_async_training(
     env_cfg = dataclasses.asdict(tc.env)
     data, actor = split_backend(tc.backend)
     maps = env_cluster_maps(data, tc.num_envs, actor.get("cluster_sets"))
-    algo = "haql" if tc.heuristic else "dqn"
-    directory = Path(run_dir or tc.resume or tc.run_dir or default_run_dir(usecase.name, algo))
+    directory = Path(run_dir) if run_dir is not None else resolve_run_dir(tc, usecase.name)
     factory = env_factory or _k8s_factory(usecase, env_cfg)
-    envs = build_envs(factory, maps)
-    history: HistoryWriter | None = None
-    runlog: RunLog | None = None
-    ckpt: Checkpointer | None = None
-    try:
-        probe = envs[0]
-        fns = make_async_fns(
-            int(probe.action_space.n), tc.agent, tc.num_envs, tc.haql if tc.heuristic else None
-        )
-        obs_dim = int(probe.observation_space.shape[0])
-        state = fns.init(jax.random.PRNGKey(tc.seed), np.zeros((obs_dim,), np.float32))
-        if tc.checkpoint.enabled:
-            ckpt = Checkpointer(directory / "checkpoints", tc.checkpoint.keep, tc.checkpoint.replay)
-        if tc.resume:
-            if ckpt is None:
-                raise ConfigError("resume needs checkpoint.enabled=true")
-            _, saved, _ = ckpt.read_config()
-            check_resume_config(_without_actor(saved), _without_actor(config))
-            state, _, _ = ckpt.restore(state)
-        books = host_books(state.env_state)
-        history = HistoryWriter(directory / "history", books.env_steps, action_namer(probe))
-        runlog = RunLog(
-            directory,
-            config,
-            tc.total_steps,
-            start_steps=int(books.env_steps.sum()),
-            tensorboard=tc.log.tensorboard,
-            progress=tc.log.progress,
-        )
-        meta = {"backend": "k8s", "num_envs": tc.num_envs, "usecase": usecase.name}
+    close_timeout = float(actor.get("close_timeout_s", 300.0))
+    with open_run(tc, config, directory, resume_view=_without_actor) as run:
+        envs: list[BlockingEnv] = []
+        history: HistoryWriter | None = None
+        try:
+            envs = build_envs(factory, maps)
+            probe = envs[0]
+            fns = make_async_fns(
+                int(probe.action_space.n), tc.agent, tc.num_envs, tc.haql if tc.heuristic else None
+            )
+            obs_dim = int(probe.observation_space.shape[0])
+            state = run.restore(
+                fns.init(jax.random.PRNGKey(tc.seed), np.zeros((obs_dim,), np.float32))
+            )
+            books = host_books(state.env_state)
+            history = HistoryWriter(directory / "history", books.env_steps, action_namer(probe))
+            runlog = run.start_log(tc.total_steps, int(books.env_steps.sum()))
+            meta = {"backend": "k8s", "num_envs": tc.num_envs, "usecase": usecase.name}
 
-        def save(s: Any) -> None:
-            step = int(np.asarray(s.env_steps))
-            if ckpt is not None and ckpt.latest_step() != step:
-                ckpt.save(step, s, config, meta)
+            def save(s: Any) -> None:
+                run.check_finite(s.learner.params)
+                run.save(int(np.asarray(s.env_steps)), s, meta)
 
-        settings = AsyncSettings(
-            total_steps=tc.total_steps,
-            ratio=tc.agent.updates_per_step,
-            seed=tc.seed,
-            **{
-                "checkpoint_every": tc.chunk_steps * tc.checkpoint.every_chunks,
-                "log_every": min(tc.chunk_steps, 100),
-                **{k: v for k, v in actor.items() if k not in ("cluster_sets", "close_timeout_s")},
-            },
-        )
-        started = time.monotonic()
-        result = train_async(
-            fns,
-            envs,
-            heuristic_hint if tc.heuristic else no_hint,
-            state,
-            settings,
-            on_write=history.write,
-            on_checkpoint=save,
-            on_log=lambda row: runlog.log_chunk([row]),
-        )
-        wall = time.monotonic() - started
-        if result.state is not None:
-            save(result.state)
-    except BaseException:
-        if runlog is not None:
-            runlog.close()
-        raise
-    finally:
-        if history is not None:
-            history.close()
-        if ckpt is not None:
-            ckpt.close()
-        close_errors = close_envs(envs, float(actor.get("close_timeout_s", 300.0)))
-    summary = _summary(tc, usecase, result, wall)
-    summary["cleanup_errors"] = close_errors
-    runlog.write_summary(summary)
+            settings = AsyncSettings(
+                total_steps=tc.total_steps,
+                ratio=tc.agent.updates_per_step,
+                seed=tc.seed,
+                **{
+                    "checkpoint_every": tc.chunk_steps * tc.checkpoint.every_chunks,
+                    "log_every": min(tc.chunk_steps, 100),
+                    **{
+                        k: v
+                        for k, v in actor.items()
+                        if k not in ("cluster_sets", "close_timeout_s")
+                    },
+                },
+            )
+            started = time.monotonic()
+            result = train_async(
+                fns,
+                envs,
+                heuristic_hint if tc.heuristic else no_hint,
+                state,
+                settings,
+                on_write=history.write,
+                on_checkpoint=save,
+                on_log=lambda row: runlog.log_chunk([row]),
+            )
+            wall = time.monotonic() - started
+            if result.state is not None:
+                save(result.state)
+        finally:
+            if history is not None:
+                history.close()
+            close_errors = close_envs(envs, close_timeout)
+        summary = _summary(tc, usecase, result, wall)
+        summary["cleanup_errors"] = close_errors
+        run.finish(summary)
     if result.error is not None:
         raise result.error
+    if close_errors:
+        raise CleanupError(
+            "cluster objects were left behind:\n  "
+            + "\n  ".join(close_errors)
+            + "\nremove them with scripts/cleanup.py"
+        )
     return summary
 
 

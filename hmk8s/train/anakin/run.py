@@ -23,9 +23,9 @@ from hmk8s.train.anakin.loop import (
     make_chunk_fn,
     make_trainer,
 )
-from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
 from hmk8s.train.config import TrainConfig
-from hmk8s.train.runlog import RunLog, chunk_rows, params_sha256
+from hmk8s.train.run import open_run
+from hmk8s.train.runlog import chunk_rows, params_sha256
 
 # evaluator(trainer, seed-stacked params, key) -> {"eval": {...}, "baselines": {...}}
 Evaluator = Callable[[Trainer, Any, jax.Array], dict[str, Any]]
@@ -54,30 +54,6 @@ def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) ->
     return {"return": float(np.mean(per_seed)), "per_seed": per_seed}
 
 
-def open_checkpoints(cfg: TrainConfig, run_dir: Path) -> Checkpointer | None:
-    """The run's checkpointer, refusing to overwrite a directory that already has checkpoints."""
-    directory = run_dir / "checkpoints"
-    if not cfg.checkpoint.enabled:
-        return None
-    if cfg.resume is None and directory.exists() and any(directory.iterdir()):
-        raise CheckpointError(
-            f"{directory} already holds checkpoints: pass resume={run_dir} to continue that run, "
-            "or choose another run_dir"
-        )
-    return Checkpointer(directory, keep=cfg.checkpoint.keep, replay=cfg.checkpoint.replay)
-
-
-def check_resumable(ckpt: Checkpointer | None, run_dir: Path, config: Mapping[str, Any]) -> int:
-    """The step to resume ``run_dir`` from, once its saved config is known to match ``config``."""
-    if ckpt is None:
-        raise CheckpointError("resume needs checkpoint.enabled=true")
-    if ckpt.latest_step() is None:
-        raise CheckpointError(f"{run_dir}: nothing to resume (no complete checkpoint)")
-    step, saved_config, _ = ckpt.read_config()
-    check_resume_config(saved_config, dict(config))
-    return step
-
-
 def run_training(
     cfg: TrainConfig,
     spec: EnvSpec,
@@ -94,25 +70,13 @@ def run_training(
     chunk_iters = max(1, cfg.chunk_steps // per_iter)
     total_iters = math.ceil(cfg.total_steps / per_iter)
 
-    ckpt = open_checkpoints(cfg, run_dir)
-    resume_step = None if cfg.resume is None else check_resumable(ckpt, run_dir, config)
-    state = init_seeds(trainer, cfg.seed, cfg.seeds)
-    if resume_step is not None:
-        state, _, _ = ckpt.restore(state, resume_step)
-    done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
-    plan = chunk_plan(done_iters, total_iters, chunk_iters)
-
-    log = RunLog(
-        run_dir,
-        config,
-        total_iters * per_iter,
-        start_steps=done_iters * per_iter,
-        tensorboard=cfg.log.tensorboard,
-        progress=cfg.log.progress,
-    )
-    compiled: dict[int, Any] = {}
-    train_seconds, steps_run = 0.0, 0
-    try:
+    with open_run(cfg, config, run_dir) as run:
+        state = run.restore(init_seeds(trainer, cfg.seed, cfg.seeds))
+        done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
+        plan = chunk_plan(done_iters, total_iters, chunk_iters)
+        log = run.start_log(total_iters * per_iter, done_iters * per_iter)
+        compiled: dict[int, Any] = {}
+        train_seconds, steps_run = 0.0, 0
         for index, n in enumerate(plan):
             if n not in compiled:
                 compiled[n] = make_chunk_fn(trainer, n).lower(state).compile()
@@ -123,35 +87,29 @@ def run_training(
             train_seconds += seconds
             steps_run += n * per_iter * cfg.seeds
             log.log_chunk(chunk_rows(metrics, n * per_iter * cfg.seeds / seconds))
-            last = index == len(plan) - 1
-            if ckpt is not None and (last or (index + 1) % cfg.checkpoint.every_chunks == 0):
+            run.check_finite(state.learner.params)
+            if index == len(plan) - 1 or (index + 1) % cfg.checkpoint.every_chunks == 0:
                 step = int(np.asarray(state.env_steps)[0])
-                ckpt.save(step, state, dict(config), {"name": name, "env_steps": step})
-    except BaseException:
-        log.close()
-        raise
-    finally:
-        if ckpt is not None:
-            ckpt.close()
+                run.save(step, state, {"name": name, "env_steps": step})
 
-    params = state.learner.params
-    key = jax.random.PRNGKey(cfg.seed + 1)
-    if not cfg.eval.enabled or cfg.eval.episodes == 0:
-        results: dict[str, Any] = {}
-    elif evaluator is not None:
-        results = evaluator(trainer, params, key)
-    else:
-        results = {"eval": greedy_eval(trainer, params, key, cfg.eval.episodes)}
-    summary = {
-        "usecase": name,
-        "heuristic": cfg.heuristic,
-        "seeds": cfg.seeds,
-        "env_steps": int(np.asarray(state.env_steps)[0]),
-        "updates": int(np.asarray(state.learner.updates)[0]),
-        "wall_seconds": time.perf_counter() - wall0,
-        "steps_per_second": steps_run / train_seconds if train_seconds else 0.0,
-        "params_sha256": params_sha256(params),
-        **results,
-    }
-    log.write_summary(summary)
+        params = state.learner.params
+        key = jax.random.PRNGKey(cfg.seed + 1)
+        if not cfg.eval.enabled or cfg.eval.episodes == 0:
+            results: dict[str, Any] = {}
+        elif evaluator is not None:
+            results = evaluator(trainer, params, key)
+        else:
+            results = {"eval": greedy_eval(trainer, params, key, cfg.eval.episodes)}
+        summary = {
+            "usecase": name,
+            "heuristic": cfg.heuristic,
+            "seeds": cfg.seeds,
+            "env_steps": int(np.asarray(state.env_steps)[0]),
+            "updates": int(np.asarray(state.learner.updates)[0]),
+            "wall_seconds": time.perf_counter() - wall0,
+            "steps_per_second": steps_run / train_seconds if train_seconds else 0.0,
+            "params_sha256": params_sha256(params),
+            **results,
+        }
+        run.finish(summary)
     return summary
