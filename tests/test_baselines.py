@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hmk8s.metrics import summarise
 from hmk8s.observation import Observation
 from hmk8s.policies.baselines import (
     BASELINES,
@@ -21,7 +22,7 @@ from hmk8s.policies.baselines import (
     static_policy,
     static_target,
 )
-from hmk8s.policies.rollout import rollout, summarise
+from hmk8s.policies.rollout import rollout
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import params_from_usecase
 from hmk8s.spaces import OP_DEPLOY, OP_REMOVE, action_mask
@@ -176,10 +177,10 @@ def test_summarise(static_and_random):
     summary = summarise(static)
     returns = np.asarray(static["reward"]).sum(axis=1)
     assert summary["episode_returns"] == pytest.approx(returns.tolist(), abs=1e-5)
-    assert summary["return_mean"] == pytest.approx(returns.mean(), abs=1e-5)
+    assert summary["return"] == pytest.approx(returns.mean(), abs=1e-5)
     assert summary["invalid_rate"] == 0.0
     assert set(summary) == {
-        "return_mean",
+        "return",
         "return_std",
         "episode_returns",
         "sla_violation_rate",

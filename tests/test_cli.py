@@ -61,7 +61,7 @@ def test_haql_run_writes_its_files_and_resumes(tmp_path):
     assert summary["env_steps"] == 512
     assert len(summary["params_sha256"]) == 64
     for block in (summary["eval"], summary["baselines"]["hpa"]):
-        assert {"return_mean", "sla_violation_rate", "mean_pods"} <= set(block)
+        assert {"return", "sla_violation_rate", "mean_pods"} <= set(block)
         assert 0.0 <= block["sla_violation_rate"] <= 1.0
     with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))

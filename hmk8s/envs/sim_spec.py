@@ -28,10 +28,12 @@ def sim_env_spec(env: ClusterEnv, params: EnvParams, encoder: str = "onehot") ->
         successor, next_state, reward, terminated, truncated, info = env.step_env(
             k_step, state, action, params
         )
-        reset_state, *reset_view = reset(k_reset)
+        reset_state, reset_obs, reset_mask, reset_hint = reset(k_reset)
         next_view = view(successor)
         (obs, mask, hint), state = auto_reset(
-            terminated | truncated, (reset_view, reset_state), (next_view, next_state)
+            terminated | truncated,
+            ((reset_obs, reset_mask, reset_hint), reset_state),
+            (next_view, next_state),
         )
         timestep = Timestep(
             obs=obs,
