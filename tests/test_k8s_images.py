@@ -11,6 +11,7 @@ import http.server
 import importlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -522,3 +523,47 @@ def test_redirects_and_foreign_answers_are_failures(functions, proxy):
     finally:
         imposter.shutdown()
         imposter.server_close()
+
+
+# the load generator
+
+
+def run_loadgen(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(IMAGES / "loadgen.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_load_generator_replays_the_rates_through_the_proxy(functions, proxy, tmp_path):
+    program, chain = proxy
+    write_chain(chain, [("firewall", functions["firewall"].address)])
+    rates = tmp_path / "rates.csv"
+    rates.write_text("proxy0\n# requests/s per step\n20\n40\n")
+    out = run_loadgen(
+        "--rates", str(rates), "--target", f"http://{program.address}/",
+        "--step-seconds", "0.5", "--arrivals", "uniform", "--timeout", "1",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    reports = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [(r["step"], r["sent"], r["ok"]) for r in reports] == [(0, 10, 10), (1, 20, 20)]
+    assert all(
+        r["latency_ms"]["p50"] >= cpu_per_request("firewall", "small") * 1e3 for r in reports
+    )
+
+
+def test_poisson_arrivals_have_the_rate_on_average():
+    loadgen = image_module("loadgen")
+    rng = random.Random(7)
+    counts = [len(loadgen.arrival_times(30.0, 2.0, rng, poisson=True)) for _ in range(400)]
+    assert abs(sum(counts) / len(counts) - 60.0) < 4 * (60.0 / 400) ** 0.5  # 4 standard errors
+
+
+def test_the_load_generator_refuses_targets_that_do_not_match_the_columns(tmp_path):
+    rates = tmp_path / "rates.csv"
+    rates.write_text("1,2\n3,4\n")
+    out = run_loadgen("--rates", str(rates), "--target", "http://127.0.0.1:9/")
+    assert out.returncode == 2 and out.stderr.strip() == "loadgen: 1 targets for 2 columns of rates"
