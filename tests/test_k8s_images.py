@@ -238,7 +238,7 @@ def test_cpu_per_request_is_cpu_limit_over_mu(files, function, config):
 
 
 def test_health_is_answered_while_every_worker_is_busy(files):
-    env = {"HMK8S_FUNCTION": "encrypt", "HMK8S_SERVICE_RATE": "1", "HMK8S_CPU_LIMIT": "1.5"}
+    env = {"HMK8S_FUNCTION": "encrypt", "HMK8S_SERVICE_RATE": "1", "HMK8S_CPU_LIMIT": "1"}
     program = Program("nf", "--key", str(files / "key"), "--workers", "1", env=env)
     try:
         busy = threading.Thread(target=call, args=(program.address, "POST", "/", b"x"))
@@ -247,7 +247,7 @@ def test_health_is_answered_while_every_worker_is_busy(files):
         start = time.perf_counter()
         assert call(program.address, path="/healthz")[0] == 200
         assert call(program.address, path="/readyz")[0] == 200
-        assert time.perf_counter() - start < 0.5  # the request in flight takes 1.5 s of CPU
+        assert time.perf_counter() - start < 0.5  # the request in flight takes 1 s of CPU
         busy.join()
     finally:
         program.stop()
@@ -324,7 +324,9 @@ def test_a_100_mb_body_is_refused_before_it_is_read(server):
     sock.shutdown(socket.SHUT_RD)
     pusher.join(timeout=10)
     sock.close()
-    assert server.rss_kib() - before < 5 * 1024
+    growth = server.rss_kib() - before
+    print(f"100 MB body refused: resident memory grew by {growth} KiB")
+    assert growth < 5 * 1024
 
 
 def test_a_head_trickled_byte_by_byte_is_cut_off(files):
