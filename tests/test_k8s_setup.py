@@ -23,6 +23,9 @@ from hmk8s.usecases import load_usecase
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.30"
+OLDEST_SCHEMA = (
+    "1.25"  # the oldest kubernetes-validate ships; the manifests use 1.20's API versions
+)
 KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")
 
 
@@ -138,7 +141,8 @@ def _manifests() -> list[tuple[str, dict]]:
     ("name", "doc"), _manifests(), ids=lambda v: v if isinstance(v, str) else v["metadata"]["name"]
 )
 def test_deploy_manifests_are_valid(name, doc):
-    kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    for version in (OLDEST_SCHEMA, K8S_VERSION):
+        kubernetes_validate.validate(doc, version, strict=True)
 
 
 def test_generated_objects_are_valid():

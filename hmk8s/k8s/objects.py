@@ -6,6 +6,7 @@ finds all of a run's objects, and `managed-by` alone finds the leftovers of ever
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,31 @@ INSTANCE = "hmk8s.io/instance"
 PROXY = "hmk8s.io/proxy"
 COMPONENT = "app.kubernetes.io/component"
 CHAIN_KEY = "chain.json"
+# what a function pod reads: the AES key (encrypt, decrypt) or the firewall's rules, created once
+# per namespace outside runs (deploy/functions.yaml), mounted where the nf image looks for them
+KEY_SECRET = "hmk8s-nf-key"
+RULES_CONFIGMAP = "hmk8s-firewall-rules"
+FUNCTION_FILES = "/etc/hmk8s/nf"
+# the restricted Pod Security Standard, met by every pod of the data plane
+POD_SECURITY = {
+    "runAsNonRoot": True,
+    "runAsUser": 65534,
+    "runAsGroup": 65534,
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+PROBES = {
+    "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"}, "periodSeconds": 2},
+    "livenessProbe": {
+        "httpGet": {"path": "/healthz", "port": "http"},
+        "periodSeconds": 10,
+        "failureThreshold": 3,
+    },
+}
 
 
 def instance_name(function: int, config: int) -> str:
@@ -69,13 +95,19 @@ def cpu_quantity(cores: float) -> str:
 def deployment(
     cmap: ClusterMap, usecase: UseCase, run_id: str, function: int, config: int, replicas: int
 ) -> dict:
-    """The Deployment of instance (f, c); its pods request the config's CPU."""
+    """The Deployment of instance (f, c); its pods request the config's CPU, and each request
+    costs cpu_limit / mu core-seconds (HMK8S_CPU_LIMIT over HMK8S_SERVICE_RATE)."""
     name = instance_name(function, config)
     fname, cname = FUNCTION_NAMES[function], CONFIG_NAMES[config]
     profile = usecase.functions.ordered()[function].configs()[config]
     memory = cmap.memory_of(cname)
     labels = instance_labels(run_id, function, config)
     match = {INSTANCE: name, RUN_ID: run_id}
+    files = (
+        {"configMap": {"name": RULES_CONFIGMAP}}
+        if fname == "firewall"
+        else {"secret": {"secretName": KEY_SECRET}}
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -87,6 +119,7 @@ def deployment(
                 "metadata": {"labels": dict(labels)},
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "securityContext": copy.deepcopy(POD_SECURITY),
                     "containers": [
                         {
                             "name": fname,
@@ -96,6 +129,7 @@ def deployment(
                                 {"name": "HMK8S_FUNCTION", "value": fname},
                                 {"name": "HMK8S_CONFIG", "value": cname},
                                 {"name": "HMK8S_SERVICE_RATE", "value": str(profile.mu)},
+                                {"name": "HMK8S_CPU_LIMIT", "value": str(profile.cpu_limit)},
                             ],
                             "resources": {
                                 "requests": {
@@ -107,12 +141,14 @@ def deployment(
                                     "memory": memory.limit,
                                 },
                             },
-                            "readinessProbe": {
-                                "httpGet": {"path": "/healthz", "port": "http"},
-                                "periodSeconds": 2,
-                            },
+                            **copy.deepcopy(PROBES),
+                            "securityContext": copy.deepcopy(CONTAINER_SECURITY),
+                            "volumeMounts": [
+                                {"name": "nf", "mountPath": FUNCTION_FILES, "readOnly": True}
+                            ],
                         }
                     ],
+                    "volumes": [{"name": "nf", **files}],
                 },
             },
         },

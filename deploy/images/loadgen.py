@@ -1,0 +1,208 @@
+"""The hmk8s load generator: replays a request-rate trace through the proxies.
+
+The trace is the CSV the simulator replays (one row per step, one column per proxy, requests/s;
+a header line and `#` comments allowed); `python scripts/load_trace.py --usecase ml` writes one
+from a use case's per-proxy load profile. Each step lasts --step-seconds; in it, proxy j gets
+requests at rate[step][j] * --scale, as a Poisson process (or evenly spaced, --arrivals
+uniform), each a POST of --payload-bytes random bytes. After each step one JSON line per proxy
+reports what was sent and how it was answered:
+
+    {"step": 0, "target": "...", "rate": 48.1, "sent": 731, "ok": 728, "refused": 0,
+     "failed": 3, "latency_ms": {"mean": 21.4, "p50": 18.0, "p95": 44.2}}
+
+`ok` is a 2xx answer, `refused` a 4xx (the firewall's 403), `failed` anything else or no answer
+within --timeout. Requests still in flight at the end of a step are reported with the step
+they were sent in. Standard library only.
+
+    python loadgen.py --rates ml.csv --target http://proxy0.hmk8s-0.svc.cluster.local:8080/ ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import math
+import os
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from httpio import HttpError, fail, fetch
+
+MAX_ANSWER = 1 << 20
+
+
+def read_rates(path: Path) -> list[list[float]]:
+    """Rows of non-negative rates, as the simulator reads its traces; ValueError names the line."""
+    rows: list[list[float]] = []
+    with path.open(newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or row[0].lstrip().startswith("#"):
+                continue
+            try:
+                values = [float(cell) for cell in row]
+            except ValueError:
+                if not rows and lineno == 1:
+                    continue  # a header line
+                raise ValueError(f"{path}: line {lineno} is not numbers") from None
+            if any(not math.isfinite(v) or v < 0 for v in values):
+                raise ValueError(f"{path}: line {lineno} has a rate that is not finite and >= 0")
+            if rows and len(values) != len(rows[0]):
+                raise ValueError(
+                    f"{path}: line {lineno} has {len(values)} columns, not {len(rows[0])}"
+                )
+            rows.append(values)
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def arrival_times(rate: float, seconds: float, rng: random.Random, poisson: bool) -> list[float]:
+    """Offsets in [0, seconds) at which requests start."""
+    if rate <= 0:
+        return []
+    if not poisson:
+        return [i / rate for i in range(math.ceil(rate * seconds - 1e-9))]
+    times, t = [], rng.expovariate(rate)
+    while t < seconds:
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
+@dataclass
+class Tally:
+    """How one proxy answered one step's requests."""
+
+    sent: int = 0
+    ok: int = 0
+    refused: int = 0
+    failed: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+    def report(self, step: int, target: str, rate: float) -> dict:
+        lat = sorted(self.latencies_ms)
+        summary = (
+            {
+                "mean": round(statistics.fmean(lat), 2),
+                "p50": round(lat[len(lat) // 2], 2),
+                "p95": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 2),
+            }
+            if lat
+            else None
+        )
+        counts = {"sent": self.sent, "ok": self.ok, "refused": self.refused, "failed": self.failed}
+        return {"step": step, "target": target, "rate": rate, **counts, "latency_ms": summary}
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        if parts.scheme != "http" or not parts.hostname:
+            raise ValueError(f"target {url!r} is not an http:// URL")
+        return cls(url, parts.hostname, parts.port or 80, parts.path or "/")
+
+
+async def one_request(target: Target, payload: bytes, timeout_s: float, tally: Tally) -> None:
+    tally.sent += 1
+    start = time.perf_counter()
+    try:
+        status, _, _ = await asyncio.wait_for(
+            fetch(target.host, target.port, "POST", target.path, {}, payload, MAX_ANSWER),
+            timeout_s,
+        )
+    except (OSError, TimeoutError, HttpError, asyncio.IncompleteReadError):
+        tally.failed += 1
+        return
+    tally.latencies_ms.append((time.perf_counter() - start) * 1e3)
+    if 200 <= status < 300:
+        tally.ok += 1
+    elif 400 <= status < 500:
+        tally.refused += 1
+    else:
+        tally.failed += 1
+
+
+async def replay(args: argparse.Namespace, rates: list[list[float]], targets: list[Target]) -> None:
+    """Send every step's requests on schedule; report a step once the next one has ended."""
+    rng = random.Random(args.seed)
+    loop = asyncio.get_running_loop()
+    pending: set[asyncio.Task] = set()
+    tallies: list[list[tuple[Target, float, Tally]]] = []
+    end = args.start_row + args.steps if args.steps else len(rates)
+    for step, row in enumerate(rates[args.start_row : end]):
+        step_start = loop.time()
+        tallies.append(
+            [(t, rate * args.scale, Tally()) for t, rate in zip(targets, row, strict=True)]
+        )
+        plan = sorted(
+            (
+                (offset, target, tally)
+                for target, rate, tally in tallies[step]
+                for offset in arrival_times(
+                    rate, args.step_seconds, rng, args.arrivals == "poisson"
+                )
+            ),
+            key=lambda item: item[0],
+        )
+        for offset, target, tally in plan:
+            await asyncio.sleep(max(step_start + offset - loop.time(), 0.0))
+            payload = os.urandom(args.payload_bytes)
+            task = asyncio.create_task(one_request(target, payload, args.timeout, tally))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+        await asyncio.sleep(max(step_start + args.step_seconds - loop.time(), 0.0))
+        if step > 0:
+            emit(step - 1, tallies[step - 1])
+    if pending:
+        await asyncio.wait(pending, timeout=args.timeout)
+    emit(len(tallies) - 1, tallies[-1])
+
+
+def emit(step: int, tallies: list[tuple[Target, float, Tally]]) -> None:
+    for target, rate, tally in tallies:
+        print(json.dumps(tally.report(step, target.url, round(rate, 3))), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", type=Path, required=True, help="CSV: a row per step")
+    parser.add_argument("--target", action="append", required=True, help="a proxy URL per column")
+    parser.add_argument("--step-seconds", type=float, default=15.0)
+    parser.add_argument("--steps", type=int, default=0, help="rows to replay; 0: all")
+    parser.add_argument("--start-row", type=int, default=0)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies every rate")
+    parser.add_argument("--arrivals", choices=("poisson", "uniform"), default="poisson")
+    parser.add_argument("--payload-bytes", type=int, default=512)
+    parser.add_argument("--timeout", type=float, default=2.0, help="seconds per request")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    try:
+        rates = read_rates(args.rates)
+        targets = [Target.parse(url) for url in args.target]
+    except (OSError, ValueError) as err:
+        fail("loadgen", str(err))
+    if len(targets) != len(rates[0]):
+        fail("loadgen", f"{len(targets)} targets for {len(rates[0])} columns of rates")
+    for flag in ("step_seconds", "scale", "timeout"):
+        if not getattr(args, flag) > 0:
+            fail("loadgen", f"--{flag.replace('_', '-')} must be positive")
+    if args.steps < 0 or args.payload_bytes < 0 or not 0 <= args.start_row < len(rates):
+        fail("loadgen", "--steps and --payload-bytes must be >= 0, --start-row a row of the trace")
+    asyncio.run(replay(args, rates, targets))
+
+
+if __name__ == "__main__":
+    main()
