@@ -1,1 +1,4 @@
-"""Benchmarks as library code: simulator, training and actor/learner throughput (the scripts in `scripts/` only parse arguments and print)."""
+"""Benchmarks as library code: simulator, training and actor/learner throughput.
+
+The scripts in `scripts/` only parse arguments and print.
+"""
