@@ -77,7 +77,7 @@ def test_haql_run_writes_its_files_and_resumes(tmp_path):
 
     fresh_over_old = train(tmp_path, f"run_dir={run_dir}", "heuristic=true", *TINY)
     assert fresh_over_old.returncode == 2
-    assert "already holds checkpoints" in fresh_over_old.stderr
+    assert "already holds a run" in fresh_over_old.stderr
 
     longer = [*TINY[1:], "total_steps=1024", "eval.enabled=false"]  # both resume-safe
     resumed = train(tmp_path, f"resume={run_dir}", "heuristic=true", *longer, cache=cache)
