@@ -108,7 +108,9 @@ class KubernetesClusterEnv(gym.Env):
         self.run_id = self.cmap.run_id or f"run-{secrets.token_hex(4)}"
         self.clock: ClusterClock = clock or WallClock()
         self.step_seconds = self.cmap.step_duration(self.usecase)
-        self.clients = connect(self.cmap)
+        self.clients = connect(
+            self.cmap, writes=objects.samples(self.cmap, self.usecase, self.run_id)
+        )
         _check_namespaces_free(self.clients, self.run_id)
         self.homes = [p.home for p in self.usecase.proxies]
         self.reconciler = Reconciler(self.clients, self.cmap, self.usecase, self.run_id)

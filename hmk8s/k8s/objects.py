@@ -189,6 +189,16 @@ def chain_configmap(
     }
 
 
+def samples(cmap: ClusterMap, usecase: UseCase, run_id: str) -> list[dict]:
+    """One object of each kind a run writes, for the pre-flight's dry-run creates."""
+    function = FUNCTION_NAMES.index(usecase.chain[0])
+    return [
+        deployment(cmap, usecase, run_id, function, 0, 1),
+        service(cmap, run_id, function, 0),
+        chain_configmap(cmap, run_id, 0, usecase.proxies[0].home, ()),
+    ]
+
+
 def parse_chain(document: str) -> list[tuple[int, int | None, int | None]]:
     """Inverse of `chain_document`: (function, cluster, config) per hop."""
     hops = json.loads(document)["hops"]
