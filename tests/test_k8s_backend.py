@@ -1,11 +1,12 @@
 """The Kubernetes backend end to end: the official client over HTTP against the loopback
-emulator (127.0.0.1 only), the twin playing the clusters."""
+emulator and a real API server (127.0.0.1 only), the twin playing the clusters."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import yaml
+from served import SERVED, played
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.harness import emulation
@@ -28,9 +29,19 @@ def named(clusters, kind: str, namespace: str, name: str) -> dict | None:
     return found[0] if found else None
 
 
+ENV_CFG = {"start": "empty", "episode_steps": 10}
+
+
+@pytest.fixture(scope="module", params=SERVED)
+def emu(request):
+    with played(request, request.param, "ml", ENV_CFG) as e:
+        yield e
+
+
 @pytest.fixture(scope="module")
-def emu():
-    with emulation("ml", {"start": "empty", "episode_steps": 10}) as e:
+def emulated():
+    """The emulator alone: these tests withdraw the metrics API or inject faults."""
+    with emulation("ml", ENV_CFG) as e:
         yield e
 
 
@@ -59,7 +70,7 @@ def test_every_action_kind_becomes_api_objects(emu):
             named(clusters, "v1/configmaps", ns0, "proxy0-chain")["data"]["chain.json"]
         )
         assert [h["endpoint"] for h in chain0["hops"]] == [
-            "hmk8s-firewall-small.hmk8s-0.svc.cluster.local:8080",
+            f"hmk8s-firewall-small.{ns0}.svc.cluster.local:8080",
             None,
         ]
 
@@ -73,7 +84,7 @@ def test_every_action_kind_becomes_api_objects(emu):
             named(clusters, "v1/configmaps", ns1, "proxy1-chain")["data"]["chain.json"]
         )
         assert chain1["hops"][0]["endpoint"] == (
-            "hmk8s-firewall-small.hmk8s-0.svc.clusterset.local:8080"
+            f"hmk8s-firewall-small.{ns0}.svc.clusterset.local:8080"
         )
 
         remove = lay.encode(0, OP_REMOVE, SMALL, FIREWALL, 0)
@@ -132,7 +143,8 @@ def test_observation_comes_from_status_and_metrics(emu):
         assert int(obs.pods[1]) == 6 and int(obs.pods.sum()) == 6
 
 
-def test_missing_metrics_are_assumed_at_full_request(emu):
+def test_missing_metrics_are_assumed_at_full_request(emulated):
+    emu = emulated
     env = emu.make_env()
     lay = env.params.layout
     with env:
@@ -177,7 +189,8 @@ def test_exception_mid_episode_still_cleans_up(emu):
     assert labelled(emu.clusters) == []
 
 
-def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emu):
+def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emulated):
+    emu = emulated
     api = emu.cmap.api.model_copy(update={"max_attempts": 2, "backoff_base_s": 0.001})
     env = emu.make_env(api=api)
     lay = env.params.layout

@@ -107,9 +107,15 @@ class ApiClusters:
         return body
 
     def objects(self, resource: str, namespace: str | None = None, selector: str = "") -> list:
+        """The items of a list call, each with the `kind` and `apiVersion` lists leave out."""
         path = resource_path(resource, namespace)
         query = [("labelSelector", selector)] if selector else []
-        return self._ok(f"list {path}", self.request("GET", path, query=query))["items"] or []
+        found = self._ok(f"list {path}", self.request("GET", path, query=query))
+        kind = found["kind"].removesuffix("List")
+        return [
+            {"kind": kind, "apiVersion": found["apiVersion"], **item}
+            for item in found["items"] or []
+        ]
 
     def create_namespaces(self) -> None:
         for ns in self.namespaces:

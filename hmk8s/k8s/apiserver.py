@@ -66,7 +66,7 @@ def running(workdir: Path, scripts: Path | None = None) -> Iterator[ApiServer]:
         )
         if done.returncode != 0:
             raise RuntimeError(f"kube-apiserver did not start: {done.stderr.strip()[-500:]}")
-        server = ApiServer(workdir / "kubeconfig")
+        server = ApiServer(verified_kubeconfig(workdir))
         ensure_pod_metrics_api(server, scripts / "podmetrics-crd.yaml")
         yield server
     finally:
@@ -76,6 +76,18 @@ def running(workdir: Path, scripts: Path | None = None) -> Iterator[ApiServer]:
             timeout=60,
             check=False,
         )
+
+
+def verified_kubeconfig(workdir: Path) -> Path:
+    """The script's kubeconfig, verifying the server's certificate (its self-signed CA is in
+    `certs/apiserver.crt`) instead of skipping TLS verification."""
+    doc = yaml.safe_load((workdir / "kubeconfig").read_text())
+    for entry in doc["clusters"]:
+        entry["cluster"].pop("insecure-skip-tls-verify", None)
+        entry["cluster"]["certificate-authority"] = str(workdir / "certs" / "apiserver.crt")
+    path = workdir / "verified.kubeconfig"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
 
 
 def ensure_pod_metrics_api(server: ApiServer, crd: Path, timeout_s: float = 30.0) -> None:

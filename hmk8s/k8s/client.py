@@ -261,7 +261,7 @@ class ClusterClient:
             if _status(exc) == 404:
                 return False
             raise
-        _discard(answer)
+        discard(answer)
         return True
 
     def dry_run_create(self, body: dict) -> None:
@@ -277,7 +277,7 @@ class ClusterClient:
             dry_run="All",
             _preload_content=False,
         )
-        _discard(answer)
+        discard(answer)
 
     def pod_metrics(self, label_selector: str) -> list[dict]:
         result = self._call(
@@ -389,7 +389,7 @@ class ClusterClient:
             raise ClusterAccessError(f"{self.where}: API server failing ({exc})") from None
 
 
-def _discard(answer: Any) -> None:
+def discard(answer: Any) -> None:
     """Return an unread response's connection to the pool, its body unparsed."""
     answer.drain_conn()
     answer.release_conn()

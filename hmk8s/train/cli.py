@@ -12,6 +12,8 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from hmk8s.k8s.client import ClusterAccessError
+from hmk8s.k8s.config import ClusterMapError
 from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, deployed_bonus, validate
@@ -66,6 +68,13 @@ def main(cfg: DictConfig) -> None:
     """Hydra task: train, or print why not and exit with status 2."""
     try:
         train(cfg)
-    except (ConfigError, CheckpointError, EnvConfigError, UseCaseError) as err:
+    except (
+        ConfigError,
+        CheckpointError,
+        EnvConfigError,
+        UseCaseError,
+        ClusterMapError,
+        ClusterAccessError,
+    ) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
