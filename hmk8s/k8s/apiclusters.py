@@ -117,8 +117,9 @@ class ApiClusters:
             for item in found["items"] or []
         ]
 
-    def create_namespaces(self) -> None:
-        for ns in self.namespaces:
+    def create_namespaces(self, names: list[str] | None = None) -> None:
+        """Create `names` (default: the clusters' namespaces); existing ones are kept."""
+        for ns in self.namespaces if names is None else names:
             body = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}
             self._ok(
                 f"create namespace {ns}", self.request("POST", "/api/v1/namespaces", body), (409,)
