@@ -199,6 +199,10 @@ def run_async_training(
     maps = env_cluster_maps(data, tc.num_envs, actor.get("cluster_sets"))
     algo = "haql" if tc.heuristic else "dqn"
     directory = Path(run_dir or tc.resume or tc.run_dir or default_run_dir(usecase.name, algo))
+    if env_factory is None:  # envs are built in threads; SIGTERM is hooked from this one
+        from hmk8s.k8s.env import install_exit_hooks
+
+        install_exit_hooks()
     factory = env_factory or _k8s_factory(usecase, env_cfg)
     envs = build_envs(factory, maps)
     history: HistoryWriter | None = None
