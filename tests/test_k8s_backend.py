@@ -9,7 +9,10 @@ import yaml
 from served import SERVED, played
 
 from hmk8s.k8s import objects
+from hmk8s.k8s.cleanup import delete_labelled
+from hmk8s.k8s.client import ClusterClient, new_api_client
 from hmk8s.k8s.harness import emulation
+from hmk8s.k8s.retry import ApiCallError
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
@@ -211,3 +214,22 @@ def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emulated):
         dep = named(clusters, "apps/v1/deployments", "hmk8s-2", "hmk8s-encrypt-small")
         assert dep["spec"]["replicas"] == 1
         assert named(clusters, "v1/services", "hmk8s-2", "hmk8s-encrypt-small") is not None
+
+
+def test_an_unparsable_answer_is_an_api_error(emulated):
+    """A Service the client cannot turn into its model (a newer client, an older server)."""
+    cmap, ref = emulated.cmap, emulated.cmap.clusters[0]
+    bad = objects.service(cmap, "garbled", 0, 0)
+    bad["metadata"]["namespace"] = ref.namespace
+    bad["spec"]["ports"] = "not a list of ports"
+    emulated.clusters.run(
+        emulated.clusters.emulator.put("v1/services", ref.namespace, bad["metadata"]["name"], bad)
+    )
+    client = ClusterClient(new_api_client(emulated.kubeconfig, ref.context), ref, cmap)
+    with pytest.raises(ApiCallError, match="unparsable answer"):
+        client.read("Service", bad["metadata"]["name"])
+    report = delete_labelled([client], "garbled", wait_s=0.0)
+    assert report.errors and "unparsable answer" in report.errors[0]
+    assert report.remaining == -1 and not report.clean
+    assert client.delete("Service", bad["metadata"]["name"])  # a delete does not parse it
+    assert labelled(emulated.clusters, "garbled") == []
