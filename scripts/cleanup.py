@@ -5,8 +5,9 @@
     python scripts/cleanup.py --all --dry-run            # only list them
 
 Objects are found by `app.kubernetes.io/managed-by=hmk8s` (and `hmk8s.io/run-id`), in every
-namespace of the cluster map (`--backend`, default configs/backend/k8s.yaml); `--envs N` adds
-the namespaces `<namespace>-e0` ... `-e<N-1>` a multi-env training run gives its envs.
+namespace of the cluster map (`--backend`, default configs/backend/k8s.yaml); `--envs N` looks
+in the namespaces a run of N envs uses instead (`<namespace>-e0` ... `-e<N-1>` when N > 1, as
+`scripts/setup_clusters.py --num-envs N` creates them).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ import sys
 from hmk8s.k8s import objects
 from hmk8s.k8s.cleanup import delete_labelled
 from hmk8s.k8s.client import KINDS, ClusterAccessError, connect
-from hmk8s.k8s.config import ClusterMapError, load_cluster_map
+from hmk8s.k8s.config import ClusterMapError, env_cluster_maps, load_cluster_map
+from hmk8s.train.config import ConfigError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,23 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", help="cluster map YAML (default configs/backend/k8s.yaml)")
     parser.add_argument("--kubeconfig", help="kubeconfig to use instead of the map's")
     parser.add_argument(
-        "--envs", type=int, default=0, help="also the per-env namespaces <namespace>-e<i> of N envs"
+        "--envs", type=int, default=1, help="the namespaces of a run of N envs (<namespace>-e<i>)"
     )
     parser.add_argument("--dry-run", action="store_true", help="list, do not delete")
     parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for deletion")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     try:
+        if args.envs < 1:
+            raise ConfigError("--envs must be at least 1")
         overrides = {"kubeconfig": args.kubeconfig} if args.kubeconfig else {}
-        cmap = load_cluster_map(args.backend, **overrides)
-        clients = connect(cmap, check_metrics=False)
-        for i in range(args.envs):
-            per_env = [
-                {"context": c.context, "namespace": f"{c.namespace}-e{i}"} for c in cmap.clusters
-            ]
-            env_map = load_cluster_map(args.backend, **overrides, clusters=per_env)
-            clients += connect(env_map, check_metrics=False)
-    except (ClusterMapError, ClusterAccessError) as err:
+        data = load_cluster_map(args.backend, **overrides).model_dump(mode="json")
+        clients = [
+            client
+            for env_map in env_cluster_maps(data, args.envs)
+            for client in connect(load_cluster_map(env_map), check_metrics=False)
+        ]
+    except (ClusterMapError, ClusterAccessError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     run_id = None if args.all else args.run_id

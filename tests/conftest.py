@@ -8,8 +8,11 @@ noise), and hand-built simulator states.
 from __future__ import annotations
 
 import copy
+import os
 import signal
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -225,3 +228,26 @@ def ctrl_c_raises_keyboard_interrupt():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(scope="session")
+def apiserver():
+    """A real kube-apiserver for the k8s backend's tests, one per session: the one
+    `$HMK8S_TEST_KUBECONFIG` reaches (context `$HMK8S_TEST_CONTEXT`, default `admin`; a bare API
+    server, no controllers), else one started from `../shared/kube-apiserver` in a temporary
+    folder and stopped at the end; without either the test is skipped."""
+    from hmk8s.k8s.emulated import apiserver as real
+
+    given = os.environ.get("HMK8S_TEST_KUBECONFIG")
+    if given:
+        server = real.ApiServer(Path(given), os.environ.get("HMK8S_TEST_CONTEXT", "admin"))
+        real.ensure_pod_metrics_api(server, real.scripts_dir() / "podmetrics-crd.yaml")
+        yield server
+        return
+    if not real.available():
+        pytest.skip(f"no API server: {real.scripts_dir()} is absent, HMK8S_TEST_KUBECONFIG unset")
+    with (
+        tempfile.TemporaryDirectory(prefix="hmk8s-apiserver-") as tmp,
+        real.running(Path(tmp)) as server,
+    ):
+        yield server

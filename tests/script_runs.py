@@ -15,14 +15,36 @@ def run_script(
 ) -> subprocess.CompletedProcess:
     """``python scripts/<name> overrides...`` in ``cwd``. These runs check behaviour, not speed:
     compile without optimisation, and with ``cache`` let later runs reuse compiled programs."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
-    if cache is not None:
-        env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *overrides],
+        _command(name, overrides),
         cwd=cwd,
-        env=env,
+        env=_environment(cache),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def start_script(
+    name: str, cwd: Path, *overrides: str, cache: Path | None = None
+) -> subprocess.Popen:
+    """`run_script` in the background, for tests that act while it runs."""
+    return subprocess.Popen(
+        _command(name, overrides),
+        cwd=cwd,
+        env=_environment(cache),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _command(name: str, overrides: tuple[str, ...]) -> list[str]:
+    return [sys.executable, str(SCRIPTS / name), *overrides]
+
+
+def _environment(cache: Path | None) -> dict[str, str]:
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    if cache is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+    return env

@@ -13,10 +13,11 @@ import numpy as np
 from async_envs import CountingEnv, interrupt_after, small_agent
 
 from hmk8s.agents.replay import Transition
+from hmk8s.k8s.config import env_cluster_maps, split_backend
 from hmk8s.train.actor_learner.core import StepBook
 from hmk8s.train.actor_learner.env_worker import StepRecord
 from hmk8s.train.actor_learner.history import HistoryWriter, history_path, read_history
-from hmk8s.train.actor_learner.k8s_run import env_cluster_maps, run_async_training, split_backend
+from hmk8s.train.actor_learner.k8s_run import run_async_training
 from hmk8s.train.checkpoint import Checkpointer
 from hmk8s.train.config import LogConfig, TrainConfig
 

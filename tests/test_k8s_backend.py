@@ -1,14 +1,18 @@
 """The Kubernetes backend end to end: the official client over HTTP against the loopback
-emulator (127.0.0.1 only), the twin playing the clusters."""
+emulator and a real API server (127.0.0.1 only), the twin playing the clusters."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import yaml
+from served import SERVED, played
 
 from hmk8s.k8s import objects
+from hmk8s.k8s.cleanup import delete_labelled
+from hmk8s.k8s.client import ClusterClient, new_api_client
 from hmk8s.k8s.emulated.harness import emulation
+from hmk8s.k8s.retry import ApiCallError
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
@@ -28,9 +32,19 @@ def named(clusters, kind: str, namespace: str, name: str) -> dict | None:
     return found[0] if found else None
 
 
+ENV_CFG = {"start": "empty", "episode_steps": 10}
+
+
+@pytest.fixture(scope="module", params=SERVED)
+def emu(request):
+    with played(request, request.param, "ml", ENV_CFG) as e:
+        yield e
+
+
 @pytest.fixture(scope="module")
-def emu():
-    with emulation("ml", {"start": "empty", "episode_steps": 10}) as e:
+def emulated():
+    """The emulator alone: these tests withdraw the metrics API or inject faults."""
+    with emulation("ml", ENV_CFG) as e:
         yield e
 
 
@@ -59,7 +73,7 @@ def test_every_action_kind_becomes_api_objects(emu):
             named(clusters, "v1/configmaps", ns0, "proxy0-chain")["data"]["chain.json"]
         )
         assert [h["endpoint"] for h in chain0["hops"]] == [
-            "hmk8s-firewall-small.hmk8s-0.svc.cluster.local:8080",
+            f"hmk8s-firewall-small.{ns0}.svc.cluster.local:8080",
             None,
         ]
 
@@ -73,7 +87,7 @@ def test_every_action_kind_becomes_api_objects(emu):
             named(clusters, "v1/configmaps", ns1, "proxy1-chain")["data"]["chain.json"]
         )
         assert chain1["hops"][0]["endpoint"] == (
-            "hmk8s-firewall-small.hmk8s-0.svc.clusterset.local:8080"
+            f"hmk8s-firewall-small.{ns0}.svc.clusterset.local:8080"
         )
 
         remove = lay.encode(0, OP_REMOVE, SMALL, FIREWALL, 0)
@@ -132,7 +146,8 @@ def test_observation_comes_from_status_and_metrics(emu):
         assert int(obs.pods[1]) == 6 and int(obs.pods.sum()) == 6
 
 
-def test_missing_metrics_are_assumed_at_full_request(emu):
+def test_missing_metrics_are_assumed_at_full_request(emulated):
+    emu = emulated
     env = emu.make_env()
     lay = env.params.layout
     with env:
@@ -177,7 +192,8 @@ def test_exception_mid_episode_still_cleans_up(emu):
     assert labelled(emu.clusters) == []
 
 
-def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emu):
+def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emulated):
+    emu = emulated
     api = emu.cmap.api.model_copy(update={"max_attempts": 2, "backoff_base_s": 0.001})
     env = emu.make_env(api=api)
     lay = env.params.layout
@@ -198,3 +214,22 @@ def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emu):
         dep = named(clusters, "apps/v1/deployments", "hmk8s-2", "hmk8s-encrypt-small")
         assert dep["spec"]["replicas"] == 1
         assert named(clusters, "v1/services", "hmk8s-2", "hmk8s-encrypt-small") is not None
+
+
+def test_an_unparsable_answer_is_an_api_error(emulated):
+    """A Service the client cannot turn into its model (a newer client, an older server)."""
+    cmap, ref = emulated.cmap, emulated.cmap.clusters[0]
+    bad = objects.service(cmap, "garbled", 0, 0)
+    bad["metadata"]["namespace"] = ref.namespace
+    bad["spec"]["ports"] = "not a list of ports"
+    emulated.clusters.run(
+        emulated.clusters.emulator.put("v1/services", ref.namespace, bad["metadata"]["name"], bad)
+    )
+    client = ClusterClient(new_api_client(emulated.kubeconfig, ref.context), ref, cmap)
+    with pytest.raises(ApiCallError, match="unparsable answer"):
+        client.read("Service", bad["metadata"]["name"])
+    report = delete_labelled([client], "garbled", wait_s=0.0)
+    assert report.errors and "unparsable answer" in report.errors[0]
+    assert report.remaining == -1 and not report.clean
+    assert client.delete("Service", bad["metadata"]["name"])  # a delete does not parse it
+    assert labelled(emulated.clusters, "garbled") == []

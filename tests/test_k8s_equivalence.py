@@ -1,5 +1,6 @@
-"""`sim` and `k8s`-over-emulator share the domain: same seed and actions, same observations and
-rewards, also when the API throws 500, 429, 409 and timeouts at 10 % of the requests."""
+"""`sim` and `k8s` (over the emulator and over a real API server, the twin playing the
+clusters) share the domain: same seed and actions, same observations and rewards, also when the
+emulated API throws 500, 429, 409 and timeouts at 10 % of the requests."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import time
 import numpy as np
 import pytest
 import yaml
+from served import played
 
 from hmk8s.envs.gym_env import SimClusterEnv
 from hmk8s.k8s import objects
@@ -40,7 +42,7 @@ def run_both(emu, sim_env, steps: int, seed: int, action_seed: int, fields=FIELD
     every step, and the faults the emulator injected between the env's pre-flight checks and
     its cleanup."""
     env = emu.make_env()
-    preflight = dict(emu.clusters.emulator.faults)
+    preflight = injected(emu)
     rng = np.random.default_rng(action_seed)
     with env:
         obs_k, info_k = env.reset(seed=seed)
@@ -62,8 +64,14 @@ def run_both(emu, sim_env, steps: int, seed: int, action_seed: int, fields=FIELD
             assert info_k["pods"] == info_s["pods"]
             assert info_k["latency_ratio"] == pytest.approx(info_s["latency_ratio"], rel=1e-5)
             infos.append(info_k)
-        faults = {k: v - preflight.get(k, 0) for k, v in emu.clusters.emulator.faults.items()}
+        faults = {k: v - preflight.get(k, 0) for k, v in injected(emu).items()}
     return env, infos, faults
+
+
+def injected(emu) -> dict[str, int]:
+    """Faults the emulator injected so far (a real server injects none)."""
+    emulator = getattr(emu.clusters, "emulator", None)
+    return dict(emulator.faults) if emulator is not None else {}
 
 
 def compare(k8s_env, sim_env, obs_k, obs_s, fields) -> None:
@@ -80,12 +88,14 @@ def compare(k8s_env, sim_env, obs_k, obs_s, fields) -> None:
         np.testing.assert_array_equal(obs_k, obs_s)
 
 
-def test_same_seed_and_actions_give_the_same_trajectory():
+@pytest.mark.parametrize(("kind", "steps"), [("emulator", 40), ("apiserver", 12)])
+def test_same_seed_and_actions_give_the_same_trajectory(request, kind, steps):
+    """A real server costs ~50 requests a step (the twin's writes included): fewer steps."""
     data = ml(measurement_noise=0.0)
-    env_cfg = {"start": "random", "episode_steps": 40}
-    with emulation(data, env_cfg) as emu:
+    env_cfg = {"start": "random", "episode_steps": steps}
+    with played(request, kind, data, env_cfg) as emu:
         sim_env = SimClusterEnv(data, **env_cfg)
-        _, infos, _ = run_both(emu, sim_env, steps=40, seed=7, action_seed=1)
+        _, infos, _ = run_both(emu, sim_env, steps=steps, seed=7, action_seed=1)
     assert all(i["api_errors"] == [] for i in infos)
 
 

@@ -1,5 +1,7 @@
 """However a run ends (crash, Ctrl-C, SIGTERM), its objects are deleted; and
-`scripts/cleanup.py` removes what is left of any run, by label."""
+`scripts/cleanup.py` removes what is left of any run, by label. On a real API server, Ctrl-C and
+SIGTERM are tested on whole training runs (tests/test_k8s_server.py), an exception in
+tests/test_k8s_backend.py."""
 
 from __future__ import annotations
 
@@ -13,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from served import SERVED, played
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterClient, new_api_client
-from hmk8s.k8s.emulated.harness import emulation
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")
@@ -54,8 +56,9 @@ def jax_cache(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def emu():
-    with emulation("ml") as e:
+def emu(request):
+    """Parametrised indirectly with the kind of clusters (tests/served.py)."""
+    with played(request, request.param, "ml") as e:
         yield e
 
 
@@ -69,6 +72,7 @@ def child_map(emu, tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("emu", ["emulator"], indirect=True)
 @pytest.mark.parametrize("how", ["crash", "sigint", "sigterm"])
 def test_a_run_that_dies_still_deletes_its_objects(emu, tmp_path, jax_cache, how):
     script = tmp_path / "child.py"
@@ -97,14 +101,13 @@ def test_a_run_that_dies_still_deletes_its_objects(emu, tmp_path, jax_cache, how
     assert labelled(emu.clusters, run_id) == []
 
 
+@pytest.mark.parametrize("emu", SERVED, indirect=True)
 def test_cleanup_script_removes_leftovers_by_label(emu, tmp_path, capsys):
     cmap = emu.cmap
     ref = cmap.clusters[1]
     client = ClusterClient(new_api_client(emu.kubeconfig, ref.context), ref, cmap)
-    for run in ("old-a", "old-b"):
-        client.apply(objects.deployment(cmap, emu.usecase, run, 0, 0, 1), exists=None)
-        client.apply(objects.chain_configmap(cmap, run, 1, 1, ()), exists=None)
-        # same names, different runs: the second apply takes the objects over
+    client.apply(objects.deployment(cmap, emu.usecase, "old-b", 0, 0, 1), exists=False)
+    client.apply(objects.chain_configmap(cmap, "old-b", 1, 1, ()), exists=False)
     client.apply(objects.service(cmap, "old-a", 2, 2), exists=False)
     backend = tmp_path / "backend.yaml"
     backend.write_text(yaml.safe_dump(cmap.model_dump(mode="json")))
@@ -137,6 +140,8 @@ def test_cleanup_script_removes_leftovers_by_label(emu, tmp_path, capsys):
     assert refused.returncode == 2 and "--run-id" in refused.stderr
     # a multi-env run's per-env namespaces: found with --envs
     ref_e1 = ref.model_copy(update={"namespace": f"{ref.namespace}-e1"})
+    if hasattr(emu.clusters, "create_namespaces"):  # a real server has namespaces
+        emu.clusters.create_namespaces([ref_e1.namespace])
     ClusterClient(client.api_client, ref_e1, cmap).apply(
         objects.service(cmap, "old-c", 0, 0), exists=False
     )

@@ -15,7 +15,7 @@ import yaml
 import hmk8s  # noqa: F401  (registers the gymnasium ids)
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterAccessError, ClusterClient, new_api_client
-from hmk8s.k8s.config import load_cluster_map
+from hmk8s.k8s.config import CONFIG_PATH, load_cluster_map
 from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.k8s.objects import Hop
@@ -118,7 +118,7 @@ def test_training_core_imports_without_the_kubernetes_client():
     code = (
         "import sys\n"
         "sys.modules['kubernetes'] = None\n"  # any import of it now fails
-        "import hmk8s, hmk8s.envs, hmk8s.sim, hmk8s.envs.spec, hmk8s.train.anakin.loop\n"
+        "import hmk8s, hmk8s.envs, hmk8s.sim, hmk8s.envs.spec, hmk8s.train.anakin.loop.loop.loop\n"
         "import hmk8s.k8s, hmk8s.k8s.config, hmk8s.k8s.objects, hmk8s.k8s.env\n"
         "print('ok')\n"
     )
@@ -193,3 +193,39 @@ def test_namespaces_holding_another_runs_objects_are_refused(emu):
     env = emu.make_env()
     env.close()
     assert labelled(emu.clusters) == []
+
+
+def test_proxies_manifest_matches_what_setup_creates():
+    shipped = [d for d in yaml.safe_load_all((ROOT / "deploy" / "proxies.yaml").read_text()) if d]
+    cmap, uc = load_cluster_map(), load_usecase("ml")
+    assert shipped == [
+        doc
+        for p, proxy in enumerate(uc.proxies)
+        for doc in objects.proxy_objects(cmap, p, f"hmk8s-{proxy.home}")
+    ]
+
+
+def test_setup_grants_the_shipped_role_in_every_namespace_of_a_run():
+    """Rules come from deploy/rbac.yaml; each namespace also binds its context's identity (the
+    ServiceAccount of env 0's namespace), so one token serves every env on a cluster."""
+    from hmk8s.k8s import setup
+
+    shipped = [d for d in yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text()) if d]
+    plan = setup.plan(yaml.safe_load(CONFIG_PATH.read_text()), load_usecase("stream"), 3)
+    assert [(n.namespace, n.identity) for n in plan.namespaces if n.context == "hmk8s-1"] == [
+        ("hmk8s-1-e0", "hmk8s-1-e0"),
+        ("hmk8s-1-e1", "hmk8s-1-e0"),
+        ("hmk8s-1-e2", "hmk8s-1-e0"),
+    ]
+    homes = [p.home for p in load_usecase("stream").proxies]
+    for item in plan.namespaces:
+        k = int(item.namespace.split("-")[1])
+        assert item.proxies == tuple(p for p, h in enumerate(homes) if h == k)
+        docs = setup.manifests(item, plan.cmap)
+        role = next(d for d in docs if d["kind"] == "Role")
+        assert role["rules"] == shipped[1]["rules"]
+        binding = next(d for d in docs if d["kind"] == "RoleBinding")
+        assert {s["namespace"] for s in binding["subjects"]} == {item.namespace, item.identity}
+        assert {d["metadata"].get("namespace", d["metadata"]["name"]) for d in docs} == {
+            item.namespace
+        }

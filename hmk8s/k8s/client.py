@@ -2,23 +2,30 @@
 
 `kubernetes` is imported inside the functions of this package only, never at module level, so
 the training core (and even `import hmk8s.k8s.env`) works on hosts without the client.
+
+The client is newer than some servers it talks to: bodies that are not used (deletes) are not
+parsed, and an answer it cannot parse is an API error like any other, not a crash. Tokens
+rotate (projected ServiceAccount tokens, `kubectl create token`), so a 401 re-reads the
+kubeconfig once before it counts as an error.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from hmk8s.k8s.config import ClusterMap, ClusterRef
 from hmk8s.k8s.retry import ApiCallError, Retrier
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 METRICS_GROUP, METRICS_VERSION = "metrics.k8s.io", "v1beta1"
 
 
@@ -100,15 +107,22 @@ def new_api_client(path: Path, context: str) -> Any:
             f"kubeconfig {path}: no context {context!r}; it has {names or 'none'}"
         )
     client_config = _configuration()
+    load_credentials(client_config, path, context)
+    from kubernetes import client
+
+    return client.ApiClient(client_config)
+
+
+def load_credentials(client_config: Any, path: Path, context: str) -> None:
+    """(Re-)read one context of a kubeconfig into a client configuration, token files too."""
+    from kubernetes import config as kconfig
+
     kconfig.load_kube_config(
         config_file=str(path),
         context=context,
         client_configuration=client_config,
         persist_config=False,
     )
-    from kubernetes import client
-
-    return client.ApiClient(client_config)
 
 
 def _configuration() -> Any:
@@ -120,7 +134,11 @@ def _configuration() -> Any:
 
 
 class ClusterClient:
-    """The namespace of one cluster, reached through one context."""
+    """The namespace of one cluster, reached through one context.
+
+    With `kubeconfig` given, a 401 re-reads that file's context once (a rotated token) before
+    it fails with `ClusterAccessError`.
+    """
 
     def __init__(
         self,
@@ -128,12 +146,14 @@ class ClusterClient:
         ref: ClusterRef,
         cmap: ClusterMap,
         *,
+        kubeconfig: Path | None = None,
         rng: random.Random | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         from kubernetes import client
 
         self.api_client = api_client
+        self.kubeconfig = kubeconfig
         self.ref = ref
         self.namespace = ref.namespace
         self.timeout = cmap.api.timeout_s
@@ -145,15 +165,38 @@ class ClusterClient:
             "custom": client.CustomObjectsApi(api_client),
         }
 
+    @property
+    def where(self) -> str:
+        return f"context {self.ref.context!r}, namespace {self.namespace!r}"
+
     def _call(self, op: str, api: str, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self._apis[api], method)
-        return self.retrier.call(
-            f"{self.ref.context}/{self.namespace} {op}",
-            fn,
-            *args,
-            _request_timeout=self.timeout,
-            **kwargs,
-        )
+        return self._send(op, fn, *args, _request_timeout=self.timeout, **kwargs)
+
+    def _send(self, op: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn` under the retry policy, with one credential re-read on a 401."""
+        label = f"{self.ref.context}/{self.namespace} {op}"
+        reread = False
+        while True:
+            try:
+                return self.retrier.call(label, fn, *args, **kwargs)
+            except Exception as exc:
+                if _status(exc) == 401:
+                    if self.kubeconfig is not None and not reread:
+                        log.info("%s: HTTP 401, re-reading %s", label, self.kubeconfig)
+                        load_credentials(
+                            self.api_client.configuration, self.kubeconfig, self.ref.context
+                        )
+                        reread = True
+                        continue
+                    source = f" after re-reading {self.kubeconfig}" if reread else ""
+                    raise ClusterAccessError(
+                        f"{self.where}: credentials rejected (HTTP 401){source}; "
+                        "renew the token (docs/kubernetes.md)"
+                    ) from None
+                if unparsable(exc, getattr(fn, "__name__", "")):
+                    raise ApiCallError(label, None, f"unparsable answer ({exc!r:.200})") from exc
+                raise
 
     def list(self, kind: str, label_selector: str) -> list[Any]:
         k = KINDS[kind]
@@ -172,7 +215,8 @@ class ClusterClient:
             raise
 
     def apply(self, body: dict, exists: bool | None = None) -> None:
-        """Create or patch `body`; on 409 re-read the object and re-apply (bounded)."""
+        """Create or patch `body`; on 409 re-read the object and re-apply (bounded). A missing
+        namespace ends the run (`ClusterAccessError`): nothing could be created there."""
         kind, name = body["kind"], body["metadata"]["name"]
         k = KINDS[kind]
         for _ in range(self.max_conflicts):
@@ -189,6 +233,11 @@ class ClusterClient:
                 if status == 409:
                     self.retrier.stats.conflicts += 1
                     exists = None
+                elif (gone := missing_namespace(exc)) is not None:
+                    raise ClusterAccessError(
+                        f"{self.where}: namespace {gone!r} does not exist (any more); "
+                        "the run cannot go on"
+                    ) from None
                 elif status == 404 and exists:
                     exists = False
                 else:
@@ -196,15 +245,39 @@ class ClusterClient:
         raise ApiCallError(f"apply {kind} {name}", 409, "conflicts persisted")
 
     def delete(self, kind: str, name: str) -> bool:
-        """Delete by name; an absent object counts as deleted (False)."""
+        """Delete by name, not parsing the answer (servers answer an object or a `Status`);
+        an absent object counts as deleted (False)."""
         k = KINDS[kind]
         try:
-            self._call(f"delete {kind} {name}", k.api, k.delete, name, self.namespace)
+            answer = self._call(
+                f"delete {kind} {name}",
+                k.api,
+                k.delete,
+                name,
+                self.namespace,
+                _preload_content=False,
+            )
         except Exception as exc:
             if _status(exc) == 404:
                 return False
             raise
+        discard(answer)
         return True
+
+    def dry_run_create(self, body: dict) -> None:
+        """Let the server check a create (authorisation, namespace, schema) without storing."""
+        kind = body["kind"]
+        k = KINDS[kind]
+        answer = self._call(
+            f"dry-run create {kind}",
+            k.api,
+            k.create,
+            self.namespace,
+            body,
+            dry_run="All",
+            _preload_content=False,
+        )
+        discard(answer)
 
     def pod_metrics(self, label_selector: str) -> list[dict]:
         result = self._call(
@@ -244,13 +317,14 @@ class ClusterClient:
                 raise ApiException(http_resp=response)
             return response.status, response.data.decode()
 
-        return self.retrier.call(f"GET {namespace}/{service}/{path}", get)
+        return self._send(f"GET {namespace}/{service}/{path}", get)
 
-    def preflight(self, *, metrics: bool) -> None:
-        """Check, before training, that the run can work in this namespace."""
+    def preflight(self, *, metrics: bool, writes: Sequence[dict] = ()) -> None:
+        """Check, before training, that the run can work in this namespace: list every kind,
+        dry-run create each of `writes` (one object per kind the run writes), read metrics."""
         from kubernetes.client.exceptions import ApiException
 
-        where = f"context {self.ref.context!r}, namespace {self.namespace!r}"
+        where = self.where
         try:
             for kind in KINDS:
                 self.list(kind, "app.kubernetes.io/managed-by=hmk8s")
@@ -265,6 +339,8 @@ class ClusterClient:
             raise ClusterAccessError(
                 f"{where}: API server unreachable or failing ({exc})"
             ) from None
+        for body in writes:
+            self._preflight_write(body)
         if metrics:
             try:
                 self.pod_metrics("app.kubernetes.io/managed-by=hmk8s")
@@ -286,6 +362,68 @@ class ClusterClient:
                     f"{where}: metrics.k8s.io does not answer ({exc}); is metrics-server running?"
                 ) from None
 
+    def _preflight_write(self, body: dict) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        kind = body["kind"]
+        try:
+            self.dry_run_create(body)
+        except ApiException as exc:
+            gone = missing_namespace(exc)
+            if gone is not None:
+                raise ClusterAccessError(
+                    f"{self.where}: namespace {gone!r} does not exist; create it "
+                    "(scripts/setup_clusters.py)"
+                ) from None
+            if exc.status == 409:  # the object exists: creating was allowed
+                return
+            if exc.status in (401, 403):
+                raise ClusterAccessError(
+                    f"{self.where}: not allowed to create {kind}s (HTTP {exc.status}); "
+                    "apply deploy/rbac.yaml and use its ServiceAccount"
+                ) from None
+            raise ClusterAccessError(
+                f"{self.where}: the server refuses a {kind} (HTTP {exc.status}: {_message(exc)})"
+            ) from None
+        except ApiCallError as exc:
+            raise ClusterAccessError(f"{self.where}: API server failing ({exc})") from None
+
+
+def discard(answer: Any) -> None:
+    """Return an unread response's connection to the pool, its body unparsed."""
+    answer.drain_conn()
+    answer.release_conn()
+
+
+def unparsable(exc: BaseException, method: str) -> bool:
+    """An answer the client could not turn into its model (not a wrong argument of `method`)."""
+    import pydantic
+
+    if isinstance(exc, pydantic.ValidationError):
+        return not (method and exc.title.endswith(method))
+    return isinstance(exc, json.JSONDecodeError | UnicodeDecodeError)
+
+
+def _body(exc: BaseException) -> dict:
+    try:
+        body = json.loads(getattr(exc, "body", None) or "{}")
+    except (TypeError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _message(exc: BaseException) -> str:
+    return str(_body(exc).get("message") or getattr(exc, "reason", "") or exc)
+
+
+def missing_namespace(exc: BaseException) -> str | None:
+    """The namespace a 404 says is absent (writes into a missing namespace answer this way;
+    lists there answer an empty list)."""
+    if _status(exc) != 404:
+        return None
+    details = _body(exc).get("details") or {}
+    return details.get("name") if details.get("kind") == "namespaces" else None
+
 
 def _status(exc: BaseException) -> int | None:
     from kubernetes.client.exceptions import ApiException
@@ -297,15 +435,18 @@ def _status(exc: BaseException) -> int | None:
     return None
 
 
-def connect(cmap: ClusterMap, *, check_metrics: bool = True) -> list[ClusterClient]:
-    """One client per cluster of the map, each checked before any object is written."""
+def connect(
+    cmap: ClusterMap, *, check_metrics: bool = True, writes: Sequence[dict] = ()
+) -> list[ClusterClient]:
+    """One client per cluster of the map, each checked (`preflight`) before any object is
+    written."""
     path = kubeconfig_path(cmap)
     clients = []
     api_clients: dict[str, Any] = {}
     for ref in cmap.clusters:
         if ref.context not in api_clients:
             api_clients[ref.context] = new_api_client(path, ref.context)
-        client = ClusterClient(api_clients[ref.context], ref, cmap)
-        client.preflight(metrics=check_metrics)
+        client = ClusterClient(api_clients[ref.context], ref, cmap, kubeconfig=path)
+        client.preflight(metrics=check_metrics, writes=writes)
         clients.append(client)
     return clients

@@ -6,9 +6,10 @@ match fails before any API call is made.
 
 from __future__ import annotations
 
+import copy
 import re
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -104,6 +105,7 @@ class ClusterMap(_Frozen):
     memory: dict[str, Memory] = Field(default_factory=dict)
     proxy_name: str = "proxy{p}"
     proxy_port: int = Field(default=8080, ge=1, le=65535)
+    proxy_image: str = "ghcr.io/hmk8s/proxy:0.1"
     chain_configmap: str = "proxy{p}-chain"
     address: Address = Address()
     step_seconds: float | None = Field(default=None, gt=0)
@@ -176,3 +178,51 @@ def load_cluster_map(
 
 def _is_omegaconf(spec: object) -> bool:
     return type(spec).__module__.startswith("omegaconf")
+
+
+#: Settings of the actor/learner under ``backend.actor``: taken out of the backend mapping
+#: before the rest is read as a cluster map.
+ACTOR_KEYS = (
+    "cluster_sets",
+    "queue_size",
+    "batch_window_s",
+    "burst",
+    "max_env_failures",
+    "failure_backoff_s",
+    "shutdown_timeout_s",
+    "checkpoint_every",
+    "log_every",
+    "max_seconds",
+    "close_timeout_s",
+)
+
+
+def split_backend(backend: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(cluster map data, actor settings) from the ``backend`` config node."""
+    data = copy.deepcopy(dict(backend))
+    actor = dict(data.pop("actor", None) or {})
+    unknown = set(actor) - set(ACTOR_KEYS)
+    if unknown:
+        raise ClusterMapError(f"backend.actor: unknown keys {sorted(unknown)}; known: {ACTOR_KEYS}")
+    return data, actor
+
+
+def env_cluster_maps(
+    data: Mapping[str, Any], num_envs: int, cluster_sets: Sequence[Any] | None = None
+) -> list[dict[str, Any]]:
+    """One cluster map (as data) per env: given cluster sets, or namespaces suffixed ``-e<i>``."""
+    if cluster_sets is not None and len(cluster_sets) < num_envs:
+        raise ClusterMapError(
+            f"backend.actor.cluster_sets lists {len(cluster_sets)} sets for {num_envs} envs"
+        )
+    maps = []
+    for i in range(num_envs):
+        m = copy.deepcopy(dict(data))
+        if cluster_sets is not None:
+            m["clusters"] = [dict(c) for c in cluster_sets[i]]
+        elif num_envs > 1:
+            m["clusters"] = [{**c, "namespace": f"{c['namespace']}-e{i}"} for c in m["clusters"]]
+        if m.get("run_id") and num_envs > 1:
+            m["run_id"] = f"{m['run_id']}-e{i}"
+        maps.append(m)
+    return maps

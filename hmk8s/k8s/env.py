@@ -108,7 +108,9 @@ class KubernetesClusterEnv(gym.Env):
         self.run_id = self.cmap.run_id or f"run-{secrets.token_hex(4)}"
         self.clock: ClusterClock = clock or WallClock()
         self.step_seconds = self.cmap.step_duration(self.usecase)
-        self.clients = connect(self.cmap)
+        self.clients = connect(
+            self.cmap, writes=objects.samples(self.cmap, self.usecase, self.run_id)
+        )
         _check_namespaces_free(self.clients, self.run_id)
         self.homes = [p.home for p in self.usecase.proxies]
         self.reconciler = Reconciler(self.clients, self.cmap, self.usecase, self.run_id)
@@ -130,7 +132,7 @@ class KubernetesClusterEnv(gym.Env):
         self.structured_observation: Observation | None = None
         self.cpu_request = np.asarray(self.params.cpu_request, np.float64)
         _LIVE.add(self)
-        _install_exit_hooks()
+        install_exit_hooks()
 
     # -- gymnasium API -------------------------------------------------------------------------
 
@@ -378,7 +380,7 @@ def _close_all() -> None:
             log.error("cleanup of run %s failed: %s; run scripts/cleanup.py", env.run_id, exc)
 
 
-def _install_exit_hooks() -> None:
+def install_exit_hooks() -> None:
     """Crash and Ctrl-C end in interpreter exit, where `atexit` cleans up; SIGTERM is turned
     into `SystemExit` (when nobody else handles it) so it takes the same path. Signal handlers
     can only be set from the main thread: an env built elsewhere leaves that to a later one."""
@@ -395,4 +397,11 @@ def _raise_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
-__all__ = ["ClusterAccessError", "ClusterClock", "KubernetesClusterEnv", "WallClock", "connect"]
+__all__ = [
+    "ClusterAccessError",
+    "ClusterClock",
+    "KubernetesClusterEnv",
+    "WallClock",
+    "connect",
+    "install_exit_hooks",
+]

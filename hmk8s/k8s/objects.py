@@ -225,6 +225,83 @@ def chain_configmap(
     }
 
 
+PROXY_LABELS = {"app.kubernetes.io/name": "hmk8s-proxy", "app.kubernetes.io/part-of": "hmk8s"}
+
+
+def proxy_objects(cmap: ClusterMap, proxy: int, namespace: str) -> list[dict]:
+    """Proxy p's Deployment and Service (`deploy/proxies.yaml` shows ML's). It mounts its chain
+    ConfigMap (optional, so it starts before a run writes one); it is not `managed-by=hmk8s`,
+    so it outlives runs."""
+    name = proxy_name(cmap, proxy)
+    labels = {**PROXY_LABELS, PROXY: name}
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    port = cmap.proxy_port
+    container = {
+        "name": "proxy",
+        "image": cmap.proxy_image,
+        "args": ["--chain", f"/etc/hmk8s/{CHAIN_KEY}", "--port", str(port)],
+        "env": [{"name": "HMK8S_PROXY", "value": name}],
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
+        "resources": {
+            "requests": {"cpu": "100m", "memory": "64Mi"},
+            "limits": {"cpu": "500m", "memory": "128Mi"},
+        },
+        "volumeMounts": [{"name": "chain", "mountPath": "/etc/hmk8s", "readOnly": True}],
+    }
+    deployment_ = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta,
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {PROXY: name}},
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(port),
+                    },
+                },
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "containers": [container],
+                    "volumes": [
+                        {
+                            "name": "chain",
+                            "configMap": {
+                                "name": chain_configmap_name(cmap, proxy),
+                                "optional": True,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+    service_ = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": dict(meta),
+        "spec": {
+            "selector": {PROXY: name},
+            "ports": [{"name": "http", "port": port, "targetPort": "http"}],
+        },
+    }
+    return [deployment_, service_]
+
+
+def samples(cmap: ClusterMap, usecase: UseCase, run_id: str) -> list[dict]:
+    """One object of each kind a run writes, for the pre-flight's dry-run creates."""
+    function = FUNCTION_NAMES.index(usecase.chain[0])
+    return [
+        deployment(cmap, usecase, run_id, function, 0, 1),
+        service(cmap, run_id, function, 0),
+        chain_configmap(cmap, run_id, 0, usecase.proxies[0].home, ()),
+    ]
+
+
 def parse_chain(document: str) -> list[tuple[int, int | None, int | None]]:
     """Inverse of `chain_document`: (function, cluster, config) per hop."""
     hops = json.loads(document)["hops"]

@@ -4,6 +4,7 @@ expected failure into one clear line and a non-zero exit."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -18,7 +19,7 @@ from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
 from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.k8s_run import CleanupError
-from hmk8s.train.anakin.run import run_training
+from hmk8s.train.anakin.loop.loop.run import run_training
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.run import NonFiniteError, RunDirError, resolve_run_dir
@@ -59,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return run_async_training(cfg, run_dir=run_dir)
     if backend != "sim":
         raise ConfigError(f"backend={backend}: expected sim or k8s")
-    from hmk8s.train.anakin.sim_eval import sim_setup
+    from hmk8s.train.anakin.loop.loop.sim_eval import sim_setup
 
     config = OmegaConf.to_container(cfg, resolve=True)
     bonus = deployed_bonus(typed.haql if typed.heuristic else None)
@@ -70,13 +71,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def main(cfg: DictConfig) -> None:
     """Hydra task: train, or print why not and exit with status 2."""
     try:
-        train(cfg)
+        summary = train(cfg)
     except BAD_INPUT as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except RUN_FAILED as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_RUN_FAILED)
+    if "signal" in summary:  # stopped cleanly by SIGTERM: say so in the exit status
+        sys.exit(128 + signal.Signals[summary["signal"]].value)
 
 
 @hydra.main(config_path=SEARCH_PATH, config_name="config", version_base="1.3")

@@ -2,10 +2,12 @@
 
 `kmock.KubernetesEmulator` serves the real REST API to the real client from memory. This module
 adds what the backend relies on and kmock leaves out (label selectors on lists and
-deletecollection, server-set metadata, discovery of the resources used, 403 for namespaces
-without permission) and what the robustness tests need: a per-request API latency and a fault
-rate (500, 429 with Retry-After, 409, a hold past the client's timeout). `EmulatedClusters` runs
-it on a background thread and writes a kubeconfig with one context per cluster.
+deletecollection, server-set metadata, dry-run creates, discovery of the resources used, 403
+for namespaces without permission) and what the robustness tests need: a per-request API
+latency and a fault rate (500, 429 with Retry-After, 409, a hold past the client's timeout).
+`EmulatedClusters` runs it on a background thread and writes a kubeconfig with one context per
+cluster. It is not a whole API server (no OpenAPI, partial discovery; kubectl mostly fails on
+it): for that, `scripts/emulate.py` starts a real kube-apiserver where one is available.
 """
 
 from __future__ import annotations
@@ -29,8 +31,9 @@ import yaml
 
 T = TypeVar("T")
 FAULT_KINDS = ("500", "429", "409", "timeout")
+DEPLOYMENTS = "apps/v1/deployments"
 RESOURCES = {
-    "apps/v1/deployments": ("Deployment", {"status"}),
+    DEPLOYMENTS: ("Deployment", {"status"}),
     "v1/services": ("Service", set()),
     "v1/configmaps": ("ConfigMap", set()),
 }
@@ -200,6 +203,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return _status(
                 409, "AlreadyExists", f"{request.resource.plural} {name!r} already exists"
             )
+        if request.params.get("dryRun") == "All":  # checked, not stored
+            return aiohttp.web.json_response(body, status=201)
         meta = body["metadata"]
         meta["namespace"] = request.namespace
         meta["uid"] = str(uuid.uuid4())
@@ -309,7 +314,7 @@ class EmulatedClusters:
     """K emulated clusters (K namespaces of one loopback API server) on a background thread.
 
     Use as a context manager; `kubeconfig()` writes a kubeconfig with contexts
-    `<prefix>0 … <prefix>K-1`, and `cluster_map_data()` the matching `clusters:` entries.
+    `<prefix>0 … <prefix>K-1`, and `cluster_map_data()` the matching cluster-map entries.
     """
 
     def __init__(
@@ -404,6 +409,22 @@ class EmulatedClusters:
     def objects(self, resource: str, namespace: str | None = None, selector: str = "") -> list:
         return self.run(self.emulator.snapshot(resource, namespace, selector))
 
+    # -- what the twin writes, as kubelet, the controllers and metrics-server would ------------
+
+    def write_status(self, namespace: str, name: str, status: dict) -> None:
+        """A Deployment's `.status` (gone Deployments are skipped)."""
+        self.run(self.emulator.patch_live(DEPLOYMENTS, namespace, name, {"status": status}))
+
+    def put_pod_metrics(self, namespace: str, name: str, body: dict) -> None:
+        self.run(self.emulator.put(METRICS_RESOURCE, namespace, name, body))
+
+    def remove_pod_metrics(self, namespace: str, name: str) -> None:
+        self.run(self.emulator.remove(METRICS_RESOURCE, namespace, name))
+
+    def serve_with(self, handler: ServiceHandler) -> None:
+        """Answer service-proxy requests (probes, Prometheus queries) with `handler`."""
+        self.emulator.service_handler = handler
+
     def kubeconfig(self, path: str | Path) -> Path:
         """Write a kubeconfig with one context per cluster, each defaulting to its namespace."""
         path = Path(path)
@@ -429,11 +450,13 @@ class EmulatedClusters:
         return path
 
     def cluster_map_data(self, kubeconfig: str | Path) -> dict[str, Any]:
-        """The `kubeconfig` and `clusters` entries of a cluster map for these clusters."""
+        """The `kubeconfig`, `clusters` and `latency` entries of a cluster map for these
+        clusters (latency from the twin's Prometheus answers; probes are held, so slow)."""
         return {
             "kubeconfig": str(kubeconfig),
             "clusters": [
                 {"context": c, "namespace": n}
                 for c, n in zip(self.contexts, self.namespaces, strict=True)
             ],
+            "latency": {"source": "prometheus"},
         }

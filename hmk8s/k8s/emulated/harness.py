@@ -1,30 +1,39 @@
 """One call to get the `k8s` backend running against emulated clusters (tests, benchmarks,
-dry runs): the loopback API server, a kubeconfig with K contexts, the cluster map and the twin.
+dry runs): the API server, a kubeconfig with K contexts, the cluster map and the twin.
 
     with emulation("ml", {"start": "minimal"}, api_latency_s=0.002, fault_rate=0.1) as emu:
         env = emu.make_env()          # KubernetesClusterEnv, stepped in lock-step with the twin
         obs, info = env.reset(seed=0)
+
+`emulation` serves the API from kmock's emulator (fault injection); `on_server` uses K fresh
+namespaces of a real API server (`apiserver.running`) instead, the twin playing kubelet, the
+controllers, metrics-server and Prometheus there.
 """
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hmk8s.k8s.config import ClusterMap, load_cluster_map
-from hmk8s.k8s.emulated.emulator import EmulatedClusters
-from hmk8s.k8s.emulated.twin import Twin, TwinClock
+from hmk8s.k8s.emulated.apiclusters import ApiClusters
+from hmk8s.k8s.emulated.apiserver import ApiServer
+from hmk8s.k8s.emulated.twin import Clusters, Twin, TwinClock
 from hmk8s.k8s.env import KubernetesClusterEnv
 from hmk8s.usecases import UseCase, load_usecase
+
+if TYPE_CHECKING:
+    from hmk8s.k8s.emulated.emulator import EmulatedClusters
 
 
 @dataclass
 class Emulation:
-    clusters: EmulatedClusters
+    clusters: Clusters
     twin: Twin
     cmap: ClusterMap
     kubeconfig: Path
@@ -54,16 +63,45 @@ def emulation(
     `cluster_options` go to `EmulatedClusters` (`api_latency_s`, `fault_rate`, `fault_kinds`,
     `retry_after`, `timeout_hold_s`, `forbidden_namespaces`, `metrics_api`, `seed`, `port`).
     """
+    from hmk8s.k8s.emulated.emulator import EmulatedClusters
+
     uc = usecase if isinstance(usecase, UseCase) else load_usecase(usecase)
+    with EmulatedClusters(uc.clusters.count, **cluster_options) as clusters:
+        yield from _played(clusters, uc, env_cfg, backend, workdir)
+
+
+@contextmanager
+def on_server(
+    server: ApiServer,
+    usecase: str | Mapping[str, Any] | UseCase = "ml",
+    env_cfg: Mapping[str, Any] | None = None,
+    *,
+    backend: Mapping[str, Any] | None = None,
+    workdir: str | Path | None = None,
+    prefix: str | None = None,
+) -> Iterator[Emulation]:
+    """K fresh namespaces `<prefix>0 … <prefix>K-1` of a real API server (prefix: a random
+    `hmk8s-<hex>-`), their twin, and a map whose latency comes from the twin's Prometheus API."""
+    uc = usecase if isinstance(usecase, UseCase) else load_usecase(usecase)
+    prefix = prefix or f"hmk8s-{secrets.token_hex(3)}-"
+    namespaces = [f"{prefix}{k}" for k in range(uc.clusters.count)]
+    with ApiClusters(server.kubeconfig, server.context, namespaces) as clusters:
+        clusters.create_namespaces()
+        yield from _played(clusters, uc, env_cfg, backend, workdir)
+
+
+def _played(
+    clusters: EmulatedClusters | ApiClusters,
+    uc: UseCase,
+    env_cfg: Mapping[str, Any] | None,
+    backend: Mapping[str, Any] | None,
+    workdir: str | Path | None,
+) -> Iterator[Emulation]:
     cfg = dict(env_cfg or {})
     with tempfile.TemporaryDirectory(prefix="hmk8s-emulation-") as tmp:
         folder = Path(workdir) if workdir is not None else Path(tmp)
-        with EmulatedClusters(uc.clusters.count, **cluster_options) as clusters:
-            kubeconfig = clusters.kubeconfig(folder / "kubeconfig")
-            cmap = load_cluster_map(
-                None,
-                **clusters.cluster_map_data(kubeconfig),
-                **{"latency": {"source": "prometheus"}, **dict(backend or {})},
-            )
-            twin = Twin(clusters, uc, cmap, cfg)
-            yield Emulation(clusters, twin, cmap, kubeconfig, uc, cfg)
+        kubeconfig = clusters.kubeconfig(folder / "kubeconfig")
+        data = {**clusters.cluster_map_data(kubeconfig), **dict(backend or {})}
+        cmap = load_cluster_map(None, **data)
+        twin = Twin(clusters, uc, cmap, cfg)
+        yield Emulation(clusters, twin, cmap, kubeconfig, uc, cfg)

@@ -1,6 +1,7 @@
 """The emulated cluster's physics: the simulator's own dynamics, driven by what the backend wrote.
 
-The twin reads the Deployments and chain ConfigMaps from the emulator, brings its simulator
+The twin reads the Deployments and chain ConfigMaps from the API server (the loopback emulator,
+or a real server through `apiclusters.ApiClusters`), brings its simulator
 state to that placement with the domain's `apply_action` (one replica at a time, removals first,
 exactly as the simulator would have), plays a step with the domain's `advance`, and writes back
 what a cluster reports: Deployment status, PodMetrics, and the latency and rate each proxy
@@ -15,7 +16,7 @@ import logging
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +25,13 @@ import numpy as np
 from hmk8s import sim
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import ClusterMap
-from hmk8s.k8s.emulated.emulator import METRICS_RESOURCE, EmulatedClusters
 from hmk8s.sim.dynamics import advance, apply_action, measure
 from hmk8s.sim.state import EnvState
 from hmk8s.spaces import OP_DEPLOY, OP_REMOVE
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
+
+if TYPE_CHECKING:
+    from hmk8s.k8s.emulated.emulator import ServiceHandler
 
 log = logging.getLogger(__name__)
 DEPLOYMENTS, CONFIGMAPS = "apps/v1/deployments", "v1/configmaps"
@@ -39,12 +42,29 @@ _measure = jax.jit(measure)
 _reset = jax.jit(lambda key, params: sim.ClusterEnv().reset(key, params))
 
 
+class Clusters(Protocol):
+    """The API server the twin plays: what it reads, and what it writes in place of kubelet,
+    the controllers, metrics-server and Prometheus."""
+
+    def objects(self, resource: str, namespace: str | None = None, selector: str = "") -> list:
+        """Live objects of a resource (`apps/v1/deployments`), as a list call returns them."""
+        ...
+
+    def write_status(self, namespace: str, name: str, status: dict) -> None: ...
+
+    def put_pod_metrics(self, namespace: str, name: str, body: dict) -> None: ...
+
+    def remove_pod_metrics(self, namespace: str, name: str) -> None: ...
+
+    def serve_with(self, handler: ServiceHandler) -> None: ...
+
+
 class Twin:
     """Plays every hmk8s object in the emulated clusters; `reset`/`advance` are one step each."""
 
     def __init__(
         self,
-        clusters: EmulatedClusters,
+        clusters: Clusters,
         usecase: UseCase,
         cmap: ClusterMap,
         env_cfg: Mapping[str, Any] | None = None,
@@ -65,7 +85,7 @@ class Twin:
         self._measured_ready = np.zeros((lay.clusters, lay.functions, lay.configs), np.int32)
         self._lock = threading.Lock()
         if serve:
-            clusters.emulator.service_handler = self.serve
+            clusters.serve_with(self.serve)
 
     def reset(self, key: jax.Array) -> None:
         """A new episode: what the backend placed is ready at once, as in the simulator."""
@@ -170,26 +190,17 @@ class Twin:
                     "updatedReplicas": spec,
                     "observedGeneration": 1,
                 }
-                self.clusters.run(
-                    self.clusters.emulator.patch_live(
-                        DEPLOYMENTS, ns, d["metadata"]["name"], {"status": status}
-                    )
-                )
+                self.clusters.write_status(ns, d["metadata"]["name"], status)
                 pod_labels = d["spec"]["template"]["metadata"]["labels"]
                 nanocores = round(util[k, f, c] * request[f, c] * 1e9)
                 for i in range(int(measured[k, f, c])):
                     name = f"{d['metadata']['name']}-{i}"
                     live_metrics.add((ns, name))
-                    self.clusters.run(
-                        self.clusters.emulator.put(
-                            METRICS_RESOURCE,
-                            ns,
-                            name,
-                            _pod_metrics(ns, name, pod_labels, nanocores),
-                        )
+                    self.clusters.put_pod_metrics(
+                        ns, name, _pod_metrics(ns, name, pod_labels, nanocores)
                     )
         for ns, name in self._metrics - live_metrics:
-            self.clusters.run(self.clusters.emulator.remove(METRICS_RESOURCE, ns, name))
+            self.clusters.remove_pod_metrics(ns, name)
         self._metrics = live_metrics
         routes = np.asarray(state.routes)[:, list(self.params.chain)]
         self._proxies = {
@@ -270,7 +281,7 @@ class TwinPool:
 
     def __init__(
         self,
-        clusters: EmulatedClusters,
+        clusters: Clusters,
         usecase: UseCase,
         cmap: ClusterMap,
         env_cfg: Mapping[str, Any] | None = None,
@@ -278,7 +289,7 @@ class TwinPool:
         self.clusters, self.usecase, self.cmap, self.env_cfg = clusters, usecase, cmap, env_cfg
         self.base = [c.namespace for c in cmap.clusters]
         self.twins: dict[str, Twin] = {}
-        clusters.emulator.service_handler = self.serve
+        clusters.serve_with(self.serve)
 
     def _discover(self) -> None:
         selector = objects.run_selector(None)

@@ -15,11 +15,10 @@ to every namespace (when ``num_envs > 1``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from hmk8s.k8s.config import env_cluster_maps, split_backend
 from hmk8s.policies.heuristics import recommend
 from hmk8s.train.actor_learner.core import host_books, make_async_fns
 from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
@@ -38,19 +38,6 @@ from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import UseCase, load_usecase
 
 log = logging.getLogger(__name__)
-ACTOR_KEYS = (
-    "cluster_sets",
-    "queue_size",
-    "batch_window_s",
-    "burst",
-    "max_env_failures",
-    "failure_backoff_s",
-    "shutdown_timeout_s",
-    "checkpoint_every",
-    "log_every",
-    "max_seconds",
-    "close_timeout_s",
-)
 
 
 class CleanupError(RuntimeError):
@@ -86,37 +73,6 @@ def action_namer(env: Any) -> Callable[[int], str]:
         )
 
     return name
-
-
-def split_backend(backend: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(cluster map data, actor settings) from the ``backend`` config node."""
-    data = copy.deepcopy(dict(backend))
-    actor = dict(data.pop("actor", None) or {})
-    unknown = set(actor) - set(ACTOR_KEYS)
-    if unknown:
-        raise ConfigError(f"backend.actor: unknown keys {sorted(unknown)}; known: {ACTOR_KEYS}")
-    return data, actor
-
-
-def env_cluster_maps(
-    data: Mapping[str, Any], num_envs: int, cluster_sets: Sequence[Any] | None = None
-) -> list[dict[str, Any]]:
-    """One cluster map (as data) per env: given cluster sets, or namespaces suffixed ``-e<i>``."""
-    if cluster_sets is not None and len(cluster_sets) < num_envs:
-        raise ConfigError(
-            f"backend.actor.cluster_sets lists {len(cluster_sets)} sets for {num_envs} envs"
-        )
-    maps = []
-    for i in range(num_envs):
-        m = copy.deepcopy(dict(data))
-        if cluster_sets is not None:
-            m["clusters"] = [dict(c) for c in cluster_sets[i]]
-        elif num_envs > 1:
-            m["clusters"] = [{**c, "namespace": f"{c['namespace']}-e{i}"} for c in m["clusters"]]
-        if m.get("run_id") and num_envs > 1:
-            m["run_id"] = f"{m['run_id']}-e{i}"
-        maps.append(m)
-    return maps
 
 
 def build_envs(factory: EnvFactory, maps: list[dict[str, Any]]) -> list[BlockingEnv]:
