@@ -31,7 +31,7 @@ def sim_env_spec(env: ClusterEnv, params: EnvParams, encoder: str = "onehot") ->
         reset_state, *reset_view = reset(k_reset)
         next_view = view(successor)
         (obs, mask, hint), state = auto_reset(
-            terminated | truncated, (reset_view, reset_state), (next_view, next_state)
+            terminated | truncated, (tuple(reset_view), reset_state), (next_view, next_state)
         )
         timestep = Timestep(
             obs=obs,
