@@ -11,11 +11,17 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def run_script(
-    name: str, cwd: Path, *overrides: str, cache: Path | None = None, timeout: int = 600
+    name: str,
+    cwd: Path,
+    *overrides: str,
+    cache: Path | None = None,
+    timeout: int = 600,
+    xla_flags: str = "",
 ) -> subprocess.CompletedProcess:
     """``python scripts/<name> overrides...`` in ``cwd``. These runs check behaviour, not speed:
-    compile without optimisation, and with ``cache`` let later runs reuse compiled programs."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+    compile without optimisation, and with ``cache`` let later runs reuse compiled programs.
+    ``xla_flags`` adds to XLA's flags (e.g. forced host devices)."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_backend_optimization_level=0 {xla_flags}"}
     if cache is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     return subprocess.run(

@@ -167,7 +167,9 @@ def make_trainer(
         (learner, rng), losses = jax.lax.scan(
             update_step, (learner, rng), None, length=updates_per_iter
         )
-        return learner, rng, losses.sum(), jnp.asarray(updates_per_iter, jnp.int32)
+        # the loss is averaged over the devices here, as the gradients were: like them it is
+        # then the same on every device, as the branch skipping the update needs
+        return learner, rng, mean(losses.sum()), jnp.asarray(updates_per_iter, jnp.int32)
 
     def skip(operand: tuple) -> tuple[dqn.LearnerState, Array, Array, Array]:
         learner, rng, _, _ = operand
@@ -188,13 +190,13 @@ def make_trainer(
         state, ((ret_sum, episodes, step_metrics), (loss_sum, n_updates)) = jax.lax.scan(
             iteration, state, None, length=num_iters
         )
-        episodes, n_updates = total(episodes.sum()), total(n_updates.sum())
+        episodes, n_updates = total(episodes.sum()), n_updates.sum()
         metrics = {
             "env_steps": state.env_steps,
             "updates": state.learner.updates,
             "episodes": episodes,
             "episode_return": jnp.where(episodes > 0, total(ret_sum.sum()) / episodes, jnp.nan),
-            "loss": jnp.where(n_updates > 0, total(loss_sum.sum()) / n_updates, jnp.nan),
+            "loss": jnp.where(n_updates > 0, loss_sum.sum() / n_updates, jnp.nan),
             "epsilon": epsilon(state.env_steps),
             "xi": xi(state.env_steps),
         }
