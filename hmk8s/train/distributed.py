@@ -104,10 +104,11 @@ def resolve_devices(requested: int | None, num_envs: int, buffer_size: int, batc
     devices = available if requested is None else requested
     if devices < 1 or devices > available:
         raise TopologyError(f"devices={devices}: this run sees {available} device(s)")
-    if jax.process_count() > 1 and devices != available:
+    if jax.process_count() > 1:
         raise TopologyError(
-            f"devices={devices}: a run over {jax.process_count()} processes uses all "
-            f"{available} devices (leave devices null)"
+            f"this run joined {jax.process_count()} processes, but the Anakin trainer trains on "
+            "one process's devices only (every process would write the run's logs); run one "
+            "process per host, or a sweep with one job per host"
         )
     if num_envs % devices:
         raise TopologyError(f"num_envs={num_envs} does not split evenly over {devices} devices")
