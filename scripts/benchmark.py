@@ -6,6 +6,12 @@ Both sides train the same network with the same batch size and update-to-data ra
 host loop (CleanRL ``dqn_jax`` style) steps the gymnasium env from Python. Prints a table with
 ratios against the host loop measured in this run, then one JSON line. ``--sim`` adds the
 simulator's own throughput table (random actions, no learning).
+
+``--devices 1,2,4`` instead compares data-parallel device counts at each ``--num-envs``, as a
+ratio to the first count; on a CPU, force host devices first:
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=4 \
+        python scripts/benchmark.py --env ml --devices 1,2,4 --num-envs 256
 """
 
 from __future__ import annotations
@@ -46,6 +52,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200_000, help="env steps per timed chunk")
     parser.add_argument("--host-steps", type=int, default=3_000)
     parser.add_argument("--sim", action="store_true", help="also time the bare simulator")
+    parser.add_argument(
+        "--devices", type=int_list, help="data-parallel device counts to compare (no host loop)"
+    )
     args = parser.parse_args()
 
     agent = AgentConfig(
@@ -57,6 +66,9 @@ def main() -> None:
         epsilon=ScheduleConfig("linear", 1.0, 0.05, 10_000),
     )
     spec, gym_env = make_envs(args.env, args.encoder)
+    if args.devices:
+        compare_devices(spec, agent, args)
+        return
     host = host_loop_throughput(gym_env, agent, args.host_steps)
     rows = []
     for n in args.num_envs:
@@ -95,6 +107,39 @@ def main() -> None:
         for r in result["sim"]:
             print(f"{r['num_envs']:>10} {r['steps_per_second']:>44,.0f}")
     print(json.dumps(result))
+
+
+def compare_devices(spec, agent: AgentConfig, args: argparse.Namespace) -> None:
+    """Print (and emit as JSON) throughput per device count, as a ratio to the first count."""
+    available = jax.device_count()
+    if max(args.devices) > available:
+        raise SystemExit(
+            f"error: --devices {max(args.devices)} but JAX sees {available} device(s) "
+            "(on a CPU: XLA_FLAGS=--xla_force_host_platform_device_count=N)"
+        )
+    rows = []
+    for n in args.num_envs:
+        first = None
+        for d in args.devices:
+            if n % d:
+                raise SystemExit(f"error: --num-envs {n} does not split over {d} devices")
+            row = {"num_envs": n, "devices": d}
+            row |= anakin_throughput(spec, agent, n, max(args.steps, 4 * n), devices=d)
+            first = first or row
+            row["env_steps_ratio"] = row["env_steps_per_second"] / first["env_steps_per_second"]
+            row["updates_ratio"] = row["updates_per_second"] / first["updates_per_second"]
+            rows.append(row)
+    print(
+        f"device {device_name()} x {available}  env {args.env}  hidden {args.hidden}  "
+        f"batch {args.batch_size} per device  updates/step {args.updates_per_step}"
+    )
+    print(f"{'envs':>8} {'devices':>8} {'env steps/s':>14} {'updates/s':>12} {'x first':>9}")
+    for r in rows:
+        print(
+            f"{r['num_envs']:>8} {r['devices']:>8} {r['env_steps_per_second']:>14,.0f} "
+            f"{r['updates_per_second']:>12,.0f} {r['env_steps_ratio']:>9.2f}"
+        )
+    print(json.dumps({"device": device_name(), "jax": jax.__version__, "data_parallel": rows}))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,20 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def run_script(
-    name: str, cwd: Path, *overrides: str, cache: Path | None = None, timeout: int = 600
+    name: str,
+    cwd: Path,
+    *overrides: str,
+    cache: Path | None = None,
+    timeout: int = 600,
+    xla_flags: str = "",
 ) -> subprocess.CompletedProcess:
     """``python scripts/<name> overrides...`` in ``cwd``. These runs check behaviour, not speed:
-    compile without optimisation, and with ``cache`` let later runs reuse compiled programs."""
+    compile without optimisation, and with ``cache`` let later runs reuse compiled programs.
+    ``xla_flags`` adds to XLA's flags (e.g. forced host devices)."""
     return subprocess.run(
         _command(name, overrides),
         cwd=cwd,
-        env=_environment(cache),
+        env=_environment(cache, xla_flags),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -43,8 +49,8 @@ def _command(name: str, overrides: tuple[str, ...]) -> list[str]:
     return [sys.executable, str(SCRIPTS / name), *overrides]
 
 
-def _environment(cache: Path | None) -> dict[str, str]:
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}
+def _environment(cache: Path | None, xla_flags: str = "") -> dict[str, str]:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_backend_optimization_level=0 {xla_flags}".strip()}
     if cache is not None:
         env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
     return env

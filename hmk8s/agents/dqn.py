@@ -154,8 +154,14 @@ def make_update(
     huber_delta: float,
     target_period: int,
     target_tau: float,
+    axis_name: str | None = None,
 ) -> Callable[[LearnerState, Transition, Array], tuple[LearnerState, Array]]:
-    """Build ``update(learner, batch, target_bonus) -> (learner, loss)``: one SGD step."""
+    """Build ``update(learner, batch, target_bonus) -> (learner, loss)``: one SGD step.
+
+    With ``axis_name`` (data parallelism under `jax.shard_map`) the gradients are averaged over
+    that mesh axis before the optimiser sees them, so every device applies the same step and
+    the parameters stay replicated; ``None`` is the single-device program, unchanged.
+    """
 
     def update(
         learner: LearnerState, batch: Transition, target_bonus: Array
@@ -170,6 +176,8 @@ def make_update(
             double,
             huber_delta,
         )
+        if axis_name is not None:
+            grads = jax.lax.pmean(grads, axis_name)
         step, opt_state = optimizer.update(grads, learner.opt_state, learner.params)
         params = optax.apply_updates(learner.params, step)
         updates = learner.updates + 1

@@ -48,9 +48,13 @@ class AgentParts(NamedTuple):
 
 
 def make_agent_parts(
-    agent: AgentConfig, num_actions: int, haql: HaqlConfig | None = None
+    agent: AgentConfig,
+    num_actions: int,
+    haql: HaqlConfig | None = None,
+    axis_name: str | None = None,
 ) -> AgentParts:
-    """The pieces for ``num_actions`` actions; ``haql=None`` is a pure DQN (``xi = eta = 0``)."""
+    """The pieces for ``num_actions`` actions; ``haql=None`` is a pure DQN (``xi = eta = 0``);
+    ``axis_name`` averages the update's gradients over that mesh axis (data parallelism)."""
     network = QNetwork(hidden=tuple(agent.hidden), num_actions=num_actions)
     optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
     update = dqn.make_update(
@@ -61,6 +65,7 @@ def make_agent_parts(
         agent.huber_delta,
         agent.target_period,
         agent.target_tau,
+        axis_name,
     )
     eps = agent.epsilon
     epsilon = dqn.make_schedule(eps.kind, eps.start, eps.end, eps.steps)

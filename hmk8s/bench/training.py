@@ -26,11 +26,17 @@ from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
 
 
 def anakin_throughput(
-    spec: EnvSpec, agent: AgentConfig, num_envs: int, steps: int, repeats: int = 2
+    spec: EnvSpec,
+    agent: AgentConfig,
+    num_envs: int,
+    steps: int,
+    repeats: int = 2,
+    devices: int = 1,
 ) -> dict[str, float]:
     """Env steps/s and updates/s of one seed's compiled chunk of about ``steps`` env steps
-    (best of ``repeats`` after a warm-up chunk; compilation excluded)."""
-    trainer = make_trainer(spec, agent, num_envs)
+    (best of ``repeats`` after a warm-up chunk; compilation excluded), data-parallel over
+    ``devices`` (an update is then one step of every device)."""
+    trainer = make_trainer(spec, agent, num_envs, devices=devices)
     iters = max(1, steps // trainer.env_steps_per_iter)
     state = init_seeds(trainer, 0, 1)
     chunk = make_chunk_fn(trainer, iters).lower(state).compile()

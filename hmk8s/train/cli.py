@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from hmk8s.agents.config import deployed_bonus
@@ -22,6 +23,7 @@ from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.distributed import TopologyError, initialize
 from hmk8s.train.run import NonFiniteError, RunDirError, resolve_run_dir
 from hmk8s.usecases import UseCaseError
 
@@ -35,6 +37,7 @@ BAD_INPUT = (
     EnvConfigError,
     UseCaseError,
     RunDirError,
+    TopologyError,
     ClusterMapError,
     ClusterAccessError,
 )
@@ -47,12 +50,23 @@ def register_schema() -> None:
     ConfigStore.instance().store(name=SCHEMA_NAME, node=TrainConfig)
 
 
+def sweep_job_dir(cfg: TrainConfig) -> str | None:
+    """``run_dir``; in a Hydra multirun (``-m``) without one, the job's own directory under the
+    sweep directory (``hydra.sweep.dir/hydra.sweep.subdir``), so parallel jobs never collide."""
+    hydra_cfg = HydraConfig.get()
+    if cfg.run_dir is not None or cfg.resume is not None or hydra_cfg.mode != RunMode.MULTIRUN:
+        return cfg.run_dir
+    return hydra_cfg.runtime.output_dir
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says on the backend Hydra chose; the run's summary."""
     choices = HydraConfig.get().runtime.choices
     usecase, backend = choices["usecase"], choices["backend"]
     typed: TrainConfig = OmegaConf.to_object(cfg)
     validate(typed)
+    typed.run_dir = sweep_job_dir(typed)
+    initialize(typed.distributed)
     run_dir = resolve_run_dir(typed, usecase)
     if backend == "k8s":
         from hmk8s.train.actor_learner.k8s_run import run_async_training

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from hmk8s.agents.config import SCHEDULE_KINDS, AgentConfig, HaqlConfig, ScheduleConfig
+from hmk8s.train.distributed import DistributedConfig
 
 ENCODERS = ("onehot", "continuous")
 STARTS = ("empty", "minimal", "random")
@@ -29,6 +30,7 @@ RESUME_SAFE_KEYS = (
     "log",
     "eval",
     "haql.deployed_xi",
+    "distributed",
 )
 
 
@@ -99,6 +101,8 @@ class TrainConfig:
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     halt_on_nan: bool = True
+    devices: int | None = None
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
 def _positive(errors: list[str], name: str, value: float) -> None:

@@ -8,6 +8,11 @@ checkpoints between chunks. Every random draw comes from the key carried in the
 train state, so a chunk is a pure function of the state and a run restored
 from a checkpoint continues bit for bit. Seeds are a leading axis of the whole
 state (`jax.vmap`), each with its own weights, exploration and env keys.
+
+With ``devices > 1`` the same loop runs data-parallel over a device mesh (`mesh`): each device
+steps ``num_envs / devices`` envs into its own replay shard, samples its own batch of
+``batch_size`` and the gradients are averaged over the devices. One device is the
+single-device program itself, so its results are unchanged bit for bit.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from hmk8s.agents import dqn
 from hmk8s.agents.config import AgentConfig, HaqlConfig
@@ -26,6 +32,7 @@ from hmk8s.agents.network import QNetwork
 from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.replay import Transition, example_transition, make_buffer
 from hmk8s.envs.spec import EnvSpec
+from hmk8s.train.anakin.mesh import DATA_AXIS, chunk_over_mesh, data_mesh, init_over_mesh
 from hmk8s.train.state import TrainState
 
 Array = jax.Array
@@ -42,7 +49,12 @@ def iteration_shape(num_envs: int, updates_per_step: float) -> tuple[int, int]:
 
 @dataclass(frozen=True)
 class Trainer:
-    """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed)."""
+    """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed).
+
+    ``mesh`` is None on one device; otherwise `init` and `run` are the per-device programs
+    of a data-parallel run over its ``data`` axis (call them through `init_seeds` and
+    `make_chunk_fn`).
+    """
 
     spec: EnvSpec
     network: QNetwork
@@ -55,6 +67,11 @@ class Trainer:
     run: Callable[[TrainState, int], tuple[TrainState, Metrics]]
     epsilon: Callable[[Array], Array]
     xi: Callable[[Array], Array]
+    mesh: Mesh | None = None
+
+    @property
+    def devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.size
 
     @property
     def env_steps_per_iter(self) -> int:
@@ -62,21 +79,35 @@ class Trainer:
 
 
 def make_trainer(
-    spec: EnvSpec, agent: AgentConfig, num_envs: int, haql: HaqlConfig | None = None
+    spec: EnvSpec,
+    agent: AgentConfig,
+    num_envs: int,
+    haql: HaqlConfig | None = None,
+    devices: int = 1,
 ) -> Trainer:
-    """Build the pure init / chunk functions; ``haql=None`` is a pure DQN."""
-    parts = make_agent_parts(agent, spec.num_actions, haql)
+    """Build the pure init / chunk functions; ``haql=None`` is a pure DQN. ``devices > 1``
+    splits ``num_envs`` and the replay's ``buffer_size`` over that many devices."""
+    if devices < 1 or num_envs % devices:
+        raise ValueError(f"num_envs={num_envs} does not split evenly over {devices} devices")
+    mesh = data_mesh(devices) if devices > 1 else None
+    axis = DATA_AXIS if mesh is not None else None
+    parts = make_agent_parts(agent, spec.num_actions, haql, axis)
     network, update = parts.network, parts.update
     apply_fn, epsilon, xi = network.apply, parts.epsilon, parts.xi
-    buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
+    buffer = make_buffer(agent.buffer_size // devices, 1, agent.batch_size)
     steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
     learning_starts = max(agent.learning_starts, agent.batch_size)
+    local_envs = num_envs // devices
     v_reset = jax.vmap(spec.reset)
     v_step = jax.vmap(spec.step)
+    total, mean = _reductions(axis)
 
     def init(key: Array) -> TrainState:
         k_net, k_env, k_run = jax.random.split(key, 3)
-        env_state, obs, mask, hint = v_reset(jax.random.split(k_env, num_envs))
+        if axis is not None:  # the network's key stays shared: its weights start replicated
+            index = jax.lax.axis_index(axis)
+            k_env, k_run = jax.random.fold_in(k_env, index), jax.random.fold_in(k_run, index)
+        env_state, obs, mask, hint = v_reset(jax.random.split(k_env, local_envs))
         return TrainState(
             learner=parts.init_learner(k_net, obs[0]),
             buffer=buffer.init(example_transition(obs[0], spec.num_actions)),
@@ -84,7 +115,7 @@ def make_trainer(
             obs=obs,
             mask=mask,
             hint=hint,
-            episode_return=jnp.zeros((num_envs,), jnp.float32),
+            episode_return=jnp.zeros((local_envs,), jnp.float32),
             env_steps=jnp.zeros((), jnp.int32),
             rng=k_run,
         )
@@ -96,7 +127,7 @@ def make_trainer(
         action = dqn.epsilon_greedy(
             k_act, q, state.mask, state.hint, epsilon(state.env_steps), bonus
         ).astype(jnp.int32)
-        env_state, ts = v_step(jax.random.split(k_env, num_envs), state.env_state, action)
+        env_state, ts = v_step(jax.random.split(k_env, local_envs), state.env_state, action)
         transition = Transition(
             obs=state.obs,
             action=action,
@@ -136,7 +167,9 @@ def make_trainer(
         (learner, rng), losses = jax.lax.scan(
             update_step, (learner, rng), None, length=updates_per_iter
         )
-        return learner, rng, losses.sum(), jnp.asarray(updates_per_iter, jnp.int32)
+        # the loss is averaged over the devices here, as the gradients were: like them it is
+        # then the same on every device, as the branch skipping the update needs
+        return learner, rng, mean(losses.sum()), jnp.asarray(updates_per_iter, jnp.int32)
 
     def skip(operand: tuple) -> tuple[dqn.LearnerState, Array, Array, Array]:
         learner, rng, _, _ = operand
@@ -157,18 +190,18 @@ def make_trainer(
         state, ((ret_sum, episodes, step_metrics), (loss_sum, n_updates)) = jax.lax.scan(
             iteration, state, None, length=num_iters
         )
-        episodes, n_updates = episodes.sum(), n_updates.sum()
+        episodes, n_updates = total(episodes.sum()), n_updates.sum()
         metrics = {
             "env_steps": state.env_steps,
             "updates": state.learner.updates,
             "episodes": episodes,
-            "episode_return": jnp.where(episodes > 0, ret_sum.sum() / episodes, jnp.nan),
+            "episode_return": jnp.where(episodes > 0, total(ret_sum.sum()) / episodes, jnp.nan),
             "loss": jnp.where(n_updates > 0, loss_sum.sum() / n_updates, jnp.nan),
             "epsilon": epsilon(state.env_steps),
             "xi": xi(state.env_steps),
         }
-        for name, total in step_metrics.items():
-            metrics[f"env/{name}"] = total.sum() / (num_iters * steps_per_iter)
+        for name, summed in step_metrics.items():
+            metrics[f"env/{name}"] = mean(summed.sum()) / (num_iters * steps_per_iter)
         return state, metrics
 
     return Trainer(
@@ -183,12 +216,25 @@ def make_trainer(
         run=run,
         epsilon=epsilon,
         xi=xi,
+        mesh=mesh,
     )
 
 
+def _reductions(axis: str | None) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
+    """(sum, mean) of a per-device metric over the devices; both the identity on one device."""
+    if axis is None:
+        return (lambda x: x), (lambda x: x)
+    return partial(jax.lax.psum, axis_name=axis), partial(jax.lax.pmean, axis_name=axis)
+
+
 def init_seeds(trainer: Trainer, seed: int, seeds: int) -> TrainState:
-    """Train states of ``seeds`` independent runs stacked on a leading axis."""
-    return jax.jit(jax.vmap(trainer.init))(seed_keys(seed, seeds))
+    """Train states of ``seeds`` independent runs stacked on a leading axis (placed over the
+    trainer's mesh when it has one)."""
+    init = jax.vmap(trainer.init)
+    keys = seed_keys(seed, seeds)
+    if trainer.mesh is None:
+        return jax.jit(init)(keys)
+    return init_over_mesh(init, trainer.mesh)(keys)
 
 
 def seed_keys(seed: int, seeds: int) -> Array:
@@ -201,7 +247,10 @@ def make_chunk_fn(
     trainer: Trainer, num_iters: int
 ) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
     """``chunk(states) -> (states, metrics)`` over all seeds, compiled once; donates its input."""
-    return jax.jit(jax.vmap(partial(trainer.run, num_iters=num_iters)), donate_argnums=0)
+    run = jax.vmap(partial(trainer.run, num_iters=num_iters))
+    if trainer.mesh is None:
+        return jax.jit(run, donate_argnums=0)
+    return chunk_over_mesh(run, trainer.mesh)
 
 
 @partial(jax.jit, static_argnames=("spec", "apply_fn", "num_envs", "max_steps"))

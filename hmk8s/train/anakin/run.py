@@ -24,6 +24,7 @@ from hmk8s.train.anakin.loop import (
     make_trainer,
 )
 from hmk8s.train.config import TrainConfig
+from hmk8s.train.distributed import check_topology, resolve_devices, topology
 from hmk8s.train.run import open_run
 from hmk8s.train.runlog import chunk_rows, params_sha256
 
@@ -65,12 +66,19 @@ def run_training(
 ) -> dict[str, Any]:
     """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each; summary."""
     wall0 = time.perf_counter()
-    trainer = make_trainer(spec, cfg.agent, cfg.num_envs, cfg.haql if cfg.heuristic else None)
+    a = cfg.agent
+    devices = resolve_devices(cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size)
+    trainer = make_trainer(
+        spec, a, cfg.num_envs, cfg.haql if cfg.heuristic else None, devices=devices
+    )
+    where = topology(devices)
     per_iter = trainer.env_steps_per_iter
     chunk_iters = max(1, cfg.chunk_steps // per_iter)
     total_iters = math.ceil(cfg.total_steps / per_iter)
 
     with open_run(cfg, config, run_dir) as run:
+        if run.resume_step is not None:
+            check_topology(run.checkpoints.read_config(run.resume_step)[2], where)
         state = run.restore(init_seeds(trainer, cfg.seed, cfg.seeds))
         done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
         plan = chunk_plan(done_iters, total_iters, chunk_iters)
@@ -90,7 +98,7 @@ def run_training(
             run.check_finite(state.learner.params)
             if index == len(plan) - 1 or (index + 1) % cfg.checkpoint.every_chunks == 0:
                 step = int(np.asarray(state.env_steps)[0])
-                run.save(step, state, {"name": name, "env_steps": step})
+                run.save(step, state, {"name": name, "env_steps": step, "topology": where})
 
         params = state.learner.params
         key = jax.random.PRNGKey(cfg.seed + 1)

@@ -1,0 +1,141 @@
+"""The processes and devices one run spans: `jax.distributed` set up from the settings or the
+environment, the device count of a data-parallel run, and the topology a checkpoint records
+(a checkpoint's arrays are laid out per device, so it resumes only on the same topology)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+
+#: Environment variables read for any ``distributed.*`` setting left null.
+ENV_VARS = {
+    "coordinator_address": "HMK8S_COORDINATOR_ADDRESS",
+    "num_processes": "HMK8S_NUM_PROCESSES",
+    "process_id": "HMK8S_PROCESS_ID",
+}
+
+
+class TopologyError(ValueError):
+    """Devices or processes that cannot run this config, or an unreachable coordinator."""
+
+
+@dataclass
+class DistributedConfig:
+    """One program on several processes (hosts): ``coordinator_address`` (``host:port`` of
+    process 0) null means a single process unless ``HMK8S_COORDINATOR_ADDRESS`` is set."""
+
+    coordinator_address: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    timeout_s: int = 60
+
+
+def process_settings(
+    cfg: DistributedConfig, environ: Mapping[str, str] = os.environ
+) -> DistributedConfig | None:
+    """The settings with nulls filled from ``environ``; None for a single-process run."""
+    values: dict[str, Any] = {
+        key: getattr(cfg, key) if getattr(cfg, key) is not None else environ.get(var)
+        for key, var in ENV_VARS.items()
+    }
+    if values["coordinator_address"] is None:
+        return None
+    missing = [key for key in ("num_processes", "process_id") if values[key] is None]
+    if missing:
+        raise TopologyError(
+            f"distributed.coordinator_address is set but {', '.join(missing)} is not "
+            f"(set distributed.<key> or {', '.join(ENV_VARS[k] for k in missing)})"
+        )
+    try:
+        n, pid = int(values["num_processes"]), int(values["process_id"])
+    except ValueError as err:
+        raise TopologyError(f"distributed: {err}") from err
+    if n < 1 or not 0 <= pid < n:
+        raise TopologyError(f"distributed: process_id {pid} is not in [0, num_processes={n})")
+    if ":" not in values["coordinator_address"]:
+        raise TopologyError(
+            f"distributed.coordinator_address={values['coordinator_address']}: expected host:port"
+        )
+    return DistributedConfig(values["coordinator_address"], n, pid, cfg.timeout_s)
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Return once ``address`` accepts TCP connections; `TopologyError` after ``timeout_s``.
+    (JAX itself aborts the whole process when it cannot register, so this is checked first.)"""
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError as err:
+            if time.monotonic() >= deadline:
+                raise TopologyError(
+                    f"coordinator {address} not reachable within {timeout_s} s "
+                    f"({err.strerror or err}); start process 0 first or check the address"
+                ) from err
+            time.sleep(0.2)
+
+
+def initialize(cfg: DistributedConfig) -> None:
+    """Join the processes of a multi-process run (once per process); nothing on one process."""
+    settings = process_settings(cfg)
+    if settings is None or jax.distributed.is_initialized():
+        return
+    if settings.process_id != 0:
+        wait_for_coordinator(settings.coordinator_address, settings.timeout_s)
+    jax.distributed.initialize(
+        settings.coordinator_address,
+        num_processes=settings.num_processes,
+        process_id=settings.process_id,
+        initialization_timeout=settings.timeout_s,
+    )
+
+
+def resolve_devices(requested: int | None, num_envs: int, buffer_size: int, batch_size: int) -> int:
+    """The devices the run uses: ``requested``, or every device of every process (None)."""
+    available = jax.device_count()
+    devices = available if requested is None else requested
+    if devices < 1 or devices > available:
+        raise TopologyError(f"devices={devices}: this run sees {available} device(s)")
+    if jax.process_count() > 1:
+        raise TopologyError(
+            f"this run joined {jax.process_count()} processes, but the Anakin trainer trains on "
+            "one process's devices only (every process would write the run's logs); run one "
+            "process per host, or a sweep with one job per host"
+        )
+    if num_envs % devices:
+        raise TopologyError(f"num_envs={num_envs} does not split evenly over {devices} devices")
+    if batch_size > buffer_size // devices:
+        raise TopologyError(
+            f"agent.batch_size ({batch_size}) must be <= each device's replay "
+            f"(agent.buffer_size / devices = {buffer_size // devices})"
+        )
+    return devices
+
+
+def topology(devices: int) -> dict[str, int]:
+    """What a checkpoint records about where it was written."""
+    return {"devices": devices, "processes": jax.process_count()}
+
+
+def check_topology(meta: Mapping[str, Any], current: Mapping[str, int]) -> None:
+    """Refuse a checkpoint written on another topology (one without the record: one device)."""
+    saved = meta.get("topology", {"devices": 1, "processes": 1})
+    if dict(saved) != dict(current):
+        raise TopologyError(
+            f"cannot resume: the checkpoint was written by {saved['devices']} device(s) in "
+            f"{saved['processes']} process(es), this run has {current['devices']} device(s) in "
+            f"{current['processes']} process(es); resume with the same devices"
+        )
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's logs and summary (process 0)."""
+    return jax.process_index() == 0
