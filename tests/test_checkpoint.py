@@ -22,6 +22,7 @@ from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError
 from hmk8s.train.config import TrainConfig
+from hmk8s.train.run import RunDirError
 from hmk8s.train.runlog import params_sha256
 
 AGENT = AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200)
@@ -139,7 +140,7 @@ def test_resume_refuses_a_changed_config(full_run):
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(full_run):
-    with pytest.raises(CheckpointError, match="already holds checkpoints"):
+    with pytest.raises(RunDirError, match="already holds a run"):
         train(full_run[0], 400)
 
 
