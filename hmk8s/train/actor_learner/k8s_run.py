@@ -107,7 +107,7 @@ def close_envs(envs: Sequence[BlockingEnv], timeout_s: float) -> list[str]:
         except Exception as exc:
             errors.append(f"env {i}: close failed: {exc!r}")
             continue
-        if report is not None and not report.clean():
+        if report is not None and not report.clean:
             problems = "; ".join(report.errors) or "deletes did not finish in time"
             errors.append(f"env {i}: {report.remaining} objects left ({problems})")
     pool.shutdown(wait=False, cancel_futures=True)
