@@ -171,18 +171,24 @@ class ClusterClient:
                 return None
             raise
 
-    def apply(self, body: dict, exists: bool | None = None) -> None:
-        """Create or patch `body`; on 409 re-read the object and re-apply (bounded)."""
+    def apply(self, body: dict, exists: bool | None = None, dry_run: bool = False) -> None:
+        """Create or patch `body`; on 409 re-read the object and re-apply (bounded). With
+        `dry_run` the server checks the call (`dryRun=All`) and stores nothing."""
         kind, name = body["kind"], body["metadata"]["name"]
         k = KINDS[kind]
+        extra = _dry_run(dry_run)
         for _ in range(self.max_conflicts):
             if exists is None:
                 exists = self.read(kind, name) is not None
             try:
                 if exists:
-                    self._call(f"patch {kind} {name}", k.api, k.patch, name, self.namespace, body)
+                    self._call(
+                        f"patch {kind} {name}", k.api, k.patch, name, self.namespace, body, **extra
+                    )
                 else:
-                    self._call(f"create {kind} {name}", k.api, k.create, self.namespace, body)
+                    self._call(
+                        f"create {kind} {name}", k.api, k.create, self.namespace, body, **extra
+                    )
                 return
             except Exception as exc:
                 status = _status(exc)
@@ -195,11 +201,13 @@ class ClusterClient:
                     raise
         raise ApiCallError(f"apply {kind} {name}", 409, "conflicts persisted")
 
-    def delete(self, kind: str, name: str) -> bool:
+    def delete(self, kind: str, name: str, dry_run: bool = False) -> bool:
         """Delete by name; an absent object counts as deleted (False)."""
         k = KINDS[kind]
         try:
-            self._call(f"delete {kind} {name}", k.api, k.delete, name, self.namespace)
+            self._call(
+                f"delete {kind} {name}", k.api, k.delete, name, self.namespace, **_dry_run(dry_run)
+            )
         except Exception as exc:
             if _status(exc) == 404:
                 return False
@@ -285,6 +293,11 @@ class ClusterClient:
                 raise ClusterAccessError(
                     f"{where}: metrics.k8s.io does not answer ({exc}); is metrics-server running?"
                 ) from None
+
+
+def _dry_run(dry_run: bool) -> dict[str, str]:
+    """The client's keyword for `?dryRun=All`, or nothing."""
+    return {"dry_run": "All"} if dry_run else {}
 
 
 def _status(exc: BaseException) -> int | None:
