@@ -109,7 +109,7 @@ def _one_line(err: OmegaConfBaseException) -> str:
     message = str(err).splitlines()[0]
     if "not in" in message and key:
         return f"unknown setting {key!r}"
-    if "Missing mandatory value" in message and key:
+    if "missing mandatory value" in message.lower() and key:
         return f"{key}= is required"
     return f"{key}: {message}" if key else message
 

@@ -162,6 +162,7 @@ class Controller:
         self.guard = guard
         self.sinks = list(sinks)
         self.summary = Summary()
+        self._reading: Reading | None = None
         self._window: deque[bool] = deque(maxlen=max(guard.window_steps - 1, 0))
         self.fallback_name = fallback
         self._fallback: Policy | None = (
@@ -241,15 +242,17 @@ class Controller:
             sink.record(decision, outcome, after)
 
     def run(self, backend: Backend, steps: int | None = None, stop: Event | None = None) -> Summary:
-        """Control ``backend`` for ``steps`` steps (None: until stopped or out of steps)."""
-        reading = backend.observe()
-        step = 0
-        while reading.obs is not None and (steps is None or step < steps):
+        """Control ``backend`` for ``steps`` more steps (None: until stopped or out of steps).
+        A later call goes on from the last reading."""
+        reading = self._reading if self._reading is not None else backend.observe()
+        done = 0
+        while reading.obs is not None and (steps is None or done < steps):
             if stop is not None and stop.is_set():
                 break
-            decision = self.decide(reading, step)
+            decision = self.decide(reading, self.summary.steps)
             outcome = backend.apply(decision.action)
-            after = backend.observe()
-            self.record(decision, outcome, after)
-            reading, step = after, step + 1
+            reading = backend.observe()
+            self.record(decision, outcome, reading)
+            done += 1
+        self._reading = reading
         return self.summary
