@@ -44,7 +44,7 @@ from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 ENV = {"encoder": "onehot", "noop": True, "start": "minimal", "episode_steps": 120}
-API = {"timeout_s": 0.25, "backoff_base_s": 0.005, "backoff_max_s": 0.05, "max_attempts": 8}
+API = {"timeout_s": 0.1, "backoff_base_s": 0.005, "backoff_max_s": 0.05, "max_attempts": 8}
 ENCRYPT, MEDIUM = 0, 1
 
 
@@ -79,7 +79,7 @@ class Live:
 def live(tmp_path):
     ml = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
     with emulation(
-        ml, ENV, backend={"api": API}, workdir=tmp_path, retry_after="0.05", timeout_hold_s=0.3
+        ml, ENV, backend={"api": API}, workdir=tmp_path, retry_after="0.05", timeout_hold_s=0.15
     ) as emu:
         from hmk8s.k8s.twin import TwinClock
 
