@@ -214,19 +214,25 @@ class ClusterClient:
                 return None
             raise
 
-    def apply(self, body: dict, exists: bool | None = None) -> None:
+    def apply(self, body: dict, exists: bool | None = None, dry_run: bool = False) -> None:
         """Create or patch `body`; on 409 re-read the object and re-apply (bounded). A missing
-        namespace ends the run (`ClusterAccessError`): nothing could be created there."""
+        namespace ends the run (`ClusterAccessError`): nothing could be created there. With
+        `dry_run` the server checks the call (`dryRun=All`) and stores nothing."""
         kind, name = body["kind"], body["metadata"]["name"]
         k = KINDS[kind]
+        extra = _dry_run(dry_run)
         for _ in range(self.max_conflicts):
             if exists is None:
                 exists = self.read(kind, name) is not None
             try:
                 if exists:
-                    self._call(f"patch {kind} {name}", k.api, k.patch, name, self.namespace, body)
+                    self._call(
+                        f"patch {kind} {name}", k.api, k.patch, name, self.namespace, body, **extra
+                    )
                 else:
-                    self._call(f"create {kind} {name}", k.api, k.create, self.namespace, body)
+                    self._call(
+                        f"create {kind} {name}", k.api, k.create, self.namespace, body, **extra
+                    )
                 return
             except Exception as exc:
                 status = _status(exc)
@@ -244,9 +250,9 @@ class ClusterClient:
                     raise
         raise ApiCallError(f"apply {kind} {name}", 409, "conflicts persisted")
 
-    def delete(self, kind: str, name: str) -> bool:
+    def delete(self, kind: str, name: str, dry_run: bool = False) -> bool:
         """Delete by name, not parsing the answer (servers answer an object or a `Status`);
-        an absent object counts as deleted (False)."""
+        an absent object counts as deleted (False). With `dry_run` nothing is deleted."""
         k = KINDS[kind]
         try:
             answer = self._call(
@@ -256,6 +262,7 @@ class ClusterClient:
                 name,
                 self.namespace,
                 _preload_content=False,
+                **_dry_run(dry_run),
             )
         except Exception as exc:
             if _status(exc) == 404:
@@ -423,6 +430,11 @@ def missing_namespace(exc: BaseException) -> str | None:
         return None
     details = _body(exc).get("details") or {}
     return details.get("name") if details.get("kind") == "namespaces" else None
+
+
+def _dry_run(dry_run: bool) -> dict[str, str]:
+    """The client's keyword for `?dryRun=All`, or nothing."""
+    return {"dry_run": "All"} if dry_run else {}
 
 
 def _status(exc: BaseException) -> int | None:

@@ -28,18 +28,18 @@ import numpy as np
 
 from hmk8s import sim
 from hmk8s.encoders import get_encoder
-from hmk8s.k8s import objects, readings
+from hmk8s.k8s import objects
 from hmk8s.k8s.cleanup import CleanupReport, delete_labelled, runs_present
-from hmk8s.k8s.client import ClusterAccessError, api_errors, connect
+from hmk8s.k8s.client import ClusterAccessError, connect
 from hmk8s.k8s.config import ClusterMap, load_cluster_map
-from hmk8s.k8s.latency import make_source
+from hmk8s.k8s.observer import ClusterObserver
 from hmk8s.k8s.reconcile import Reconciler, placement_of
 from hmk8s.k8s.retry import RetryStats
-from hmk8s.observation import Measurement, Observation, build_observation, chain_latency_ratio
+from hmk8s.observation import Observation, chain_latency_ratio
 from hmk8s.reward import reward as reward_fn
 from hmk8s.sim.dynamics import apply_action
 from hmk8s.sim.state import EnvState
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, load_usecase
+from hmk8s.usecases import UseCase, load_usecase
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[KubernetesClusterEnv] = weakref.WeakSet()
@@ -114,8 +114,8 @@ class KubernetesClusterEnv(gym.Env):
         _check_namespaces_free(self.clients, self.run_id)
         self.homes = [p.home for p in self.usecase.proxies]
         self.reconciler = Reconciler(self.clients, self.cmap, self.usecase, self.run_id)
-        self.proxies = make_source(
-            self.clients, self.cmap, self.homes, self.run_id, float(self.params.timeout_s)
+        self.observer = ClusterObserver(
+            self.clients, self.cmap, self.params, self.run_id, self.homes
         )
         self._encoder = _jitted_encoder(cfg.get("encoder", "onehot"))
         dim = int(
@@ -127,10 +127,8 @@ class KubernetesClusterEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(self.params.layout.num_actions)
         self._key = jax.random.PRNGKey(0)
         self._mirror: EnvState | None = None
-        self._last_rates = np.zeros(len(self.homes), np.float32)
         self._closed = False
         self.structured_observation: Observation | None = None
-        self.cpu_request = np.asarray(self.params.cpu_request, np.float64)
         _LIVE.add(self)
         install_exit_hooks()
 
@@ -235,37 +233,12 @@ class KubernetesClusterEnv(gym.Env):
     def _reconcile(self) -> list[str]:
         return self.reconciler.apply(self._desired())
 
-    def _read_ready(self) -> tuple[np.ndarray, list[str]]:
-        """Ready replicas per instance from Deployment status (the mirror's on a failed read)."""
-        lay = self.params.layout
-        ready = np.asarray(self._mirror.ready).copy()
-        errors = []
-        selector = objects.run_selector(self.run_id)
-        for k, client in enumerate(self.clients):
-            try:
-                found = client.list("Deployment", selector)
-            except api_errors() as exc:
-                errors.append(f"read Deployments of cluster {k}: {exc}")
-                continue
-            ready[k] = 0
-            for d in found:
-                labels = d.metadata.labels or {}
-                f, c = labels.get(objects.FUNCTION), labels.get(objects.CONFIG)
-                if f in FUNCTION_NAMES and c in CONFIG_NAMES:
-                    status = d.status
-                    n = int((status.ready_replicas if status else 0) or 0)
-                    ready[k, FUNCTION_NAMES.index(f), CONFIG_NAMES.index(c)] = n
-        replicas = np.asarray(self._mirror.replicas)
-        return np.minimum(ready, replicas).astype(np.int32).reshape(
-            lay.clusters, lay.functions, lay.configs
-        ), errors
-
     def _wait_ready(self) -> bool:
         """Bounded wait until every desired replica is ready; True when it gave up waiting."""
         deadline = time.monotonic() + self.cmap.ready_timeout_s
         want = np.asarray(self._mirror.replicas)
         while True:
-            ready, errors = self._read_ready()
+            ready, errors = self.observer.read_ready(self._mirror)
             if not errors and np.array_equal(ready, want):
                 return False
             if time.monotonic() >= deadline:
@@ -277,56 +250,23 @@ class KubernetesClusterEnv(gym.Env):
                 return True
             time.sleep(self.cmap.poll_interval_s)
 
-    def _read_cpu(self, ready: np.ndarray) -> tuple[readings.CpuReading, list[str]]:
-        usage: dict = {}
-        errors = []
-        selector = objects.run_selector(self.run_id)
-        for k, client in enumerate(self.clients):
-            try:
-                usage.update(readings.usage_by_instance(k, client.pod_metrics(selector)))
-            except api_errors() as exc:
-                errors.append(f"read PodMetrics of cluster {k}: {exc}")
-        return readings.cpu_utilisation(ready, usage, self.cpu_request), errors
-
     def _observe(
         self, errors: list[str], served: np.ndarray | None
     ) -> tuple[Observation, dict[str, Any]]:
-        """Read the clusters. CPU is averaged over the pods that served through the step: those
-        ready when it began (`served`, None at reset) and still ready."""
-        ready, read_errors = self._read_ready()
-        cpu, cpu_errors = self._read_cpu(ready if served is None else np.minimum(served, ready))
-        latency, rates = self.proxies.read()
-        proxies = readings.fill_proxy_readings(
-            latency, rates, self._last_rates, float(self.params.timeout_s)
-        )
-        self._last_rates = proxies.rates
-        m = readings.measurement(cpu, proxies)
-        self._mirror = _with_observed(self._mirror, ready, m)
-        obs = build_observation(
-            self.params.layout,
-            ready=jnp.asarray(ready),
-            replicas=self._mirror.replicas,
-            routes=self._mirror.routes,
-            measurement=self._mirror.measurement,
-            sla_s=self.params.sla_s,
-            max_pods=self.params.max_pods,
-            in_chain=self.params.in_chain,
-        )
+        """Read the clusters into the mirror and the observation (see `ClusterObserver`)."""
+        sensed = self.observer.observe(self._mirror, served)
+        self._mirror, obs = sensed.mirror, sensed.obs
         self.structured_observation = obs
         stats = [c.retrier.stats.as_dict() for c in self.clients]
         extra = {
-            "api_errors": errors + read_errors + cpu_errors,
+            "api_errors": errors + sensed.errors,
             "api": {
                 "attempts": sum(s["attempts"] for s in stats),
                 "retries": sum(s["retries"] for s in stats),
                 "conflicts": sum(s["conflicts"] for s in stats),
                 "waited_s": round(sum(s["waited_s"] for s in stats), 3),
             },
-            "assumed": {
-                "cpu_pods": cpu.assumed_pods,
-                "latency": proxies.assumed_latency,
-                "rates": proxies.assumed_rates,
-            },
+            "assumed": sensed.assumed,
             "run_id": self.run_id,
         }
         return obs, extra
@@ -343,18 +283,6 @@ def _check_namespaces_free(clients: list, run_id: str) -> None:
             f"namespaces {where} hold objects of other runs: {listing}; stop that run or remove "
             "them with scripts/cleanup.py --run-id <id>"
         )
-
-
-def _with_observed(mirror: EnvState, ready: np.ndarray, m: Measurement) -> EnvState:
-    """The mirror takes the cluster's word for readiness; the rest of `replicas` is starting."""
-    replicas = np.asarray(mirror.replicas)
-    pending = np.zeros(np.asarray(mirror.pending).shape, np.int32)
-    pending[..., 0] = replicas - ready
-    return mirror.replace(
-        ready=jnp.asarray(ready),
-        pending=jnp.asarray(pending),
-        measurement=jax.tree.map(jnp.asarray, m),
-    )
 
 
 # Compiled once per process, not per env: params are arguments, not closed over.

@@ -120,18 +120,22 @@ class Reconciler:
         self.applied = Placement(replicas, chains)
         self.services = services
 
-    def apply(self, desired: Placement) -> list[str]:
-        """Execute the plan; returns one message per failed operation (empty when all held)."""
+    def apply(self, desired: Placement, *, dry_run: bool = False) -> list[str]:
+        """Execute the plan; returns one message per failed operation (empty when all held).
+
+        With ``dry_run`` every call goes to the API with ``dryRun=All``: the server validates and
+        admits it (or refuses it, reported like a failure) and stores nothing, and `applied`
+        stays as it was."""
         errors = []
         for op in plan(desired, self.applied, self.homes):
             try:
-                self._execute(op)
+                self._execute(op, dry_run)
             except api_errors() as exc:
                 log.warning("reconcile %s failed: %s", op.kind, exc)
                 errors.append(f"{op.kind} {self._describe(op)}: {exc}")
         return errors
 
-    def _execute(self, op: Op) -> None:
+    def _execute(self, op: Op, dry_run: bool = False) -> None:
         client = self.clients[op.cluster]
         replicas = dict(self.applied.replicas)
         chains = dict(self.applied.chains)
@@ -139,24 +143,26 @@ class Reconciler:
             _, f, c = op.instance
             exists = op.instance in self.applied.replicas or None
             body = objects.deployment(self.cmap, self.usecase, self.run_id, f, c, op.replicas)
-            client.apply(body, exists=exists)
+            client.apply(body, exists=exists, dry_run=dry_run)
             if op.instance not in self.services:
-                client.apply(objects.service(self.cmap, self.run_id, f, c), exists=None)
-                self.services.add(op.instance)
+                service = objects.service(self.cmap, self.run_id, f, c)
+                client.apply(service, exists=None, dry_run=dry_run)
+                if not dry_run:
+                    self.services.add(op.instance)
             replicas[op.instance] = op.replicas
-            self.applied = Placement(replicas, chains)
         elif op.kind == "chain":
             home = self.homes[op.proxy]
             body = objects.chain_configmap(self.cmap, self.run_id, op.proxy, home, op.hops)
-            client.apply(body, exists=op.proxy in self.applied.chains or None)
+            client.apply(body, exists=op.proxy in self.applied.chains or None, dry_run=dry_run)
             chains[op.proxy] = op.hops
-            self.applied = Placement(replicas, chains)
         else:
             name = objects.instance_name(*op.instance[1:])
-            client.delete("Service", name)
-            self.services.discard(op.instance)
-            client.delete("Deployment", name)
+            client.delete("Service", name, dry_run=dry_run)
+            if not dry_run:
+                self.services.discard(op.instance)
+            client.delete("Deployment", name, dry_run=dry_run)
             replicas.pop(op.instance)
+        if not dry_run:
             self.applied = Placement(replicas, chains)
 
     def _describe(self, op: Op) -> str:

@@ -104,6 +104,21 @@ class Checkpointer:
         buffer = out["replay"] if "replay" in items else like.buffer
         return out["state"]._replace(buffer=buffer), config, meta
 
+    def restore_state_tree(self, step: int | None = None) -> tuple[int, dict, dict, Any]:
+        """(step, config, meta, state) with the state as saved (nested dicts, no target), so a
+        reader needs no trainer to rebuild its structure; the replay buffer is not read."""
+        step, config, meta = self.read_config(step)
+        try:
+            out = self._manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+            )
+        except Exception as err:
+            reason = str(err).splitlines()[0][:300]
+            raise CheckpointError(
+                f"{self.directory}: step {step} has no readable state ({reason})"
+            ) from err
+        return step, config, meta, out["state"]
+
     def _require_step(self, step: int | None) -> int:
         steps = self._manager.all_steps()
         if step is None:

@@ -139,6 +139,9 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return await self._list(request)
         if request.method == kmock.method.DELETE and request.name is None:
             return await self._delete_collection(request)
+        if request.params.get("dryRun") == "All":
+            async with self._lock:
+                return self._dry_run(request)
         handler = {
             kmock.method.GET: self._fetch,
             kmock.method.POST: self._create,
@@ -186,6 +189,26 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             return None
         obj = self.objects[key]
         return None if obj.deleted else obj
+
+    def _dry_run(self, request: kmock.Request) -> Any:
+        """`?dryRun=All`: answer as the write would (404 or 409 where it would fail), store
+        nothing and bump no resourceVersion."""
+        if request.method == kmock.method.GET:
+            return self._fetch(request)
+        if request.method == kmock.method.POST:
+            body = request.data if isinstance(request.data, dict) else {}
+            name = body.get("metadata", {}).get("name")
+            if not name:
+                return _status(422, "Invalid", "metadata.name is required")
+            if self._live_object(self._key(request, name)) is not None:
+                return _status(
+                    409, "AlreadyExists", f"{request.resource.plural} {name!r} already exists"
+                )
+            return aiohttp.web.json_response(body, status=201)
+        obj = self._live_object(self._key(request))
+        if obj is None:
+            return _status(404, "NotFound", f"{request.resource.plural} {request.name!r} not found")
+        return aiohttp.web.json_response(obj.raw)
 
     def _fetch(self, request: kmock.Request) -> Any:
         obj = self._live_object(self._key(request))

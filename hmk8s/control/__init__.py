@@ -1,0 +1,1 @@
+"""Putting a trained agent to work: loading it, guarding it, and running it as a controller."""

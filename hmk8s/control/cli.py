@@ -1,0 +1,164 @@
+"""What `scripts/control.py` and `scripts/export_agent.py` do with their ``key=value`` arguments.
+
+Every expected failure (a bad setting, a missing or foreign agent, clusters that cannot be used)
+is one line on stderr and exit status 2, raised before anything is written to a cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from typing import Any
+
+import jax
+
+from hmk8s.control.agent import Agent, AgentError, export_agent, load_agent
+from hmk8s.control.config import (
+    ControlConfig,
+    ControlConfigError,
+    ExportConfig,
+    parse,
+    parse_settings,
+)
+from hmk8s.control.loop import Backend, Controller, Sink, Summary
+from hmk8s.control.observe import ControllerMetrics, DecisionLog, DryRunPrinter, LiveView
+from hmk8s.sim.params import START_MODES
+
+EXIT_BAD_INPUT = 2
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event that Ctrl-C or SIGTERM sets (the loop then ends after the current step)."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _sim_backend(cfg: ControlConfig, agent: Agent) -> tuple[Backend, int]:
+    from hmk8s.control.sim_backend import SimBackend
+
+    params = agent.env_params
+    if cfg.sim.start is not None:
+        if cfg.sim.start not in START_MODES:
+            raise ControlConfigError(f"sim.start must be one of {START_MODES}")
+        params = params.replace(start=cfg.sim.start)
+    if cfg.steps is not None:
+        params = params.replace(episode_steps=cfg.steps)
+    key = jax.random.PRNGKey(cfg.sim.seed)
+    return SimBackend(params, key, dry_run=cfg.dry_run), params.episode_steps
+
+
+def _k8s_backend(cfg: ControlConfig, agent: Agent, stop: threading.Event) -> Backend:
+    from hmk8s.control.cluster import ClusterBackend, StopClock
+    from hmk8s.k8s.client import connect
+    from hmk8s.k8s.config import load_cluster_map
+
+    cmap = load_cluster_map(cfg.cluster_map)
+    cmap.check_against(agent.usecase)
+    clients = connect(cmap, check_metrics=False)
+    return ClusterBackend(
+        agent.env_params,
+        agent.usecase,
+        cmap,
+        clients,
+        run_id=cfg.run_id,
+        bootstrap=cfg.bootstrap,
+        dry_run=cfg.dry_run,
+        clock=StopClock(stop),
+        step_seconds=cfg.step_seconds,
+        seed=cfg.seed,
+    )
+
+
+def _sinks(cfg: ControlConfig, agent: Agent, stack: ExitStack) -> list[Sink]:
+    sinks: list[Sink] = []
+    if cfg.metrics_port is not None:
+        metrics = ControllerMetrics()
+        metrics.serve(cfg.metrics_port)
+        sinks.append(metrics)
+    if cfg.log is not None:
+        decisions = DecisionLog(cfg.log, agent.env_params)
+        stack.callback(decisions.close)
+        sinks.append(decisions)
+    live = cfg.live == "on" or (cfg.live == "auto" and sys.stdout.isatty())
+    if live:
+        view = LiveView(agent.env_params)
+        stack.callback(view.close)
+        sinks.append(view)
+    elif cfg.dry_run:
+        sinks.append(DryRunPrinter(agent.env_params))
+    return sinks
+
+
+def control(cfg: ControlConfig) -> Summary:
+    """Run the controller as ``cfg`` says until it is out of steps or stopped."""
+    agent = load_agent(cfg.agent, cfg.step, seed=cfg.seed, usecase=cfg.usecase)
+    with stop_on_signals() as stop, ExitStack() as stack:
+        if cfg.backend == "sim":
+            backend, steps = _sim_backend(cfg, agent)
+            stack.callback(backend.close)
+        else:
+            backend, steps = _k8s_backend(cfg, agent, stop), cfg.steps
+        controller = Controller(agent, cfg.guard, cfg.fallback, _sinks(cfg, agent, stack))
+        return controller.run(backend, steps, stop)
+
+
+def bad_input_errors() -> tuple[type[BaseException], ...]:
+    """The failures that mean the input is wrong, not the program."""
+    from hmk8s.control.cluster import AdoptError
+    from hmk8s.k8s.client import ClusterAccessError
+    from hmk8s.k8s.config import ClusterMapError
+    from hmk8s.usecases import UseCaseError
+
+    return (
+        ControlConfigError,
+        AgentError,
+        AdoptError,
+        ClusterAccessError,
+        ClusterMapError,
+        UseCaseError,
+    )
+
+
+def main(argv: Sequence[str]) -> int:
+    """`scripts/control.py`: control, then print the run's summary as one JSON line."""
+    try:
+        summary = control(parse(argv))
+    except bad_input_errors() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(summary.as_dict()))
+    return 0
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """`scripts/export_agent.py run=<run> out=<folder>`: write the agent, print its manifest."""
+    try:
+        cfg = parse_settings(ExportConfig, argv)
+        agent = load_agent(cfg.run, cfg.step, seed=cfg.seed, usecase=cfg.usecase)
+    except (ControlConfigError, AgentError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    folder = export_agent(agent, cfg.out)
+    m: dict[str, Any] = {
+        "out": str(folder),
+        "usecase": agent.manifest.usecase,
+        "step": agent.manifest.step,
+        "params_sha256": agent.manifest.params_sha256,
+    }
+    print(json.dumps(m))
+    return 0

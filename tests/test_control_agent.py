@@ -1,0 +1,206 @@
+"""A trained run's agent outside the trainer: loaded, exported, refused when it does not fit, and
+run by the controller on the simulator exactly as the evaluation runs it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from script_runs import run_script
+
+import hmk8s
+from hmk8s import sim
+from hmk8s.agents.config import AgentConfig, deployed_bonus
+from hmk8s.control import cli
+from hmk8s.control.agent import MANIFEST, PARAMS, AgentError
+from hmk8s.control.config import GuardConfig
+from hmk8s.control.loop import Controller
+from hmk8s.control.sim_backend import SimBackend
+from hmk8s.policies.q_policy import q_policy
+from hmk8s.policies.rollout import rollout, summarise
+from hmk8s.train.anakin.run import run_training
+from hmk8s.train.config import TrainConfig
+from hmk8s.usecases import CONFIG_DIR
+
+pytestmark = pytest.mark.usefixtures("fast_compile")
+EPISODES = 32
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny HAQL run on ML, and the per-step records of the trainer's own evaluation of it:
+    `q_policy` of the trainer's network and parameters on 32 episodes, as `sim_eval` runs it."""
+    usecase = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
+    agent_cfg = AgentConfig(hidden=[16], batch_size=16, buffer_size=1024, learning_starts=64)
+    cfg = TrainConfig(
+        usecase=usecase,
+        backend={"name": "sim"},
+        agent=agent_cfg,
+        heuristic=True,
+        total_steps=256,
+        num_envs=16,
+        chunk_steps=256,
+    )
+    cfg.env.episode_steps = 40
+    cfg.eval.episodes = EPISODES
+    cfg.log.progress = cfg.log.tensorboard = False
+    config = dataclasses.asdict(cfg)
+    env, params = sim.make(usecase, config["env"], name="ml")
+    captured = {}
+
+    def evaluator(trainer, seed_params, key):
+        q_params = jax.tree.map(lambda x: x[0], seed_params)
+        bonus = deployed_bonus(cfg.haql)
+        policy = q_policy(trainer.network.apply, q_params, cfg.env.encoder, bonus)
+        captured["records"] = jax.device_get(rollout(env, params, policy, key, EPISODES))
+        captured["key"] = key
+        return {"eval": summarise(captured["records"])}
+
+    from hmk8s.envs.sim_spec import sim_env_spec
+
+    run_dir = tmp_path_factory.mktemp("run")
+    spec = sim_env_spec(env, params, cfg.env.encoder)
+    summary = run_training(cfg, spec, config, run_dir, name="ml", evaluator=evaluator)
+    return run_dir, summary, captured
+
+
+@pytest.fixture(scope="module")
+def agent(trained):
+    return hmk8s.load_agent(trained[0])
+
+
+def test_the_loaded_agent_acts_as_the_trainer_evaluated_it(trained, agent):
+    run_dir, summary, captured = trained
+    m = agent.manifest
+    assert (m.usecase, m.step, m.hidden, m.seed) == ("ml", 256, [16], 0)
+    assert m.bonus == 0.5 * 1.0  # HAQL's deployed weight: xi.end * eta
+    assert m.env["encoder"] == "continuous" and m.source_run == str(run_dir.resolve())
+    env = sim.ClusterEnv()
+    mine = jax.device_get(rollout(env, agent.env_params, agent.policy(), captured["key"], EPISODES))
+    np.testing.assert_array_equal(mine["action"], captured["records"]["action"])
+    np.testing.assert_array_equal(mine["reward"], captured["records"]["reward"])
+    assert summarise(mine)["return"] == summary["eval"]["return"]
+
+
+def test_an_export_round_trips_and_needs_nothing_else(trained, agent, tmp_path):
+    out = tmp_path / "agent"
+    done = run_script("export_agent.py", tmp_path, f"run={trained[0]}", f"out={out}")
+    assert done.returncode == 0, done.stderr
+    printed = json.loads(done.stdout.strip().splitlines()[-1])
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, PARAMS]
+    exported = hmk8s.load_agent(out, usecase="ml")
+    assert printed["params_sha256"] == exported.manifest.params_sha256
+    assert exported.manifest == agent.manifest
+    env = sim.ClusterEnv()
+    for seed in range(4):
+        obs, _ = env.reset(jax.random.PRNGKey(seed), agent.env_params)
+        assert exported.explain(obs) == agent.explain(obs)
+
+
+def test_agents_that_do_not_fit_are_refused(trained, agent, tmp_path):
+    run_dir = trained[0]
+    with pytest.raises(AgentError, match="no such run or agent export"):
+        hmk8s.load_agent(tmp_path / "nothing")
+    with pytest.raises(AgentError, match="trained for use case 'ml', not 'stream'"):
+        hmk8s.load_agent(run_dir, usecase="stream")
+    with pytest.raises(AgentError, match="no checkpoint at step 7"):
+        hmk8s.load_agent(run_dir, step=7)
+    with pytest.raises(AgentError, match=r"seed=1, the run has seeds 0\.\.0"):
+        hmk8s.load_agent(run_dir, seed=1)
+    hollow = tmp_path / "hollow"
+    shutil.copytree(run_dir, hollow)
+    for step_dir in (hollow / "checkpoints").iterdir():
+        shutil.rmtree(step_dir / "state")
+    with pytest.raises(AgentError, match="has no readable state"):
+        hmk8s.load_agent(hollow)
+    from hmk8s.control.agent import export_agent
+
+    export = export_agent(agent, tmp_path / "export")
+    manifest = json.loads((export / MANIFEST).read_text())
+    (export / MANIFEST).write_text(json.dumps({**manifest, "params_sha256": "0" * 64}))
+    with pytest.raises(AgentError, match="differs from the manifest's"):
+        hmk8s.load_agent(export)
+    stream = yaml.safe_load((CONFIG_DIR / "stream.yaml").read_text())
+    foreign = {**manifest, "usecase": "stream", "usecase_config": stream}
+    (export / MANIFEST).write_text(json.dumps(foreign))
+    with pytest.raises(AgentError, match="stream' has 406 actions"):
+        hmk8s.load_agent(export)
+
+
+def test_a_foreign_agent_stops_the_controller_with_one_line(trained, tmp_path):
+    done = run_script(
+        "control.py", tmp_path, f"agent={trained[0]}", "usecase=stream", "backend=sim"
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: the agent was trained for use case 'ml', not 'stream'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["guard.foo=1"], "error: unknown setting 'guard.foo'"),
+        (["guard.max_pods_total=-1"], "error: guard.max_pods_total must be >= 0 or null, got -1"),
+        (["guard.max_changes=lots"], "error: guard.max_changes: Value 'lots' of type 'str'"),
+        (["backend=mesos"], "error: backend must be one of ('sim', 'k8s'), got 'mesos'"),
+        (["dry_run"], "error: expected key=value arguments, got 'dry_run'"),
+        ([], "error: agent= is required"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2(args, message, capsys, tmp_path):
+    agent = [] if not args or args == ["dry_run"] else [f"agent={tmp_path}"]
+    assert cli.main(agent + args) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(message) and "\n" not in err, err
+
+
+def test_unguarded_on_the_simulator_it_is_the_evaluation_exactly(agent):
+    key = jax.random.PRNGKey(7)
+    backend = SimBackend(agent.env_params, key)
+    steps = []
+    controller = Controller(agent, GuardConfig(enabled=False), fallback="none")
+    controller.sinks.append(_Collect(steps))
+    summary = controller.run(backend)
+    backend.close()
+    evaluated = jax.device_get(rollout(sim.ClusterEnv(), agent.env_params, agent.policy(), key, 1))
+    np.testing.assert_array_equal([d.action for d, _, _ in steps], evaluated["action"][0])
+    np.testing.assert_array_equal(backend.records["action"], evaluated["action"][0])
+    np.testing.assert_array_equal(backend.records["reward"], evaluated["reward"][0])
+    episode = jax.tree.map(lambda x: x[None], backend.records)
+    assert summarise(episode) == summarise(evaluated)  # what evaluate_policy reports
+    assert summary.steps == 40
+    assert summary.total_reward == pytest.approx(float(evaluated["reward"].sum()), abs=1e-4)
+    assert all(d.source == "agent" for d, _, _ in steps)
+
+
+def test_guarded_on_the_simulator_it_keeps_the_change_budget(agent):
+    backend = SimBackend(agent.env_params, jax.random.PRNGKey(7))
+    steps = []
+    guard = GuardConfig(max_changes=2, window_steps=4)
+    controller = Controller(agent, guard, fallback="heuristic", sinks=[_Collect(steps)])
+    summary = controller.run(backend)
+    backend.close()
+    changed = [o.changed for _, o, _ in steps]
+    windows = [sum(changed[i : i + 4]) for i in range(len(changed) - 3)]
+    assert max(windows) <= 2 < sum(changed)
+    assert summary.changes == sum(changed)
+    assert summary.refusals["rate_limit"] == sum(
+        1 for d, _, _ in steps if d.verdict.reason == "rate_limit"
+    )
+    for d, o, _ in steps:
+        if d.verdict.reason == "rate_limit":
+            assert d.action == d.noop and not o.changed
+
+
+class _Collect:
+    def __init__(self, into: list) -> None:
+        self.into = into
+
+    def record(self, decision, outcome, after) -> None:
+        self.into.append((decision, outcome, after))
