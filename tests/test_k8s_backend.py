@@ -10,7 +10,7 @@ from served import SERVED, played
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.cleanup import delete_labelled
-from hmk8s.k8s.client import ClusterClient, new_api_client
+from hmk8s.k8s.client import ClusterAccessError, ClusterClient, new_api_client
 from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.k8s.retry import ApiCallError
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
@@ -214,6 +214,29 @@ def test_a_step_whose_calls_fail_reports_and_the_next_repairs(emulated):
         dep = named(clusters, "apps/v1/deployments", "hmk8s-2", "hmk8s-encrypt-small")
         assert dep["spec"]["replicas"] == 1
         assert named(clusters, "v1/services", "hmk8s-2", "hmk8s-encrypt-small") is not None
+
+
+def test_a_dead_api_stops_the_env_after_max_failed_steps(emulated):
+    """Filled-in readings are fine for a step, not for a run: after `max_failed_steps` steps
+    in a row with API errors the env raises a fatal error (its worker retires at once)."""
+    emu = emulated
+    api = emu.cmap.api.model_copy(update={"max_attempts": 2, "backoff_base_s": 0.001})
+    env = emu.make_env(api=api, max_failed_steps=3)
+    noop = env.params.layout.noop_index
+    with env:
+        env.reset(seed=7)
+        emu.clusters.set_faults(1.0, ["500"])
+        try:
+            for _ in range(2):
+                _, _, _, _, info = env.step(noop)
+                assert info["api_errors"]
+            with pytest.raises(ClusterAccessError, match="failed on 3 steps in a row") as err:
+                env.step(noop)
+            assert err.value.fatal
+        finally:
+            emu.clusters.set_faults(0.0)
+        _, _, _, _, info = env.step(noop)  # the API is back: the count starts again
+        assert info["api_errors"] == []
 
 
 def test_an_unparsable_answer_is_an_api_error(emulated):

@@ -30,7 +30,10 @@ METRICS_GROUP, METRICS_VERSION = "metrics.k8s.io", "v1beta1"
 
 
 class ClusterAccessError(RuntimeError):
-    """The backend cannot use a cluster at all: raised before training starts."""
+    """The backend cannot use a cluster at all (before training, or when the API stays down
+    mid-run); ``fatal``: retrying the env does not help, so its worker retires at once."""
+
+    fatal = True
 
 
 @dataclass(frozen=True)

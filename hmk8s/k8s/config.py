@@ -111,6 +111,9 @@ class ClusterMap(_Frozen):
     step_seconds: float | None = Field(default=None, gt=0)
     ready_timeout_s: float = Field(default=120.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
+    max_failed_steps: int = Field(
+        default=5, ge=1, description="steps in a row with API errors before the run stops"
+    )
     api: Api = Api()
     latency: Latency = Latency()
 

@@ -128,6 +128,7 @@ class KubernetesClusterEnv(gym.Env):
         self._key = jax.random.PRNGKey(0)
         self._mirror: EnvState | None = None
         self._closed = False
+        self._failed_steps = 0
         self.structured_observation: Observation | None = None
         _LIVE.add(self)
         install_exit_hooks()
@@ -188,8 +189,19 @@ class KubernetesClusterEnv(gym.Env):
             "invalid": bool(invalid),
             **extra,
         }
+        self._check_api(extra["api_errors"])
         truncated = int(self._mirror.time) >= self.params.episode_steps
         return np.asarray(self._encode(obs), np.float32), float(r), False, truncated, info
+
+    def _check_api(self, errors: list[str]) -> None:
+        """Stop rather than train on filled-in readings once the API has failed on
+        ``max_failed_steps`` steps in a row (a dead or unreachable API server)."""
+        self._failed_steps = self._failed_steps + 1 if errors else 0
+        if self._failed_steps >= self.cmap.max_failed_steps:
+            raise ClusterAccessError(
+                f"run {self.run_id}: the Kubernetes API failed on {self._failed_steps} steps in "
+                f"a row (last: {errors[-1]}); stopping (backend.max_failed_steps)"
+            )
 
     def close(self) -> CleanupReport | None:
         """Delete every object of this run; idempotent."""

@@ -19,6 +19,7 @@ from hmk8s.configs import SEARCH_PATH
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
 from hmk8s.sim.params import EnvConfigError
+from hmk8s.train.actor_learner.actor import AllEnvsFailed
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import CheckpointError
@@ -42,7 +43,7 @@ BAD_INPUT = (
     ClusterAccessError,
 )
 #: A run that started and then failed in a known way: one line and exit code 1.
-RUN_FAILED = (NonFiniteError, CleanupError)
+RUN_FAILED = (NonFiniteError, CleanupError, AllEnvsFailed)
 
 
 def register_schema() -> None:

@@ -86,7 +86,8 @@ class Actor:
             allowed = budget - handed - in_flight
             if not waiting or allowed <= 0:
                 if not any(w.alive for w in self.workers) and not self.signals.stop.is_set():
-                    raise AllEnvsFailed("every environment failed; see the env errors above")
+                    first = next((w.error for w in self.workers if w.error is not None), None)
+                    raise AllEnvsFailed(f"every environment failed; the first: {first}")
                 continue
             batch, waiting = waiting[:allowed], waiting[allowed:]
             for row, action in zip(batch, self._act(batch), strict=True):

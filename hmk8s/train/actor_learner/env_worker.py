@@ -161,7 +161,7 @@ class EnvWorker:
                 self.busy = False
                 consecutive += 1
                 log.warning("env %d failed (%d in a row): %r", self.index, consecutive, exc)
-                if consecutive >= self.max_failures:
+                if consecutive >= self.max_failures or getattr(exc, "fatal", False):
                     self.error = exc
                     log.error("env %d retired after %d failures in a row", self.index, consecutive)
                     return
