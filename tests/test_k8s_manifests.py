@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from hmk8s.configs import CONFIG_DIR
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import load_cluster_map
 from hmk8s.sim.load_trace import rate_trace, trace_csv
@@ -158,7 +159,7 @@ def test_the_load_trace_is_mls_profile_and_targets_its_proxies():
 
 def test_rate_trace_follows_the_load_profile():
     """Without noise and bursts the trace is the diurnal wave, worked out here."""
-    data = yaml.safe_load((ROOT / "configs" / "usecase" / "ml.yaml").read_text())
+    data = yaml.safe_load((CONFIG_DIR / "usecase" / "ml.yaml").read_text())
     for proxy in data["proxies"]:
         proxy.update(noise=0.0, burst_prob=0.0)
     usecase = load_usecase(data)

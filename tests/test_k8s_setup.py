@@ -201,7 +201,7 @@ def test_proxies_manifest_matches_what_setup_creates():
     assert shipped == [
         doc
         for p, proxy in enumerate(uc.proxies)
-        for doc in objects.proxy_objects(cmap, p, f"hmk8s-{proxy.home}")
+        for doc in objects.proxy_objects(cmap, uc, p, f"hmk8s-{proxy.home}")
     ]
 
 
@@ -221,7 +221,7 @@ def test_setup_grants_the_shipped_role_in_every_namespace_of_a_run():
     for item in plan.namespaces:
         k = int(item.namespace.split("-")[1])
         assert item.proxies == tuple(p for p, h in enumerate(homes) if h == k)
-        docs = setup.manifests(item, plan.cmap)
+        docs = setup.manifests(item, plan.cmap, plan.usecase)
         role = next(d for d in docs if d["kind"] == "Role")
         assert role["rules"] == shipped[1]["rules"]
         binding = next(d for d in docs if d["kind"] == "RoleBinding")

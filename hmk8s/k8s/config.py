@@ -105,7 +105,7 @@ class ClusterMap(_Frozen):
     memory: dict[str, Memory] = Field(default_factory=dict)
     proxy_name: str = "proxy{p}"
     proxy_port: int = Field(default=8080, ge=1, le=65535)
-    proxy_image: str = "ghcr.io/hmk8s/proxy:0.1"
+    proxy_image: str = "ghcr.io/hmk8s/proxy:0.2.0"
     chain_configmap: str = "proxy{p}-chain"
     address: Address = Address()
     step_seconds: float | None = Field(default=None, gt=0)

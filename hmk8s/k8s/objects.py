@@ -228,10 +228,10 @@ def chain_configmap(
 PROXY_LABELS = {"app.kubernetes.io/name": "hmk8s-proxy", "app.kubernetes.io/part-of": "hmk8s"}
 
 
-def proxy_objects(cmap: ClusterMap, proxy: int, namespace: str) -> list[dict]:
+def proxy_objects(cmap: ClusterMap, usecase: UseCase, proxy: int, namespace: str) -> list[dict]:
     """Proxy p's Deployment and Service (`deploy/proxies.yaml` shows ML's). It mounts its chain
     ConfigMap (optional, so it starts before a run writes one); it is not `managed-by=hmk8s`,
-    so it outlives runs."""
+    so it outlives runs. Its timeout is the use case's, its measurement window one step."""
     name = proxy_name(cmap, proxy)
     labels = {**PROXY_LABELS, PROXY: name}
     meta = {"name": name, "namespace": namespace, "labels": labels}
@@ -239,14 +239,26 @@ def proxy_objects(cmap: ClusterMap, proxy: int, namespace: str) -> list[dict]:
     container = {
         "name": "proxy",
         "image": cmap.proxy_image,
-        "args": ["--chain", f"/etc/hmk8s/{CHAIN_KEY}", "--port", str(port)],
+        "args": [
+            "--chain",
+            f"/etc/hmk8s/{CHAIN_KEY}",
+            "--port",
+            str(port),
+            "--function-port",
+            str(cmap.port),
+            "--timeout",
+            str(usecase.timeout_ms / 1000),
+            "--window",
+            f"{usecase.step_seconds:g}",
+        ],
         "env": [{"name": "HMK8S_PROXY", "value": name}],
         "ports": [{"name": "http", "containerPort": port}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2},
+        **copy.deepcopy(PROBES),
         "resources": {
             "requests": {"cpu": "100m", "memory": "64Mi"},
             "limits": {"cpu": "500m", "memory": "128Mi"},
         },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
         "volumeMounts": [{"name": "chain", "mountPath": "/etc/hmk8s", "readOnly": True}],
     }
     deployment_ = {
@@ -266,6 +278,7 @@ def proxy_objects(cmap: ClusterMap, proxy: int, namespace: str) -> list[dict]:
                 },
                 "spec": {
                     "automountServiceAccountToken": False,
+                    "securityContext": copy.deepcopy(POD_SECURITY),
                     "containers": [container],
                     "volumes": [
                         {

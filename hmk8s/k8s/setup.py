@@ -45,6 +45,7 @@ class Plan:
     namespaces: tuple[NamespacePlan, ...]
     envs: tuple[tuple[tuple[str, str], ...], ...]  # per env, per cluster: (context, namespace)
     cmap: ClusterMap  # env 0's map: kubeconfig, proxy names, ports and image
+    usecase: UseCase  # the proxies' timeout and measurement window
 
     def identities(self) -> dict[str, str]:
         """Context -> namespace of its ServiceAccount."""
@@ -71,7 +72,7 @@ def plan(backend: Mapping[str, Any], usecase: UseCase, num_envs: int) -> Plan:
                 NamespacePlan(ref.context, ref.namespace, identity, proxies),
             )
     envs = tuple(tuple((r.context, r.namespace) for r in m.clusters) for m in maps)
-    return Plan(tuple(planned.values()), envs, maps[0])
+    return Plan(tuple(planned.values()), envs, maps[0], usecase)
 
 
 def rbac_manifests(namespace: str, identity: str) -> list[dict]:
@@ -90,7 +91,7 @@ def rbac_manifests(namespace: str, identity: str) -> list[dict]:
     return out
 
 
-def manifests(item: NamespacePlan, cmap: ClusterMap) -> list[dict]:
+def manifests(item: NamespacePlan, cmap: ClusterMap, usecase: UseCase) -> list[dict]:
     """Everything setup creates for one namespace, in creation order."""
     namespace = {
         "apiVersion": "v1",
@@ -102,7 +103,7 @@ def manifests(item: NamespacePlan, cmap: ClusterMap) -> list[dict]:
     }
     docs = [namespace, *rbac_manifests(item.namespace, item.identity)]
     for p in item.proxies:
-        docs += objects.proxy_objects(cmap, p, item.namespace)
+        docs += objects.proxy_objects(cmap, usecase, p, item.namespace)
     return docs
 
 
@@ -229,7 +230,7 @@ def setup(admin: Admin, the_plan: Plan) -> list[str]:
     """Create or patch every object of the plan; one line per object."""
     lines = []
     for item in the_plan.namespaces:
-        for doc in manifests(item, the_plan.cmap):
+        for doc in manifests(item, the_plan.cmap, the_plan.usecase):
             lines.append(f"{apply(admin, item.context, doc):8s} {describe(doc)}")
     return lines
 
@@ -238,7 +239,7 @@ def teardown(admin: Admin, the_plan: Plan) -> list[str]:
     """Delete what `setup` made, in reverse order; one line per object."""
     lines = []
     for item in reversed(the_plan.namespaces):
-        for doc in reversed(manifests(item, the_plan.cmap)):
+        for doc in reversed(manifests(item, the_plan.cmap, the_plan.usecase)):
             lines.append(f"{delete(admin, item.context, doc):8s} {describe(doc)}")
     return lines
 

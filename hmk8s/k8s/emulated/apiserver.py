@@ -24,7 +24,7 @@ import yaml
 from hmk8s.k8s.client import METRICS_GROUP, METRICS_VERSION, new_api_client
 
 SCRIPTS_ENV = "HMK8S_KUBE_APISERVER_DIR"
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 START_TIMEOUT_S = 300.0
 
 
