@@ -17,7 +17,7 @@ from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, deployed_bonus, validate
 from hmk8s.train.runlog import default_run_dir
 from hmk8s.train.runner import run_training
-from hmk8s.usecases import UseCaseError
+from hmk8s.usecases import UseCaseError, load_usecase
 
 SCHEMA_NAME = "train_schema"
 EXIT_BAD_INPUT = 2
@@ -41,12 +41,39 @@ def resolve_run_dir(cfg: TrainConfig, usecase: str) -> Path:
     return default_run_dir(usecase, "haql" if cfg.heuristic else "dqn")
 
 
+def usecase_folder(sources: list[Any], choice: str) -> Path:
+    """The folder of the YAML file Hydra read ``usecase=<choice>`` from: the first of its
+    config sources (its search path, in order) that holds ``usecase/<choice>.yaml``."""
+    for source in sources:
+        folder = Path(source["path"]) / "usecase"
+        if source["schema"] == "file" and (folder / f"{choice}.yaml").is_file():
+            return folder
+    raise UseCaseError(f"usecase={choice}: no YAML file found to resolve its trace path against")
+
+
+def resolve_trace(cfg: DictConfig, choice: str) -> None:
+    """Make a relative ``usecase.trace`` absolute, as docs/environment.md says: against the
+    folder of the use case's YAML file, or the working directory when the command line set it."""
+    trace = cfg.usecase.get("trace")
+    if not isinstance(trace, str) or Path(trace).is_absolute():
+        return
+    hydra = HydraConfig.get()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in hydra.overrides.task)
+    if "usecase.trace" in keys:
+        folder = Path.cwd()
+    else:
+        folder = usecase_folder(list(hydra.runtime.config_sources), choice)
+    cfg.usecase.trace = str(folder / trace)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says on the backend Hydra chose; the run's summary."""
     choices = HydraConfig.get().runtime.choices
     usecase, backend = choices["usecase"], choices["backend"]
+    resolve_trace(cfg, usecase)
     typed: TrainConfig = OmegaConf.to_object(cfg)
     validate(typed)
+    load_usecase(typed.usecase, source=f"usecase={usecase}")
     run_dir = resolve_run_dir(typed, usecase)
     if backend == "k8s":
         from hmk8s.train.k8s_run import run_async_training
