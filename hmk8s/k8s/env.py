@@ -28,6 +28,7 @@ import numpy as np
 
 from hmk8s import sim
 from hmk8s.encoders import get_encoder
+from hmk8s.envs.gym_env import check_steppable
 from hmk8s.k8s import objects, readings
 from hmk8s.k8s.cleanup import CleanupReport, delete_labelled, runs_present
 from hmk8s.k8s.client import ClusterAccessError, api_errors, connect
@@ -125,6 +126,7 @@ class KubernetesClusterEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(self.params.layout.num_actions)
         self._key = jax.random.PRNGKey(0)
         self._mirror: EnvState | None = None
+        self._ended = False
         self._last_rates = np.zeros(len(self.homes), np.float32)
         self._closed = False
         self.structured_observation: Observation | None = None
@@ -142,6 +144,7 @@ class KubernetesClusterEnv(gym.Env):
         self._key = jax.random.PRNGKey(int(self.np_random.integers(0, 2**31 - 1)))
         self._key, k_reset = jax.random.split(self._key)
         _, self._mirror = _sim_reset(k_reset, self.params)
+        self._ended = False
         self._begin_step()
         self.reconciler.discover()
         errors = self._reconcile()
@@ -155,8 +158,7 @@ class KubernetesClusterEnv(gym.Env):
         }
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._mirror is None:
-            raise RuntimeError("call reset() before step()")
+        check_steppable(self._mirror is not None, self._ended)
         self._check_open()
         action = self.params.layout.check(action)
         started = time.monotonic()
@@ -189,6 +191,7 @@ class KubernetesClusterEnv(gym.Env):
             **extra,
         }
         truncated = int(self._mirror.time) >= self.params.episode_steps
+        self._ended = truncated
         return np.asarray(self._encode(obs), np.float32), float(r), False, truncated, info
 
     def close(self) -> CleanupReport | None:
