@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from hmk8s.agents import dqn
+from hmk8s.agents.counters import saturating_add
 from hmk8s.agents.network import QNetwork
 from hmk8s.agents.replay import Transition, example_transition, make_buffer
 from hmk8s.train.config import AgentConfig, HaqlConfig
@@ -130,7 +131,7 @@ def make_trainer(
             mask=ts.mask,
             hint=ts.hint,
             episode_return=jnp.where(done, 0.0, returns),
-            env_steps=state.env_steps + num_envs,
+            env_steps=saturating_add(state.env_steps, num_envs),
             rng=rng,
         )
         finished = (jnp.where(done, returns, 0.0).sum(), done.sum())
