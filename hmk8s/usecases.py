@@ -293,6 +293,8 @@ def load_usecase(
     if isinstance(spec, Mapping):
         data, origin = dict(spec), source or "<mapping>"
         folder = base_dir or Path.cwd()
+    elif not isinstance(spec, (str, Path)):
+        raise UseCaseError(f"{source or '<data>'}: expected a mapping at the top level")
     else:
         path = Path(spec)
         if not path.suffix:

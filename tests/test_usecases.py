@@ -115,6 +115,11 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
         load_usecase(path)
 
 
+def test_data_that_is_not_a_mapping():
+    with pytest.raises(UseCaseError, match=r"^usecase=own: expected a mapping at the top level$"):
+        load_usecase([1, 2], source="usecase=own")  # a use-case file Hydra read as a list
+
+
 def test_missing_file_is_a_usecase_error(tmp_path):
     with pytest.raises(UseCaseError) as err:
         load_usecase(tmp_path / "absent.yaml")

@@ -54,7 +54,7 @@ def usecase_folder(sources: list[Any], choice: str) -> Path:
 def resolve_trace(cfg: DictConfig, choice: str) -> None:
     """Make a relative ``usecase.trace`` absolute, as docs/environment.md says: against the
     folder of the use case's YAML file, or the working directory when the command line set it."""
-    trace = cfg.usecase.get("trace")
+    trace = cfg.usecase.get("trace") if isinstance(cfg.usecase, DictConfig) else None
     if not isinstance(trace, str) or Path(trace).is_absolute():
         return
     hydra = HydraConfig.get()
