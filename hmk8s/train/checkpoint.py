@@ -59,6 +59,10 @@ def _reason(err: BaseException) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0][:300]
 
 
+def _listed(damaged: dict[int, str]) -> str:
+    return "; ".join(f"step {step} is damaged ({why})" for step, why in damaged.items())
+
+
 def array_layout(tree: Any) -> dict[str, str]:
     """Each array's path in ``tree`` -> ``dtype[shape]``: what a restore into it must match."""
     return {
@@ -131,33 +135,26 @@ class Checkpointer:
         return self._first_intact(step, lambda s: self._restore(like, s))
 
     def _first_intact(self, step: int | None, load: Any) -> Any:
-        """``load`` the newest step that is not damaged. Damaged steps newer than it are moved
-        aside (``<step>.damaged-<unix time>``), so the resumed run can save those steps anew
-        and the damaged files stay for a look."""
+        """``load`` the newest step that is not damaged, with one warning naming the damaged
+        ones and why. Those are moved aside (``<step>.damaged-<unix time>``), so the resumed
+        run can save their steps anew and the damaged files stay for a look."""
         damaged: dict[int, str] = {}
         for candidate in self._steps_from(step):
             try:
                 out = load(candidate)
             except _Damaged as err:
                 damaged[candidate] = str(err)
-                warnings.warn(
-                    f"{self.directory}: checkpoint step {candidate} is damaged ({err}); "
-                    "trying the one before",
-                    CheckpointWarning,
-                    stacklevel=3,
-                )
                 continue
             if damaged:
                 aside = self._set_aside(damaged)
                 warnings.warn(
-                    f"{self.directory}: resuming from step {candidate}, the newest intact "
-                    f"checkpoint; the damaged ones are now {', '.join(aside)}",
+                    f"{self.directory}: {_listed(damaged)}; resuming from step {candidate}, the "
+                    f"newest intact checkpoint (the damaged ones are now {', '.join(aside)})",
                     CheckpointWarning,
                     stacklevel=3,
                 )
             return out
-        problems = "; ".join(f"step {s}: {reason}" for s, reason in damaged.items())
-        raise CheckpointError(f"{self.directory}: no intact checkpoint left ({problems})")
+        raise CheckpointError(f"{self.directory}: no intact checkpoint left ({_listed(damaged)})")
 
     def _set_aside(self, steps: Iterable[int]) -> list[str]:
         stamp = int(time.time())

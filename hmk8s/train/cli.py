@@ -5,6 +5,7 @@ expected failure into one clear line and a non-zero exit."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -89,8 +90,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    """A warning as the command line shows it: ``warning: <message>``, without the source."""
+    return f"warning: {message}\n"
+
+
 def main(cfg: DictConfig) -> None:
     """Hydra task: train, or print why not and exit with status 2."""
+    warnings.formatwarning = one_line_warning
     try:
         train(cfg)
     except (ConfigError, CheckpointError, EnvConfigError, UseCaseError) as err:
