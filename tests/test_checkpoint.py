@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +22,7 @@ from hmk8s.agents.config import AgentConfig
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.anakin.run import run_training
-from hmk8s.train.checkpoint import Checkpointer, CheckpointError
+from hmk8s.train.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
 from hmk8s.train.config import TrainConfig
 from hmk8s.train.run import RunDirError
 from hmk8s.train.runlog import params_sha256
@@ -144,34 +146,140 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(full_run):
         train(full_run[0], 400)
 
 
-def test_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
-    trainer = make_trainer(gymnax_env_spec(*gymnax.make("CartPole-v1")), AGENT, num_envs=4)
-    fresh = init_seeds(trainer, 0, 1)
+@pytest.fixture(scope="module")
+def wide_cartpole():
+    """A trainer whose first layer (4 x 128 floats, 2 KiB) is big enough for orbax to keep it in a
+    data file of its own, uncompressed (arrays up to 1 KiB sit inside the compressed index,
+    whose damage orbax does notice)."""
+    agent = dataclasses.replace(AGENT, hidden=[128])
+    return make_trainer(gymnax_env_spec(*gymnax.make("CartPole-v1")), agent, num_envs=4)
+
+
+@pytest.fixture(scope="module")
+def saved_steps(tmp_path_factory, wide_cartpole) -> tuple[Path, dict]:
+    """Checkpoints at steps 4, 8 and 12 of three different states, saved once per module."""
+    directory = tmp_path_factory.mktemp("steps") / "ck"
+    seeds = init_seeds(wide_cartpole, 0, 3)  # one seed per step, so each step's state differs
+    states = {
+        step: jax.tree.map(lambda x, i=i: x[i : i + 1], seeds) for i, step in enumerate((4, 8, 12))
+    }
+    ckpt = Checkpointer(directory, keep=3)
+    for step, state in states.items():
+        ckpt.save(step, state, {"seed": step}, {"env_steps": step})
+    ckpt.close()
+    return directory, states
+
+
+@pytest.fixture
+def three_steps(tmp_path, saved_steps):
+    """A fresh copy of `saved_steps` to damage; (checkpointer, states)."""
+    directory, states = saved_steps
+    shutil.copytree(directory, tmp_path / "ck")
+    ckpt = Checkpointer(tmp_path / "ck", keep=3)
+    yield ckpt, states
+    ckpt.close()
+
+
+def _state_data(ckpt: Checkpointer, step: int) -> Path:
+    """The largest data file of a step's state arrays (OCDBT writes them, uncompressed, under
+    ocdbt.process_0/d; the d/ beside it holds the compressed index): the network's weights."""
+    files = (ckpt.directory / str(step) / "state" / "ocdbt.process_0" / "d").iterdir()
+    return max(files, key=lambda f: f.stat().st_size)
+
+
+def _flip(path: Path, count: int = 64) -> None:
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _assert_same(a, b) -> None:
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (_flip, "the state arrays differ from the sha256 saved with them"),
+        (_truncate, "unreadable arrays"),
+    ],
+)
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(three_steps, damage, reason):
+    ckpt, states = three_steps
+    damage(_state_data(ckpt, 12))
+    with pytest.warns(CheckpointWarning) as caught:
+        restored, config, meta = ckpt.restore(states[4])
+    (message,) = [str(w.message) for w in caught]
+    assert f"step 12 is damaged ({reason}" in message
+    assert "resuming from step 8, the newest intact checkpoint" in message
+    assert config == {"seed": 8} and meta["env_steps"] == 8
+    _assert_same(restored, states[8])
+    # the damaged step is moved aside, so the resumed run saves step 12 anew
+    (aside,) = ckpt.directory.glob("12.damaged-*")
+    assert aside.name in message
+    assert ckpt.latest_step() == 8
+    ckpt.save(12, states[12], {"seed": 12}, {"env_steps": 12})
+    reopened = Checkpointer(ckpt.directory, keep=3)  # orbax neither lists nor cleans it up
+    again, config, _ = reopened.restore(states[4], step=12)
+    reopened.close()
+    assert config == {"seed": 12}
+    _assert_same(again, states[12])
+    assert aside.is_dir()
+
+
+def test_unreadable_metadata_falls_back_too(three_steps):
+    ckpt, states = three_steps
+    (ckpt.directory / "12" / "meta" / "metadata").write_text('{"format": "hmk8s-tr')
+    with pytest.warns(CheckpointWarning, match="step 12 is damaged .no readable config/meta"):
+        step, config, _ = ckpt.read_config()
+    assert (step, config) == (8, {"seed": 8})
+    with pytest.raises(CheckpointError, match="step 8 not saved, the directory holds step 8"):
+        ckpt.save(8, states[8], {}, {})  # orbax alone would skip it without a word
+
+
+def test_no_intact_checkpoint_is_a_clear_error(three_steps):
+    ckpt, states = three_steps
+    for step in (4, 8, 12):
+        _flip(_state_data(ckpt, step))
+    with pytest.raises(CheckpointError) as err:
+        ckpt.restore(states[12])
+    msg = str(err.value)
+    assert "no intact checkpoint left" in msg
+    assert all(f"step {s} is damaged (the state arrays differ" in msg for s in (4, 8, 12))
+    assert sorted(p.name for p in ckpt.directory.iterdir()) == ["12", "4", "8"]  # left as found
+
+
+def test_foreign_or_other_shaped_checkpoints_are_refused_not_skipped(tmp_path, three_steps):
+    ckpt, _ = three_steps
+    narrow = make_trainer(gymnax_env_spec(*gymnax.make("CartPole-v1")), AGENT, num_envs=4)
+    like = jax.eval_shape(lambda: init_seeds(narrow, 0, 1))  # hidden [16]; [128] was saved
+    with pytest.raises(CheckpointError) as err:
+        ckpt.restore(like)
+    assert "cannot restore step 12 into this trainer's state" in str(err.value)
+    assert "['Dense_0']['bias']: saved float32[1, 128], here float32[1, 16]" in str(err.value)
+    (ckpt.directory / "12" / "meta" / "metadata").write_text('{"format": "other"}')
+    with pytest.raises(CheckpointError, match="step 12 is not an hmk8s train checkpoint"):
+        ckpt.read_config()
     empty = Checkpointer(tmp_path / "empty")
     with pytest.raises(CheckpointError, match="no checkpoint found"):
-        empty.restore(fresh)
+        empty.restore(like)
     empty.close()
 
-    ckpt = Checkpointer(tmp_path / "ck")
-    ckpt.save(4, fresh, {}, {})
-    (tmp_path / "ck" / "4" / "meta" / "metadata").write_text('{"format": "other"}')
-    with pytest.raises(CheckpointError, match="not an hmk8s train checkpoint"):
-        ckpt.restore(fresh)
-    ckpt.save(8, fresh, {}, {})
-    for f in (tmp_path / "ck" / "8" / "state").rglob("*"):
-        if f.is_file() and "manifest" in f.name:
-            f.write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="cannot restore step 8"):
-        ckpt.restore(fresh)
-    other = make_trainer(
-        gymnax_env_spec(*gymnax.make("CartPole-v1")),
-        dataclasses.replace(AGENT, hidden=[32]),
-        num_envs=4,
-    )
-    ckpt.save(12, fresh, {}, {})
-    with pytest.raises(CheckpointError, match="cannot restore step 12"):
-        ckpt.restore(init_seeds(other, 0, 1), step=12)
-    ckpt.close()
+
+def test_a_version_1_checkpoint_is_restored_unverified(three_steps):
+    ckpt, states = three_steps
+    meta_file = ckpt.directory / "12" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    meta_file.write_text(json.dumps({"format": meta["format"], "version": 1, "env_steps": 12}))
+    with pytest.warns(CheckpointWarning, match="step 12 has format version 1.*unverified"):
+        restored, _, _ = ckpt.restore(states[4])
+    _assert_same(restored, states[12])
 
 
 def test_params_digest_tracks_every_bit():

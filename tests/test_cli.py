@@ -5,10 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 from script_runs import run_script
+
+from hmk8s.train import cli
+from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 TINY = [
     "total_steps=512",
@@ -40,6 +49,7 @@ def train(cwd: Path, *overrides: str, cache: Path | None = None) -> subprocess.C
         (["haql.xi.kind=cosine"], "haql.xi.kind must be one of ('linear', 'exponential')"),
         (["haql.deployed_xi=-1"], "haql.deployed_xi must be >= 0 or null, got -1.0"),
         (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such run directory"),
+        (["usecase.proxies.0.phase=nan"], "usecase=ml: proxies.0.phase=nan: Input should be a"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, overrides, message):
@@ -86,3 +96,63 @@ def test_haql_run_writes_its_files_and_resumes(tmp_path):
     assert summary["env_steps"] == 1024
     with (run_dir / "metrics.csv").open() as f:
         assert [int(r["env_steps"]) for r in csv.DictReader(f)] == [256, 512, 768, 1024]
+
+
+@contextmanager
+def composed(*overrides: str) -> Iterator[DictConfig]:
+    """The config ``scripts/train.py overrides...`` hands its task, composed in this process
+    with Hydra's runtime state (choices, search path, overrides) set as during a run."""
+    cli.register_schema()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR.parent), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        yield cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("usecase.proxies.0.phase=nan", "proxies.0.phase=nan: Input should be a finite number"),
+        ("usecase.step_seconds=inf", "step_seconds=inf: Input should be a finite number"),
+        ("usecase.step_seconds=1e-9", "step_seconds=1e-09: Input should be greater than or equal"),
+        ("usecase.proxies.1.base_rate=1e39", "proxies.1.base_rate=1e+39: Input should be less"),
+        ("usecase.reward.beta=nan", "reward.beta=nan: Input should be a finite number"),
+        ("usecase.proxies.2.burst_factor=inf", "proxies.2.burst_factor=inf: Input should be a"),
+        ("usecase.proxies.0.noise=inf", "proxies.0.noise=inf: Input should be a finite number"),
+        ("usecase.functions.encrypt.small.startup_s=inf", "small.startup_s=inf: Input should"),
+        ("+usecase.trace=[]", "trace must have at least one row"),
+        ("+usecase.trace=[1,2,3]", "trace.0=1: Input should be a valid tuple"),
+        ("+usecase.trace=latin1.csv", "latin1.csv: not UTF-8 text (byte 3)"),
+    ],
+)
+def test_bad_usecase_values_exit_2_with_one_line(tmp_path, monkeypatch, capsys, override, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "latin1.csv").write_bytes("10,\xe9,3\n".encode("latin-1"))
+    with composed(override) as cfg, pytest.raises(SystemExit) as exit:
+        cli.main(cfg)
+    assert exit.value.code == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: usecase=ml: ") and err.count("\n") == 1, err
+    assert message in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latin1.csv"]  # no run started
+
+
+def test_relative_trace_is_read_beside_the_usecase_file(tmp_path, monkeypatch):
+    mine = tmp_path / "mine" / "usecase"
+    mine.mkdir(parents=True)
+    mapping = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
+    (mine / "own.yaml").write_text(yaml.safe_dump({**mapping, "trace": "rates.csv"}))
+    (mine / "rates.csv").write_text("1,2,3\n4,5,6\n")
+    (tmp_path / "rates.csv").write_text("7,8,9\n")  # the working directory's file of that name
+    monkeypatch.chdir(tmp_path)
+    searchpath = f"hydra.searchpath=[file://{tmp_path / 'mine'}]"
+    with composed(searchpath, "usecase=own") as cfg:
+        cli.resolve_trace(cfg, "own")
+        assert cfg.usecase.trace == str(mine / "rates.csv")
+        assert load_usecase(dict(cfg.usecase)).trace == ((1.0, 2.0, 3.0), (4.0, 5.0, 6.0))
+    # a path given on the command line is the user's, relative to where they are
+    with composed(searchpath, "usecase=own", "usecase.trace=rates.csv") as cfg:
+        cli.resolve_trace(cfg, "own")
+        assert cfg.usecase.trace == str(tmp_path / "rates.csv")

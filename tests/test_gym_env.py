@@ -10,6 +10,7 @@ import gymnasium as gym
 import jax
 import numpy as np
 import pytest
+from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 
 import hmk8s  # noqa: F401  (registers the ids)
@@ -104,8 +105,19 @@ def test_action_outside_the_space_raises():
 
 def test_step_before_reset_raises():
     env = gym.make("hmk8s/ML-v0").unwrapped
-    with pytest.raises(RuntimeError, match="reset"):
+    with pytest.raises(ResetNeeded, match=r"call reset\(\) before step\(\)"):
         env.step(0)
+
+
+def test_stepping_past_the_end_of_an_episode_raises():
+    env = gym.make("hmk8s/ML-v0", episode_steps=2).unwrapped  # no wrapper enforces the order
+    env.reset(seed=3)
+    assert [env.step(243)[3] for _ in range(2)] == [False, True]
+    for _ in range(2):  # refused every time, not only once
+        with pytest.raises(ResetNeeded, match="the episode has ended"):
+            env.step(243)
+    env.reset(seed=3)
+    assert env.step(243)[3] is False
 
 
 def test_seeded_resets_repeat():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from gymnasium.error import ResetNeeded
 from served import SERVED, played
 
 from hmk8s.k8s import objects
@@ -179,6 +180,8 @@ def test_full_episode_truncates_and_cleans_up(emu):
         assert env.observation_space.contains(obs) and np.isfinite(reward) and not terminated
         assert info["api_errors"] == []
     assert steps == 10
+    with pytest.raises(ResetNeeded, match="the episode has ended"):
+        env.step(action)  # refused before any call reaches the clusters
     report = env.close()
     assert report.clean and labelled(emu.clusters, env.run_id) == []
 

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import math
+
+import jax
 import numpy as np
 import pytest
 import yaml
 
+from hmk8s.encoders import continuous
 from hmk8s.sim.dynamics import request_rates
 from hmk8s.sim.params import EnvConfigError, params_from_usecase, validate_env_config
-from hmk8s.usecases import UseCaseError, available_usecases, load_usecase, read_trace
+from hmk8s.usecases import (
+    NOISE_MAX,
+    RATE_MAX,
+    REWARD_WEIGHT_MAX,
+    UseCaseError,
+    available_usecases,
+    load_usecase,
+    read_trace,
+)
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -86,6 +98,14 @@ def test_malformed_yaml_names_the_file(tmp_path):
         load_usecase(path)
     assert str(path) in str(err.value)
     assert "malformed YAML" in str(err.value)
+    assert "line 2" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_yaml_that_is_not_utf8(tmp_path):
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UseCaseError, match=r"latin1\.yaml: not UTF-8 text \(byte 9\)"):
+        load_usecase(path)
 
 
 def test_yaml_that_is_not_a_mapping(tmp_path):
@@ -93,6 +113,11 @@ def test_yaml_that_is_not_a_mapping(tmp_path):
     path.write_text("- 1\n- 2\n")
     with pytest.raises(UseCaseError, match="expected a mapping"):
         load_usecase(path)
+
+
+def test_data_that_is_not_a_mapping():
+    with pytest.raises(UseCaseError, match=r"^usecase=own: expected a mapping at the top level$"):
+        load_usecase([1, 2], source="usecase=own")  # a use-case file Hydra read as a list
 
 
 def test_missing_file_is_a_usecase_error(tmp_path):
@@ -154,6 +179,109 @@ def test_delay_matrix_must_be_square(usecase_mapping):
     mapping["clusters"]["network_delay_ms"] = [[0, 1], [1, 0]]
     with pytest.raises(UseCaseError, match=r"3x3"):
         load_usecase(mapping)
+
+
+def _set(mapping, dotted, value):
+    """Set ``a.0.b`` in a nested mapping/list, as a Hydra override would."""
+    *path, last = dotted.split(".")
+    node = mapping
+    for part in path:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(last) if isinstance(node, list) else last] = value
+    return mapping
+
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("proxies.0.phase", NAN, "finite number"),
+        ("proxies.0.phase", math.tau, "less than 6.28"),  # radians: one turn is phase 0 again
+        ("proxies.0.phase", -0.1, "greater than or equal to 0"),
+        ("step_seconds", INF, "finite number"),
+        ("step_seconds", 1e-9, "greater than or equal to 1"),
+        ("proxies.1.base_rate", INF, "finite number"),
+        ("proxies.1.base_rate", 1e39, "less than or equal to 1000000000"),  # inf in float32
+        ("reward.beta", NAN, "finite number"),
+        ("proxies.2.burst_factor", INF, "finite number"),
+        ("proxies.2.burst_factor", 101, "less than or equal to 100"),
+        ("proxies.0.noise", INF, "finite number"),
+        ("proxies.0.noise", 2.5, "less than or equal to 2"),
+        ("measurement_noise", NAN, "finite number"),
+        ("functions.encrypt.small.startup_s", INF, "finite number"),
+        ("functions.firewall.large.mu", 1e10, "less than or equal to 1000000000"),
+        ("clusters.network_delay_ms.0.1", NAN, "finite number"),
+        ("clusters.max_pods", 10**12, "less than or equal to 150000"),
+    ],
+)
+def test_non_finite_and_out_of_range_numbers_name_field_and_value(
+    usecase_mapping, field, value, reason
+):
+    with pytest.raises(UseCaseError) as err:
+        load_usecase(_set(usecase_mapping("ml"), field, value), source="usecase=ml")
+    msg = str(err.value)
+    assert msg.startswith(f"usecase=ml: {field}={value}: "), msg
+    assert reason in msg
+    assert "\n" not in msg
+
+
+def test_many_problems_fit_one_line(usecase_mapping):
+    mapping = usecase_mapping("stream")  # five proxies
+    for proxy in mapping["proxies"]:
+        proxy.update(phase=NAN, noise=INF)
+    with pytest.raises(UseCaseError) as err:
+        load_usecase(mapping)
+    msg = str(err.value)
+    assert msg.count("finite number") == 5  # the first five of ten problems
+    assert msg.endswith("; and 5 more")
+
+
+def test_a_wave_shorter_than_two_steps_is_refused(usecase_mapping):
+    mapping = usecase_mapping("ml", step_seconds=15)
+    mapping["proxies"][1]["diurnal_period_s"] = 29.0  # sampled every 15 s, it would alias
+    with pytest.raises(UseCaseError, match=r"proxies\[1\]\.diurnal_period_s=29.0 is shorter"):
+        load_usecase(mapping)
+    mapping["proxies"][1]["diurnal_period_s"] = 30.0
+    assert load_usecase(mapping).proxies[1].diurnal_period_s == 30.0
+
+
+def test_the_largest_use_case_stays_finite_in_float32(usecase_mapping, jitted):
+    """Every bound at once, bursts on every step, the tiniest pods: no NaN or inf anywhere."""
+    mapping = usecase_mapping(
+        "ml",
+        step_seconds=86_400,
+        measurement_noise=NOISE_MAX,
+        reward={"alpha": REWARD_WEIGHT_MAX / 2, "beta": REWARD_WEIGHT_MAX},
+    )
+    for proxy in mapping["proxies"]:
+        proxy.update(
+            base_rate=RATE_MAX,
+            diurnal_amplitude=1.0,
+            diurnal_period_s=2 * 86_400,
+            burst_prob=1.0,
+            burst_steps=1_000_000,
+            burst_factor=100.0,
+            burst_tail=1.001,
+            noise=NOISE_MAX,
+        )
+    for function in mapping["functions"].values():
+        for size in function.values():
+            size["mu"] = 1e-30  # a pod that serves nothing: the backlog only grows
+    params = params_from_usecase(load_usecase(mapping), {"start": "random"})
+    rng = np.random.default_rng(0)
+    obs, state = jitted.reset(jax.random.key(0), params)
+    encode, peak = jax.jit(continuous), 0.0
+    for step in range(32):
+        action = rng.choice(np.flatnonzero(np.asarray(obs.action_mask)))
+        obs, state, reward, *_ = jitted.step_env(jax.random.key(step), state, action, params)
+        rates = np.asarray(state.measurement.rates)
+        assert np.isfinite(rates).all() and np.isfinite(np.asarray(encode(obs, params))).all()
+        peak = max(peak, float(rates.max()))
+        # every chain times out: R_perf = -1, so R = alpha * (1 - pods / pods_max) - beta
+        assert -REWARD_WEIGHT_MAX <= float(reward) <= REWARD_WEIGHT_MAX / 2 - REWARD_WEIGHT_MAX
+    assert peak > 10 * RATE_MAX  # the bursts and the noise did multiply the base rate
 
 
 def test_mapping_with_changes_is_accepted(usecase_mapping):
@@ -228,6 +356,29 @@ def test_bad_trace_rows(tmp_path, text, fragment):
     path.write_text(text)
     with pytest.raises(UseCaseError, match=fragment):
         read_trace(path, 3)
+
+
+def test_trace_that_is_not_utf8_text(tmp_path):
+    path = tmp_path / "t.csv"
+    path.write_bytes(b"10,20,30\n\xff\xfe,1,2\n")
+    with pytest.raises(UseCaseError, match=r"t\.csv: not UTF-8 text \(byte 9\)"):
+        read_trace(path, 3)
+
+
+@pytest.mark.parametrize(
+    ("trace", "fragment"),
+    [
+        ([], "trace must have at least one row"),
+        ([1, 2, 3], "trace.0=1: Input should be a valid tuple"),  # a row, not a list of rows
+        ([[1, 2]], "trace rows must have one rate per proxy (3)"),
+        ([[1, 2, NAN]], "trace.0.2=nan: Input should be a finite number"),
+        ({"file": "t.csv"}, "trace: Input should be a valid tuple"),
+    ],
+)
+def test_inline_trace_refusals(usecase_mapping, trace, fragment):
+    with pytest.raises(UseCaseError) as err:
+        load_usecase(usecase_mapping("ml", trace=trace))
+    assert fragment in str(err.value)
 
 
 def test_missing_trace_file(tmp_path, usecase_mapping):

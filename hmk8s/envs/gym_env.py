@@ -17,6 +17,7 @@ import numpy as np
 from hmk8s import sim
 from hmk8s.encoders import get_encoder
 from hmk8s.observation import Observation
+from hmk8s.sim.env import check_steppable
 
 
 def _host_info(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -53,6 +54,7 @@ class SimClusterEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(self.params.layout.num_actions)
         self._key = jax.random.PRNGKey(0)
         self._state = None
+        self._ended = False
         self.structured_observation: Observation | None = None
 
     def reset(
@@ -62,19 +64,20 @@ class SimClusterEnv(gym.Env):
         self._key = jax.random.PRNGKey(int(self.np_random.integers(0, 2**31 - 1)))
         self._key, k_reset = jax.random.split(self._key)
         obs, self._state = self._reset(k_reset)
+        self._ended = False
         self.structured_observation = obs
         info = {"action_mask": np.asarray(obs.action_mask, dtype=bool)}
         return np.asarray(self._encode(obs), np.float32), info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._state is None:
-            raise RuntimeError("call reset() before step()")
+        check_steppable(self._state is not None, self._ended)
         action = self.params.layout.check(action)
         self._key, k_step = jax.random.split(self._key)
         obs, self._state, reward, terminated, truncated, info = self._step(
             k_step, self._state, np.int32(action)
         )
         self.structured_observation = obs
+        self._ended = bool(terminated) or bool(truncated)
         return (
             np.asarray(self._encode(obs), np.float32),
             float(reward),

@@ -38,6 +38,7 @@ from hmk8s.k8s.retry import RetryStats
 from hmk8s.observation import Observation, chain_latency_ratio
 from hmk8s.reward import reward as reward_fn
 from hmk8s.sim.dynamics import apply_action
+from hmk8s.sim.env import check_steppable
 from hmk8s.sim.state import EnvState
 from hmk8s.usecases import UseCase, load_usecase
 
@@ -127,6 +128,7 @@ class KubernetesClusterEnv(gym.Env):
         self.action_space = gym.spaces.Discrete(self.params.layout.num_actions)
         self._key = jax.random.PRNGKey(0)
         self._mirror: EnvState | None = None
+        self._ended = False
         self._closed = False
         self._failed_steps = 0
         self.structured_observation: Observation | None = None
@@ -143,6 +145,7 @@ class KubernetesClusterEnv(gym.Env):
         self._key = jax.random.PRNGKey(int(self.np_random.integers(0, 2**31 - 1)))
         self._key, k_reset = jax.random.split(self._key)
         _, self._mirror = _sim_reset(k_reset, self.params)
+        self._ended = False
         self._begin_step()
         self.reconciler.discover()
         errors = self._reconcile()
@@ -156,8 +159,7 @@ class KubernetesClusterEnv(gym.Env):
         }
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        if self._mirror is None:
-            raise RuntimeError("call reset() before step()")
+        check_steppable(self._mirror is not None, self._ended)
         self._check_open()
         action = self.params.layout.check(action)
         started = time.monotonic()
@@ -191,6 +193,7 @@ class KubernetesClusterEnv(gym.Env):
         }
         self._check_api(extra["api_errors"])
         truncated = int(self._mirror.time) >= self.params.episode_steps
+        self._ended = truncated
         return np.asarray(self._encode(obs), np.float32), float(r), False, truncated, info
 
     def _check_api(self, errors: list[str]) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from gymnasium.error import ResetNeeded
 
 from hmk8s.observation import Observation, build_observation, chain_latency_ratio
 from hmk8s.reward import reward
@@ -57,6 +58,16 @@ def initial_placement(key: jax.Array, params: EnvParams) -> tuple[jax.Array, jax
     routes = routes.at[:, chain].set(jnp.where(pick_second, second[None], first[None]))
     fits = jnp.all(ready.sum(axis=(1, 2)) <= params.max_pods)
     return jnp.where(fits, ready, minimal_ready), jnp.where(fits, routes, minimal_routes)
+
+
+def check_steppable(started: bool, ended: bool) -> None:
+    """Gymnasium's order, enforced: `reset()` before the first `step()` and again once an
+    episode has ended. Stepping on would run a finished episode with `truncated` stuck at True,
+    which a training loop would record as transitions of no episode at all."""
+    if not started:
+        raise ResetNeeded("call reset() before step()")
+    if ended:
+        raise ResetNeeded("the episode has ended (terminated or truncated): call reset() first")
 
 
 def auto_reset(done: jax.Array, fresh: Any, current: Any) -> Any:

@@ -6,21 +6,33 @@ buffer), ``replay`` (the buffer, optional), ``config`` and ``meta`` (JSON).
 Orbax writes into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoints intact and the partial
 one is ignored (and cleaned up) on the next open.
+
+Orbax keeps no checksum of the arrays, so a flipped or truncated data file would restore
+without error into a state that trains on NaN. ``meta`` therefore records every array's
+dtype and shape and a sha256 of each item's bytes; a restore checks both, and a step whose
+files are damaged is skipped, with a `CheckpointWarning`, for the newest intact one.
 """
 
 from __future__ import annotations
 
+import time
+import warnings
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from hmk8s.train.config import resume_mismatches
+from hmk8s.train.runlog import params_sha256
 from hmk8s.train.state import TrainState
 
 FORMAT = "hmk8s-train-state"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Version 1 checkpoints carry no checksums; they are restored unverified, with a warning.
+UNVERIFIED_VERSION = 1
 _ITEMS = ("state", "replay", "config", "meta")
 
 
@@ -28,8 +40,44 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be resumed: missing, foreign, corrupt or from another config."""
 
 
+class CheckpointWarning(UserWarning):
+    """A damaged checkpoint was skipped, or one was restored without verification."""
+
+
+class _Damaged(Exception):
+    """A step whose files cannot be read back as they were written (the message says why)."""
+
+
 def _abstract(tree: Any) -> Any:
     return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _reason(err: BaseException) -> str:
+    """The first line of the innermost cause: orbax wraps TensorStore's specific message."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    return (str(err).splitlines() or [type(err).__name__])[0][:300]
+
+
+def _listed(damaged: dict[int, str]) -> str:
+    return "; ".join(f"step {step} is damaged ({why})" for step, why in damaged.items())
+
+
+def array_layout(tree: Any) -> dict[str, str]:
+    """Each array's path in ``tree`` -> ``dtype[shape]``: what a restore into it must match."""
+    return {
+        jax.tree_util.keystr(path): f"{np.dtype(leaf.dtype)}{list(leaf.shape)}"
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    }
+
+
+def _layout_difference(saved: dict[str, str], wanted: dict[str, str]) -> str | None:
+    """The first array where a checkpoint's layout and this trainer's differ, or None."""
+    for path in sorted(set(saved) | set(wanted)):
+        was, now = saved.get(path, "absent"), wanted.get(path, "absent")
+        if was != now:
+            return f"{path}: saved {was}, here {now}"
+    return None
 
 
 class Checkpointer:
@@ -49,59 +97,119 @@ class Checkpointer:
 
     def save(self, step: int, state: TrainState, config: dict, meta: dict) -> None:
         """Write ``state`` (blocking until it is on disk) with its config and metadata."""
-        items = {
-            "state": ocp.args.StandardSave(state._replace(buffer=None)),
-            "config": ocp.args.JsonSave(config),
-            "meta": ocp.args.JsonSave({"format": FORMAT, "version": FORMAT_VERSION, **meta}),
-        }
+        trees = {"state": state._replace(buffer=None)}
         if self.replay:
-            items["replay"] = ocp.args.StandardSave(state.buffer)
-        self._manager.save(step, args=ocp.args.Composite(**items))
+            trees["replay"] = state.buffer
+        trees = jax.device_get(trees)
+        integrity = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "layout": {name: array_layout(tree) for name, tree in trees.items()},
+            "sha256": {name: params_sha256(tree) for name, tree in trees.items()},
+        }
+        items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
+        items["config"] = ocp.args.JsonSave(config)
+        items["meta"] = ocp.args.JsonSave({**meta, **integrity})
+        if not self._manager.save(step, args=ocp.args.Composite(**items)):
+            raise CheckpointError(
+                f"{self.directory}: step {step} not saved, the directory holds step "
+                f"{self._manager.latest_step()} already"
+            )
         self._manager.wait_until_finished()
 
     def read_config(self, step: int | None = None) -> tuple[int, dict, dict]:
-        """(step, config, meta) of a checkpoint, checking that it is one of ours."""
-        step = self._require_step(step)
+        """(step, config, meta) of the newest checkpoint at or before ``step`` (default: the
+        newest) whose config and metadata can be read, checking that it is one of ours."""
+        return self._first_intact(step, lambda s: (s, *self._read(s)))
+
+    def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict, dict]:
+        """Restore the newest intact checkpoint at or before ``step`` (default: the newest)
+        into the structure of ``like`` (a freshly initialised state).
+
+        A damaged step (unreadable, truncated, or arrays that differ from their sha256) is
+        skipped with a `CheckpointWarning`; a foreign one, or one whose arrays have other
+        shapes than ``like``'s, is refused. Without a saved replay the buffer of ``like`` is
+        kept, so learning resumes from an empty buffer: correct, but no longer bit-identical
+        to an uninterrupted run.
+        """
+        return self._first_intact(step, lambda s: self._restore(like, s))
+
+    def _first_intact(self, step: int | None, load: Any) -> Any:
+        """``load`` the newest step that is not damaged, with one warning naming the damaged
+        ones and why. Those are moved aside (``<step>.damaged-<unix time>``), so the resumed
+        run can save their steps anew and the damaged files stay for a look."""
+        damaged: dict[int, str] = {}
+        for candidate in self._steps_from(step):
+            try:
+                out = load(candidate)
+            except _Damaged as err:
+                damaged[candidate] = str(err)
+                continue
+            if damaged:
+                aside = self._set_aside(damaged)
+                warnings.warn(
+                    f"{self.directory}: {_listed(damaged)}; resuming from step {candidate}, the "
+                    f"newest intact checkpoint (the damaged ones are now {', '.join(aside)})",
+                    CheckpointWarning,
+                    stacklevel=3,
+                )
+            return out
+        raise CheckpointError(f"{self.directory}: no intact checkpoint left ({_listed(damaged)})")
+
+    def _set_aside(self, steps: Iterable[int]) -> list[str]:
+        stamp = int(time.time())
+        names = []
+        for step in steps:
+            name = f"{step}.damaged-{stamp}"
+            (self.directory / str(step)).rename(self.directory / name)
+            names.append(name)
+        self._manager.reload()
+        return names
+
+    def _read(self, step: int) -> tuple[dict, dict]:
+        """The config and meta of ``step``; `_Damaged` if unreadable, refused if foreign."""
         try:
             out = self._manager.restore(
                 step,
                 args=ocp.args.Composite(config=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()),
             )
         except Exception as err:
-            reason = str(err).splitlines()[0][:300]
-            raise CheckpointError(
-                f"{self.directory}: step {step} has no readable config/meta ({reason})"
-            ) from err
+            raise _Damaged(f"no readable config/meta: {_reason(err)}") from err
         meta = out["meta"]
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise CheckpointError(f"{self.directory}: step {step} is not an hmk8s train checkpoint")
-        if meta.get("version") != FORMAT_VERSION:
+        if meta.get("version") not in (FORMAT_VERSION, UNVERIFIED_VERSION):
             raise CheckpointError(
                 f"{self.directory}: checkpoint format version {meta.get('version')}, "
-                f"this trainer reads {FORMAT_VERSION}"
+                f"this trainer reads {UNVERIFIED_VERSION} and {FORMAT_VERSION}"
             )
-        return step, out["config"], meta
+        return out["config"], meta
 
-    def restore(self, like: TrainState, step: int | None = None) -> tuple[TrainState, dict, dict]:
-        """Restore into the structure of ``like`` (a freshly initialised state).
-
-        Without a saved replay the buffer of ``like`` is kept, so learning resumes
-        from an empty buffer: correct, but no longer bit-identical to an
-        uninterrupted run.
-        """
-        step, config, meta = self.read_config(step)
-        items = {"state": ocp.args.StandardRestore(_abstract(like._replace(buffer=None)))}
+    def _restore(self, like: TrainState, step: int) -> tuple[TrainState, dict, dict]:
+        config, meta = self._read(step)
+        trees = {"state": like._replace(buffer=None)}
+        if self.replay and (self.directory / str(step) / "replay").is_dir():
+            trees["replay"] = like.buffer
+        verified = meta["version"] == FORMAT_VERSION
+        if verified:
+            self._check_layout(step, meta["layout"], trees)
+        items = {name: ocp.args.StandardRestore(_abstract(t)) for name, t in trees.items()}
         try:
-            if self.replay and (self.directory / str(step) / "replay").is_dir():
-                items["replay"] = ocp.args.StandardRestore(_abstract(like.buffer))
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:
-            reason = str(err).splitlines()[0][:300]
-            raise CheckpointError(
-                f"{self.directory}: cannot restore step {step} into this trainer's state "
-                f"(corrupt, or saved by a different model/env shape): {reason}"
-            ) from err
-        buffer = out["replay"] if "replay" in items else like.buffer
+            raise _Damaged(f"unreadable arrays: {_reason(err)}") from err
+        if verified:
+            for name in trees:
+                if params_sha256(out[name]) != meta["sha256"][name]:
+                    raise _Damaged(f"the {name} arrays differ from the sha256 saved with them")
+        else:
+            warnings.warn(
+                f"{self.directory}: checkpoint step {step} has format version "
+                f"{UNVERIFIED_VERSION}, which stores no checksums: restored unverified",
+                CheckpointWarning,
+                stacklevel=4,
+            )
+        buffer = out["replay"] if "replay" in trees else like.buffer
         return out["state"]._replace(buffer=buffer), config, meta
 
     def restore_state_tree(self, step: int | None = None) -> tuple[int, dict, dict, Any]:
@@ -119,15 +227,25 @@ class Checkpointer:
             ) from err
         return step, config, meta, out["state"]
 
-    def _require_step(self, step: int | None) -> int:
-        steps = self._manager.all_steps()
+    def _check_layout(self, step: int, saved: dict[str, dict], trees: dict[str, Any]) -> None:
+        for name, tree in trees.items():
+            difference = _layout_difference(saved.get(name, {}), array_layout(tree))
+            if difference is not None:
+                raise CheckpointError(
+                    f"{self.directory}: cannot restore step {step} into this trainer's state: "
+                    f"it was saved by a different model or env shape ({name}{difference})"
+                )
+
+    def _steps_from(self, step: int | None) -> list[int]:
+        """The checkpoint steps to try, newest first: all of them, or those up to ``step``."""
+        steps = sorted(self._manager.all_steps(), reverse=True)
+        if not steps:
+            raise CheckpointError(f"{self.directory}: no checkpoint found")
         if step is None:
-            if not steps:
-                raise CheckpointError(f"{self.directory}: no checkpoint found")
-            return max(steps)
+            return steps
         if step not in steps:
             raise CheckpointError(f"{self.directory}: no checkpoint at step {step} (have {steps})")
-        return step
+        return [s for s in steps if s <= step]
 
     def close(self) -> None:
         self._manager.close()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import signal
 import sys
+import warnings
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -26,7 +28,7 @@ from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.distributed import TopologyError, initialize
 from hmk8s.train.run import NonFiniteError, RunDirError, resolve_run_dir
-from hmk8s.usecases import UseCaseError
+from hmk8s.usecases import UseCaseError, load_usecase
 
 SCHEMA_NAME = "train_schema"
 EXIT_BAD_INPUT = 2
@@ -60,14 +62,41 @@ def sweep_job_dir(cfg: TrainConfig) -> str | None:
     return hydra_cfg.runtime.output_dir
 
 
+def usecase_folder(sources: list[Any], choice: str) -> Path:
+    """The folder of the YAML file Hydra read ``usecase=<choice>`` from: the first of its
+    config sources (its search path, in order) that holds ``usecase/<choice>.yaml``."""
+    for source in sources:
+        folder = Path(source["path"]) / "usecase"
+        if source["schema"] == "file" and (folder / f"{choice}.yaml").is_file():
+            return folder
+    raise UseCaseError(f"usecase={choice}: no YAML file found to resolve its trace path against")
+
+
+def resolve_trace(cfg: DictConfig, choice: str) -> None:
+    """Make a relative ``usecase.trace`` absolute, as docs/environment.md says: against the
+    folder of the use case's YAML file, or the working directory when the command line set it."""
+    trace = cfg.usecase.get("trace") if isinstance(cfg.usecase, DictConfig) else None
+    if not isinstance(trace, str) or Path(trace).is_absolute():
+        return
+    hydra = HydraConfig.get()
+    keys = (o.split("=", 1)[0].lstrip("+~") for o in hydra.overrides.task)
+    if "usecase.trace" in keys:
+        folder = Path.cwd()
+    else:
+        folder = usecase_folder(list(hydra.runtime.config_sources), choice)
+    cfg.usecase.trace = str(folder / trace)
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says on the backend Hydra chose; the run's summary."""
     choices = HydraConfig.get().runtime.choices
     usecase, backend = choices["usecase"], choices["backend"]
+    resolve_trace(cfg, usecase)
     typed: TrainConfig = OmegaConf.to_object(cfg)
     validate(typed)
     typed.run_dir = sweep_job_dir(typed)
     initialize(typed.distributed)
+    load_usecase(typed.usecase, source=f"usecase={usecase}")
     run_dir = resolve_run_dir(typed, usecase)
     if backend == "k8s":
         from hmk8s.train.actor_learner.k8s_run import run_async_training
@@ -83,8 +112,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
 
 
+def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
+    """A warning as the command line shows it: ``warning: <message>``, without the source."""
+    return f"warning: {message}\n"
+
+
 def main(cfg: DictConfig) -> None:
     """Hydra task: train, or print why not and exit with status 2."""
+    warnings.formatwarning = one_line_warning
     try:
         summary = train(cfg)
     except BAD_INPUT as err:

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from hmk8s.agents import dqn
 from hmk8s.agents.config import AgentConfig, HaqlConfig
+from hmk8s.agents.counters import saturating_add
 from hmk8s.agents.network import QNetwork
 from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.replay import Transition, example_transition, make_buffer
@@ -146,7 +147,7 @@ def make_trainer(
             mask=ts.mask,
             hint=ts.hint,
             episode_return=jnp.where(done, 0.0, returns),
-            env_steps=state.env_steps + num_envs,
+            env_steps=saturating_add(state.env_steps, num_envs),
             rng=rng,
         )
         finished = (jnp.where(done, returns, 0.0).sum(), done.sum())
