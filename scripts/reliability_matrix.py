@@ -36,7 +36,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ROOT / "scripts" / "train.py"
-USECASE_ML = ROOT / "configs" / "usecase" / "ml.yaml"
+USECASE_ML = ROOT / "hmk8s" / "configs" / "usecase" / "ml.yaml"
 #: Added to every case unless it sets the key itself: a run of seconds, not minutes.
 BUDGET = (
     "total_steps=256",

@@ -180,5 +180,6 @@ def test_the_cli_gives_one_line_and_exit_code_2(tmp_path):
     ]:
         out = run_script("train.py", tmp_path, *overrides, "log.progress=false")
         assert out.returncode == 2, out.stderr
-        assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines() == [out.stderr.strip()]  # one line
+        assert out.stderr.startswith("error: ")
         assert message in out.stderr

@@ -256,5 +256,5 @@ def check_resume_config(saved: dict, current: dict) -> None:
     diffs = resume_mismatches(saved, current)
     if diffs:
         raise CheckpointError(
-            "cannot resume: the config differs from the checkpoint's in\n  " + "\n  ".join(diffs)
+            "cannot resume: the config differs from the checkpoint's in " + "; ".join(diffs)
         )

@@ -136,7 +136,7 @@ def validate(cfg: TrainConfig) -> None:
     """Raise `ConfigError` listing every bad value in ``cfg``."""
     errors: list[str] = _non_finite(cfg)
     if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError("invalid config: " + "; ".join(errors))
     a = cfg.agent
     for name in ("seeds", "total_steps", "num_envs", "chunk_steps"):
         _positive(errors, name, getattr(cfg, name))
@@ -192,7 +192,7 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.eval.episodes < 0:
         errors.append(f"eval.episodes must be >= 0, got {cfg.eval.episodes}")
     if errors:
-        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+        raise ConfigError("invalid config: " + "; ".join(errors))
 
 
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
