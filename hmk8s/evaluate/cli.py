@@ -25,7 +25,7 @@ from hmk8s.configs import SEARCH_PATH
 from hmk8s.evaluate.experiment import EvaluateConfig, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.sim.params import EnvConfigError
-from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME
+from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME, check_overrides
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.usecases import CONFIG_DIR, UseCaseError
 
@@ -130,4 +130,5 @@ def entry() -> None:
     """``hmk8s-evaluate`` and ``scripts/evaluate.py``: Hydra over the shipped configs, then
     `main`."""
     register_schema()
+    check_overrides("evaluate", sys.argv[1:])
     _hydra_main()

@@ -15,6 +15,7 @@ files are damaged is skipped, with a `CheckpointWarning`, for the newest intact 
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -57,6 +58,23 @@ def _reason(err: BaseException) -> str:
     while err.__cause__ is not None:
         err = err.__cause__
     return (str(err).splitlines() or [type(err).__name__])[0][:300]
+
+
+def _silence_orbax_leftovers() -> None:
+    """A failed orbax read leaves its other array reads' coroutines unawaited; when they are
+    collected Python prints their errors as 'Exception ignored' tracebacks. The damage is
+    already reported (once, as a warning), so those leftovers are dropped, and only those."""
+    previous = sys.unraisablehook
+    if getattr(previous, "hmk8s_orbax_filter", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is None or "orbax" not in code.co_filename:
+            previous(unraisable)
+
+    hook.hmk8s_orbax_filter = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _listed(damaged: dict[int, str]) -> str:
@@ -144,6 +162,7 @@ class Checkpointer:
                 out = load(candidate)
             except _Damaged as err:
                 damaged[candidate] = str(err)
+                _silence_orbax_leftovers()
                 continue
             if damaged:
                 aside = self._set_aside(damaged)

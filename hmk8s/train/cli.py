@@ -137,7 +137,55 @@ def _hydra_main(cfg: DictConfig) -> None:
     main(cfg)
 
 
+def _config_dir_overrides(argv: list[str]) -> list[str] | None:
+    """``argv`` as compose overrides (``--config-dir X`` as a search-path entry); None when it
+    holds any other Hydra flag (``-m``, ``--help``, ``--cfg``...), which Hydra handles itself."""
+    out, extra, args = [], [], iter(argv)
+    for arg in args:
+        if arg in ("--config-dir", "-cd"):
+            extra.append(str(Path(next(args, "")).absolute()))
+        elif arg.startswith("--config-dir="):
+            extra.append(str(Path(arg.split("=", 1)[1]).absolute()))
+        elif arg.startswith("-"):
+            return None
+        else:
+            out.append(arg)
+    if extra:
+        out.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]")
+    return out
+
+
+def check_overrides(config_name: str, argv: list[str]) -> None:
+    """Compose the config once before Hydra runs it, so that an unknown key, a wrong type, an
+    unknown use case or a malformed config file is one line and exit code 2, as every other
+    bad input is (Hydra itself would print several lines and exit with 1)."""
+    overrides = _config_dir_overrides(argv)
+    if overrides is None:
+        return
+    from hydra import compose, initialize_config_module
+
+    try:
+        with initialize_config_module("hmk8s.configs", version_base="1.3"):
+            compose(config_name, overrides=overrides)
+    except Exception as err:  # Hydra, OmegaConf and YAML errors alike: all are the input's
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _one_line(err: BaseException) -> str:
+    """An error and its cause on one line, without Hydra's search-path listing."""
+    parts = []
+    while err is not None and len(parts) < 3:
+        text = str(err).split("Config search path:")[0].split("\n    full_key:")[0]
+        lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()]
+        if lines and "; ".join(lines) not in parts:
+            parts.append("; ".join(lines))
+        err = err.__cause__
+    return ": ".join(parts)
+
+
 def entry() -> None:
     """``hmk8s-train`` and ``scripts/train.py``: Hydra over the shipped configs, then `main`."""
     register_schema()
+    check_overrides("config", sys.argv[1:])
     _hydra_main()
