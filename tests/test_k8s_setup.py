@@ -118,7 +118,7 @@ def test_training_core_imports_without_the_kubernetes_client():
     code = (
         "import sys\n"
         "sys.modules['kubernetes'] = None\n"  # any import of it now fails
-        "import hmk8s, hmk8s.envs, hmk8s.sim, hmk8s.envs.spec, hmk8s.train.anakin.loop.loop.loop\n"
+        "import hmk8s, hmk8s.envs, hmk8s.sim, hmk8s.envs.spec, hmk8s.train.anakin.loop\n"
         "import hmk8s.k8s, hmk8s.k8s.config, hmk8s.k8s.objects, hmk8s.k8s.env\n"
         "print('ok')\n"
     )

@@ -19,7 +19,7 @@ from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
 from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.k8s_run import CleanupError
-from hmk8s.train.anakin.loop.loop.run import run_training
+from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.run import NonFiniteError, RunDirError, resolve_run_dir
@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         return run_async_training(cfg, run_dir=run_dir)
     if backend != "sim":
         raise ConfigError(f"backend={backend}: expected sim or k8s")
-    from hmk8s.train.anakin.loop.loop.sim_eval import sim_setup
+    from hmk8s.train.anakin.sim_eval import sim_setup
 
     config = OmegaConf.to_container(cfg, resolve=True)
     bonus = deployed_bonus(typed.haql if typed.heuristic else None)
