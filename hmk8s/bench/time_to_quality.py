@@ -4,8 +4,10 @@
 Each config is the training config `scripts/train.py` would compose from the same overrides.
 The agent trains as in `hmk8s.evaluate.experiment.train_agent` and is scored after every chunk
 of about ``every`` env steps on the episodes of `scripts/train.py`'s final evaluation (key
-``seed + 1``), so the last point of a curve is the run's ``summary.json`` return. HAQL is
-scored as it acts at that step, with the rulebook weighted by ``xi_t``. Seconds count the
+``seed + 1``, where `hpa` is scored too). The chunks round the run up to a whole number of
+curve points, so the last point can lie a little past ``total_steps`` and differ from that
+run's ``summary.json`` return. HAQL is scored as it acts at that step, with the rulebook
+weighted by ``xi_t``. Seconds count the
 training chunks only (compilation included, curve evaluations excluded); every config runs
 in the same process, so their ratios share the machine's state.
 """
