@@ -62,13 +62,17 @@ def usecase_agent(agent: AgentConfig, usecase: str, ev: EvaluateConfig) -> Agent
 
 @dataclass
 class AgentRun:
-    """A trained agent over seeds: its greedy learning curves and final parameters."""
+    """A trained agent over seeds: its greedy learning curves and final parameters.
+
+    ``train_seconds[i]`` is the wall time spent in training chunks (compilation included,
+    curve evaluations excluded) until ``steps[i]``; ``seconds`` is the whole loop's."""
 
     steps: np.ndarray
     curves: np.ndarray
     params: Any
     updates: int
     seconds: float
+    train_seconds: np.ndarray
 
 
 def episode_metrics(records: dict[str, jax.Array]) -> dict[str, float]:
@@ -91,10 +95,12 @@ def train_agent(
     chunk = make_chunk_fn(trainer, iters)
     states = init_seeds(trainer, cfg.seed, cfg.seeds)
     start = time.perf_counter()
-    steps, values = [0], [curve(states.learner.params, 0)]
+    steps, values, trained = [0], [curve(states.learner.params, 0)], [0.0]
     for _ in range(points):
+        chunk_start = time.perf_counter()
         states, metrics = chunk(states)
         steps.append(int(np.asarray(metrics["env_steps"])[0]))
+        trained.append(trained[-1] + time.perf_counter() - chunk_start)
         values.append(curve(states.learner.params, steps[-1]))
         log(f"  {steps[-1]:>8d} steps  greedy IQM {stats.iqm(values[-1]):8.2f}")
     return AgentRun(
@@ -103,6 +109,7 @@ def train_agent(
         params=states.learner.params,
         updates=int(np.asarray(states.learner.updates)[0]),
         seconds=time.perf_counter() - start,
+        train_seconds=np.array(trained),
     )
 
 
