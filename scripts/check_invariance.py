@@ -55,7 +55,8 @@ def _differences(a: Any, b: Any, path: str = "results") -> list[str]:
             for d in _differences(a.get(k), b.get(k), f"{path}.{k}")
         ]
     if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _differences(x, y, f"{path}[{i}]")]
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in _differences(x, y, f"{path}[{i}]")]
     return [] if a == b else [path]
 
 
