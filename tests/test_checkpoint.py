@@ -180,22 +180,25 @@ def three_steps(tmp_path, saved_steps):
     ckpt.close()
 
 
-def _state_data(ckpt: Checkpointer, step: int) -> Path:
-    """The largest data file of a step's state arrays (OCDBT writes them, uncompressed, under
-    ocdbt.process_0/d; the d/ beside it holds the compressed index): the network's weights."""
-    files = (ckpt.directory / str(step) / "state" / "ocdbt.process_0" / "d").iterdir()
-    return max(files, key=lambda f: f.stat().st_size)
+def _data_files(ckpt: Checkpointer, step: int) -> list[Path]:
+    """A step's state data files (OCDBT under ocdbt.process_0/d)."""
+    return sorted((ckpt.directory / str(step) / "state" / "ocdbt.process_0" / "d").iterdir())
 
 
-def _flip(path: Path, count: int = 64) -> None:
-    data = bytearray(path.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + count] = bytes(b ^ 0xFF for b in data[middle : middle + count])
-    path.write_bytes(bytes(data))
+def _changed(ckpt: Checkpointer, step: int, other: int) -> None:
+    """Step ``step``'s arrays replaced by the (readable) arrays of step ``other``: the files
+    read without error but hold other values, as flipped bits would; only the checksum saved
+    with the step can tell."""
+    state = ckpt.directory / str(step) / "state"
+    shutil.rmtree(state)
+    shutil.copytree(ckpt.directory / str(other) / "state", state)
 
 
-def _truncate(path: Path) -> None:
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+def _truncate(ckpt: Checkpointer, step: int, other: int) -> None:
+    """Cut every data file of the step in half, as a crash mid-copy would."""
+    del other
+    for path in _data_files(ckpt, step):
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
 def _assert_same(a, b) -> None:
@@ -206,13 +209,13 @@ def _assert_same(a, b) -> None:
 @pytest.mark.parametrize(
     ("damage", "reason"),
     [
-        (_flip, "the state arrays differ from the sha256 saved with them"),
+        (_changed, "the state arrays differ from the sha256 saved with them"),
         (_truncate, "unreadable arrays"),
     ],
 )
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(three_steps, damage, reason):
     ckpt, states = three_steps
-    damage(_state_data(ckpt, 12))
+    damage(ckpt, 12, 4)
     with pytest.warns(CheckpointWarning) as caught:
         restored, config, meta = ckpt.restore(states[4])
     (message,) = [str(w.message) for w in caught]
@@ -245,8 +248,8 @@ def test_unreadable_metadata_falls_back_too(three_steps):
 
 def test_no_intact_checkpoint_is_a_clear_error(three_steps):
     ckpt, states = three_steps
-    for step in (4, 8, 12):
-        _flip(_state_data(ckpt, step))
+    for step, other in ((4, 8), (8, 12), (12, 4)):
+        _changed(ckpt, step, other)
     with pytest.raises(CheckpointError) as err:
         ckpt.restore(states[12])
     msg = str(err.value)

@@ -395,7 +395,10 @@ def test_a_real_request_through_firewall_and_encrypt_is_measured(functions, prox
     assert status == 403 and json.loads(denied)["rule"] == "no-admin"  # relayed, not a failure
     _, _, body = call(program.address, path="/probe")
     probe = json.loads(body)
-    least = cpu_per_request("firewall", "small") + cpu_per_request("encrypt", "small")
+    # the two functions burn cpu_limit/mu of CPU each; the wall time of a request can be a
+    # little under their sum (the learned overhead is subtracted, and a pod's hashing may use
+    # both cores), but a chain that skipped the work would answer in about a millisecond
+    least = (cpu_per_request("firewall", "small") + cpu_per_request("encrypt", "small")) / 2
     assert probe["ok"] and least <= probe["latency_s"] < 1.0
     values = metrics(program.address)
     assert values['hmk8s_proxy_chain_ok{proxy="proxy0"}'] == 1
