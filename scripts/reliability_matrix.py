@@ -257,14 +257,7 @@ def run_case(case: Case, work: Path, base: Path, env: dict[str, str], timeout: f
         case.setup(work, base)
     args = [a.replace("{work}", str(work)) for a in with_budget(case.args)]
     try:
-        proc = subprocess.run(
-            [sys.executable, str(TRAIN), *args],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        proc = _train(args, work, env, timeout)
         returncode, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as err:
         returncode, stderr = None, err.stderr.decode() if isinstance(err.stderr, bytes) else ""
@@ -275,18 +268,25 @@ def run_case(case: Case, work: Path, base: Path, env: dict[str, str], timeout: f
     return Outcome(case, verdict(case.expect, returncode, stderr), returncode, message.strip())
 
 
-def base_run(scratch: Path, env: dict[str, str], timeout: float) -> Path:
-    """A finished tiny run with checkpoints at 256 and 512 env steps."""
-    run_dir = scratch / "base"
-    args = with_budget((f"total_steps={BASE_STEPS}", f"run_dir={run_dir}"))
-    proc = subprocess.run(
+def _train(
+    args: list[str], cwd: Path, env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess:
+    """``scripts/train.py args`` in ``cwd``, its output captured."""
+    return subprocess.run(
         [sys.executable, str(TRAIN), *args],
-        cwd=scratch,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def base_run(scratch: Path, env: dict[str, str], timeout: float) -> Path:
+    """A finished tiny run with checkpoints at 256 and 512 env steps."""
+    run_dir = scratch / "base"
+    args = with_budget((f"total_steps={BASE_STEPS}", f"run_dir={run_dir}"))
+    proc = _train(args, scratch, env, timeout)
     if proc.returncode != 0:
         sys.exit(f"the base run failed (exit {proc.returncode}):\n{proc.stderr}")
     return run_dir
