@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 DEPLOYMENTS, METRICS = "apps/v1/deployments", "metrics.k8s.io/v1beta1/pods"
 TIMEOUT_S = 10.0
+SHUTDOWN_POLL_S = 0.05  # how soon `close` stops the Prometheus port (the default waits 0.5 s)
 
 
 def resource_path(
@@ -166,7 +167,11 @@ class ApiClusters:
             self._http = ThreadingHTTPServer(("127.0.0.1", 0), _PrometheusHandler)
             self._http.daemon_threads = True
             self._http.answer = self._answer  # type: ignore[attr-defined]
-            thread = threading.Thread(target=self._http.serve_forever, name="prometheus")
+            thread = threading.Thread(
+                target=self._http.serve_forever,
+                kwargs={"poll_interval": SHUTDOWN_POLL_S},
+                name="prometheus",
+            )
             thread.daemon = True
             thread.start()
         return self._http

@@ -60,7 +60,11 @@ class Clusters(Protocol):
 
 
 class Twin:
-    """Plays every hmk8s object in the emulated clusters; `reset`/`advance` are one step each."""
+    """Plays every hmk8s object in the emulated clusters; `reset`/`advance` are one step each.
+
+    With `samples_metrics` off it plays a metrics-server that has no samples: the next step
+    removes every PodMetrics it wrote and writes none until it is back on.
+    """
 
     def __init__(
         self,
@@ -80,6 +84,7 @@ class Twin:
         self.state: EnvState | None = None
         self._proxies: dict[tuple[str, str], tuple[float, float, bool]] = {}
         self._metrics: set[tuple[str, str]] = set()
+        self.samples_metrics = True
         self._deployments: list[list[dict]] = []
         lay = self.params.layout
         self._measured_ready = np.zeros((lay.clusters, lay.functions, lay.configs), np.int32)
@@ -193,7 +198,7 @@ class Twin:
                 self.clusters.write_status(ns, d["metadata"]["name"], status)
                 pod_labels = d["spec"]["template"]["metadata"]["labels"]
                 nanocores = round(util[k, f, c] * request[f, c] * 1e9)
-                for i in range(int(measured[k, f, c])):
+                for i in range(int(measured[k, f, c]) if self.samples_metrics else 0):
                     name = f"{d['metadata']['name']}-{i}"
                     live_metrics.add((ns, name))
                     self.clusters.put_pod_metrics(
