@@ -2,9 +2,11 @@
 stale readings, API faults are retried, a restart adopts the placement, bad input changes
 nothing.
 
-The tests run on the emulated clusters of `hmk8s.k8s.emulated.harness` and see them only through the
-`Live` fixture (clients, cluster map, how cluster time passes, how to break the metrics API or
-inject faults), so they can run against another API server by giving `live` its hooks.
+Every test but the fault injection runs twice (tests/served.py): on the emulated clusters of
+`hmk8s.k8s.emulated.harness` and on fresh namespaces of the session's real kube-apiserver, the
+twin playing kubelet, the controllers and metrics-server there. The tests see the clusters only
+through the `Live` fixture: the controller's clients, a tap on what those clients send and the
+server answers, the cluster map, how cluster time passes, and how to take the metrics away.
 
 The agents are built by hand so their choices are known: `rulebook_agent` has Q = 0 and the
 rulebook's bonus, so it acts as `hmk8s.policies.heuristics.recommend`; `rogue_agent` always
@@ -16,13 +18,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from served import SERVED, Call, Stored, Tap, played, stored
 
 from hmk8s import sim
 from hmk8s.agents.network import QNetwork
@@ -33,10 +35,10 @@ from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
 from hmk8s.control.observe import ControllerMetrics, DecisionLog
 from hmk8s.encoders import onehot_size
-from hmk8s.k8s.client import KINDS, ClusterClient, connect
+from hmk8s.k8s.client import ClusterClient, connect
 from hmk8s.k8s.config import ClusterMap
-from hmk8s.k8s.emulated.harness import emulation
-from hmk8s.k8s.env import ClusterClock
+from hmk8s.k8s.emulated.harness import Emulation
+from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.k8s.reconcile import placement_of
 from hmk8s.policies.heuristics import recommend
 from hmk8s.spaces import OP_REMOVE
@@ -44,7 +46,17 @@ from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 ENV = {"encoder": "onehot", "noop": True, "start": "minimal", "episode_steps": 120}
-API = {"timeout_s": 0.1, "backoff_base_s": 0.005, "backoff_max_s": 0.05, "max_attempts": 8}
+# quick retries; the emulator's injected timeouts hold a call for 0.15 s
+API = {
+    "emulator": {
+        "timeout_s": 0.1,
+        "backoff_base_s": 0.005,
+        "backoff_max_s": 0.05,
+        "max_attempts": 8,
+    },
+    "apiserver": {"timeout_s": 5.0, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
+}
+EMULATOR = {"retry_after": "0.05", "timeout_hold_s": 0.15}
 ENCRYPT, MEDIUM = 0, 1
 
 
@@ -52,46 +64,42 @@ ENCRYPT, MEDIUM = 0, 1
 class Live:
     """Clusters to control, and the hooks the tests need from them."""
 
-    cmap: ClusterMap
+    emulation: Emulation
     clients: list[ClusterClient]
-    clock: ClusterClock
+    tap: Tap
+    clock: TwinClock
     set_metrics_api: Callable[[bool], None]
-    set_faults: Callable[[float], None]
-    faults_injected: Callable[[], int]
-    dry_run_calls: Callable[[], int]
 
-    def objects(self) -> dict[tuple[str, str, str], tuple[str, str, Any]]:
-        """Every Deployment, Service and ConfigMap: (uid, resourceVersion, replicas or data)."""
-        out = {}
-        for client in self.clients:
-            for kind in KINDS:
-                for o in client.list(kind, ""):
-                    spec = getattr(o, "spec", None)
-                    value = getattr(spec, "replicas", None) if kind == "Deployment" else None
-                    if kind == "ConfigMap":
-                        value = o.data
-                    key = (client.namespace, kind, o.metadata.name)
-                    out[key] = (o.metadata.uid, o.metadata.resource_version, value)
-        return out
+    @property
+    def cmap(self) -> ClusterMap:
+        return self.emulation.cmap
+
+    def objects(self) -> dict[tuple[str, str, str], Stored]:
+        return stored(self.clients)
 
 
-@pytest.fixture
-def live(tmp_path):
+def metrics_switch(kind: str, emu: Emulation) -> Callable[[bool], None]:
+    """Take the metrics away and bring them back: the emulator withdraws the metrics.k8s.io
+    API; on a real server (metrics.k8s.io pods are a CRD there) metrics-server has no samples."""
+    if kind == "emulator":
+        return emu.clusters.emulator.serve_metrics
+    return lambda on: setattr(emu.twin, "samples_metrics", on)
+
+
+@pytest.fixture(params=SERVED)
+def live(request, tmp_path):
     ml = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
-    with emulation(
-        ml, ENV, backend={"api": API}, workdir=tmp_path, retry_after="0.05", timeout_hold_s=0.15
+    settings = {"api": API[request.param]}
+    with played(
+        request, request.param, ml, ENV, backend=settings, workdir=tmp_path, emulator=EMULATOR
     ) as emu:
-        from hmk8s.k8s.emulated.twin import TwinClock
-
-        em = emu.clusters.emulator
+        clients = connect(emu.cmap, check_metrics=False)
         yield Live(
-            cmap=emu.cmap,
-            clients=connect(emu.cmap, check_metrics=False),
+            emulation=emu,
+            clients=clients,
+            tap=Tap(clients),
             clock=TwinClock(emu.twin),
-            set_metrics_api=em.serve_metrics,
-            set_faults=emu.clusters.set_faults,
-            faults_injected=lambda: sum(em.faults.values()),
-            dry_run_calls=lambda: sum(1 for r in em._requests if r.params.get("dryRun") == "All"),
+            set_metrics_api=metrics_switch(request.param, emu),
         )
 
 
@@ -150,19 +158,51 @@ class Steps(list):
         self.append((decision, outcome, after))
 
 
+class Writes(list):
+    """A sink that keeps, for every step, the writes the clients sent while it was applied."""
+
+    def __init__(self, tap: Tap) -> None:
+        super().__init__()
+        self.tap, self.seen = tap, len(tap.calls)
+
+    def record(self, decision, outcome, after) -> None:
+        calls, self.seen = self.tap.calls[self.seen :], len(self.tap.calls)
+        self.append([c for c in calls if c.mutating])
+
+
+def accepted_dry_run(call: Call) -> bool:
+    return call.dry_run and call.status is not None and 200 <= call.status < 300
+
+
+def desired(objects: dict[tuple[str, str, str], Stored]) -> dict[tuple[str, str, str], Stored]:
+    return {key: o.desired() for key, o in objects.items()}
+
+
+def decisions(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
 _recommend = jax.jit(recommend)
 
 
-def test_a_dry_run_plans_and_checks_but_changes_nothing(live, rulebook_agent):
+def test_a_dry_run_plans_and_checks_but_changes_nothing(live, rulebook_agent, tmp_path):
     backend(live, rulebook_agent, bootstrap=True)
     before = live.objects()
     dry = backend(live, rulebook_agent, dry_run=True)
-    steps = Steps()
-    Controller(rulebook_agent, GuardConfig(), sinks=[steps]).run(dry, 20)
-    assert live.objects() == before
-    planned = [o for _, o, _ in steps if o.changes]
-    assert planned and all(o.dry_run and not o.errors for o in planned)
-    assert live.dry_run_calls() >= len(planned)
+    steps, writes = Steps(), Writes(live.tap)
+    log = DecisionLog(tmp_path / "decisions.jsonl", rulebook_agent.env_params)
+    Controller(rulebook_agent, GuardConfig(), sinks=[steps, writes, log]).run(dry, 20)
+    log.close()
+    assert live.objects() == before  # same objects, same resourceVersions, none new
+    outcomes = [o for _, o, _ in steps]
+    planned = [o for o in outcomes if o.changes]
+    assert len(outcomes) == 20 and planned and all(o.dry_run and not o.errors for o in planned)
+    # every planned step reached the server as dryRun=All writes it accepted; no other writes
+    assert [bool(w) for w in writes] == [bool(o.changes) for o in outcomes]
+    assert all(accepted_dry_run(c) for w in writes for c in w)
+    lines = decisions(tmp_path / "decisions.jsonl")
+    assert [x["changes"] for x in lines] == [[str(c) for c in o.changes] for o in outcomes]
+    assert all(x["dry_run"] and x["api"]["ok"] for x in lines)
     d, o, _ = steps[0]
     assert d.action == int(_recommend(d.reading.obs, rulebook_agent.env_params))
     assert o.changed
@@ -186,7 +226,7 @@ def test_the_guard_refuses_a_chain_breaking_removal_and_the_fallback_acts(
     assert o.changed and not o.errors
     deployments = {x.metadata.name: x.spec.replicas for x in live.clients[0].list("Deployment", "")}
     assert deployments["hmk8s-encrypt-medium"] >= 1
-    lines = [json.loads(x) for x in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    lines = decisions(tmp_path / "decisions.jsonl")
     assert len(lines) == 3
     assert lines[0]["verdict"]["reason"] == "breaks_chain"
     assert lines[0]["chosen"] == {
@@ -227,7 +267,8 @@ def test_with_the_metrics_api_down_it_holds_then_resumes(live, rulebook_agent):
     for d, o, _ in steps[3:8]:
         assert d.held is not None and d.held.reason == "stale_readings"
         assert d.action == d.noop and not o.changed and not o.changes
-    assert clusters.readings[3] == clusters.readings[8]  # 0 changes through the outage
+    # 0 changes through the outage (pods that were starting may become ready meanwhile)
+    assert desired(clusters.readings[3]) == desired(clusters.readings[8])
     after = steps[8:]
     assert all(d.held is None and d.source == "agent" for d, _, _ in after)
     for d, _, _ in after:
@@ -235,6 +276,7 @@ def test_with_the_metrics_api_down_it_holds_then_resumes(live, rulebook_agent):
     assert any(o.changed for _, o, _ in after)
 
 
+@pytest.mark.parametrize("live", ["emulator"], indirect=True)  # faults: the emulator's own
 def test_ten_percent_api_faults_over_200_steps_are_retried_or_recorded(
     live, rulebook_agent, tmp_path
 ):
@@ -242,13 +284,14 @@ def test_ten_percent_api_faults_over_200_steps_are_retried_or_recorded(
     steps = Steps()
     log = DecisionLog(tmp_path / "decisions.jsonl", rulebook_agent.env_params)
     controller = Controller(rulebook_agent, GuardConfig(), sinks=[steps, log])
-    live.set_faults(0.1)
+    emulated = live.emulation.clusters
+    emulated.set_faults(0.1)
     controller.run(clusters, 200)
-    live.set_faults(0.0)
+    emulated.set_faults(0.0)
     controller.run(clusters, 1)
     log.close()
-    assert len(steps) == 201 and live.faults_injected() > 100
-    lines = [json.loads(x) for x in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    assert len(steps) == 201 and sum(emulated.emulator.faults.values()) > 100
+    lines = decisions(tmp_path / "decisions.jsonl")
     assert [x["api"]["errors"] for x in lines] == [o.errors for _, o, _ in steps]
     # level-triggered: whatever failed was retried, so after the quiet step the clusters hold
     # exactly the placement the controller asked for
@@ -265,13 +308,15 @@ def test_a_restarted_controller_adopts_the_placement_and_the_kill_switch_pauses_
     live, rulebook_agent
 ):
     first = backend(live, rulebook_agent, bootstrap=True)
+    booted = live.objects()
     Controller(rulebook_agent, GuardConfig()).run(first, 6)
     before = live.objects()
+    assert desired(before) != desired(booted)  # the first controller set replicas or routes
     second = backend(live, rulebook_agent)
     assert second.run_id == first.run_id and second.created == []
     assert second.reconciler.applied == first.reconciler.applied
     np.testing.assert_array_equal(second.mirror.replicas, first.mirror.replicas)
-    assert live.objects() == before
+    assert live.objects() == before  # same uids, creation times and versions
     switch = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -283,7 +328,7 @@ def test_a_restarted_controller_adopts_the_placement_and_the_kill_switch_pauses_
     controller = Controller(rulebook_agent, GuardConfig(), sinks=[steps])
     controller.run(second, 3)
     paused = {k: v for k, v in live.objects().items() if k[2] != SWITCH}
-    assert paused == before  # same objects, same versions: nothing re-created or changed
+    assert desired(paused) == desired(before)  # nothing re-created or changed
     assert all(d.held.reason == "paused" and not o.changed for d, o, _ in steps)
     live.clients[2].apply({**switch, "data": {"paused": "false"}})
     controller.run(second, 2)
