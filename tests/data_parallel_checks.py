@@ -7,6 +7,7 @@ JAX fixes its device count when it starts, and the test suite runs on one device
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -112,8 +113,29 @@ def loop_checks(iters: int) -> dict[str, float]:
     }
 
 
+def prioritised_checks(iters: int) -> dict[str, float]:
+    """The same run with prioritised replay: each device keeps the sum tree of its own shard."""
+    agent = dataclasses.replace(SMALL, priority_exponent=0.6, priority_beta=0.4)
+    trainer = make_trainer(counting_env(True), agent, num_envs=8, devices=DEVICES)
+    state, metrics = make_chunk_fn(trainer, iters)(init_seeds(trainer, 0, 2))
+    tree = state.buffer.sum_tree_state
+    stored = np.asarray(tree.nodes)[..., -(2**tree.tree_depth) :]  # [device, seed, leaf]
+    return {
+        "per_updates": int(np.asarray(metrics["updates"])[0]),
+        "per_finite_loss": bool(np.isfinite(np.asarray(metrics["loss"])).all()),
+        "per_learner_shard_spread": shard_spread(state.learner),
+        "per_leaves": list(stored.shape),
+        "per_positive_leaves": int((stored > 0).sum()),
+        "per_distinct_trees": len({leaves.tobytes() for leaves in stored.reshape(-1, 16)}),
+        "per_root_vs_leaves": float(
+            np.max(np.abs(np.asarray(tree.nodes)[..., 0] - stored.sum(-1)))
+        ),
+    }
+
+
 if __name__ == "__main__":
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == DEVICES, jax.devices()
-    out = {**update_checks(), **loop_checks(int(sys.argv[1]))}
+    iters = int(sys.argv[1])
+    out = {**update_checks(), **loop_checks(iters), **prioritised_checks(iters // 10)}
     print(json.dumps(out))

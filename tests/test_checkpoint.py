@@ -28,6 +28,7 @@ from hmk8s.train.run import RunDirError
 from hmk8s.train.runlog import params_sha256
 
 AGENT = AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200)
+PER_AGENT = dataclasses.replace(AGENT, priority_exponent=0.6, priority_beta=0.4)
 DRIVER = """
 import dataclasses, sys
 from pathlib import Path
@@ -48,10 +49,12 @@ run_training(cfg, spec, dataclasses.asdict(cfg), Path(sys.argv[1]), name="cartpo
 """
 
 
-def config(total_steps: int, resume: Path | None = None, **changes) -> TrainConfig:
+def config(
+    total_steps: int, resume: Path | None = None, agent: AgentConfig = AGENT, **changes
+) -> TrainConfig:
     settings = {"num_envs": 4, "chunk_steps": 400, "seeds": 2, **changes}
     cfg = TrainConfig(
-        agent=AGENT,
+        agent=agent,
         total_steps=total_steps,
         resume=None if resume is None else str(resume),
         **settings,
@@ -62,8 +65,10 @@ def config(total_steps: int, resume: Path | None = None, **changes) -> TrainConf
     return cfg
 
 
-def train(run_dir: Path, total_steps: int, resume: Path | None = None) -> dict:
-    cfg = config(total_steps, resume)
+def train(
+    run_dir: Path, total_steps: int, resume: Path | None = None, agent: AgentConfig = AGENT
+) -> dict:
+    cfg = config(total_steps, resume, agent)
     spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))
     return run_training(cfg, spec, dataclasses.asdict(cfg), run_dir, name="cartpole")
 
@@ -111,6 +116,14 @@ def test_stopped_and_resumed_run_ends_bit_identical(tmp_path, uninterrupted):
     assert resumed["params_sha256"] == uninterrupted["params_sha256"]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert len(rows) == 1 + 10 * 2  # header, then one row per chunk and seed, none twice
+
+
+def test_stopped_and_resumed_prioritised_run_ends_bit_identical(tmp_path):
+    uninterrupted = train(tmp_path / "full", 1_200, agent=PER_AGENT)
+    train(tmp_path / "cut", 800, agent=PER_AGENT)  # stops after 2 of the 3 chunks
+    resumed = train(tmp_path / "cut", 1_200, resume=tmp_path / "cut", agent=PER_AGENT)
+    assert resumed["updates"] == uninterrupted["updates"] > 0
+    assert resumed["params_sha256"] == uninterrupted["params_sha256"]
 
 
 def test_killed_run_resumes_bit_identical(tmp_path, uninterrupted):

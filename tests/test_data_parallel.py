@@ -60,6 +60,16 @@ def test_each_device_steps_its_share_into_its_own_replay(measured):
     assert measured["episodes"] == ITERS * 8 // 5  # counting env: 5-step episodes
 
 
+def test_prioritised_replay_keeps_one_sum_tree_per_device_shard(measured):
+    assert measured["per_updates"] == ITERS // 10 * measured["updates_per_iter"]
+    assert measured["per_finite_loss"]
+    assert measured["per_learner_shard_spread"] == 0.0
+    assert measured["per_leaves"] == [4, 2, 16]  # device, seed, the 16 rows of each shard
+    assert measured["per_positive_leaves"] == 4 * 2 * 16  # 50 iterations fill every shard
+    assert measured["per_distinct_trees"] == 8  # every device and seed its own priorities
+    assert measured["per_root_vs_leaves"] <= 1e-4
+
+
 def test_key_streams_differ_across_devices_and_seeds(measured):
     assert measured["keys"] == 8  # 4 devices x 2 seeds
     assert measured["distinct_keys"] == 8

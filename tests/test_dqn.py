@@ -81,10 +81,15 @@ def test_huber_loss_of_a_linear_q_by_hand():
         next_mask=jnp.ones((2, 2), bool),
         next_hint=jnp.array([-1, -1]),
     )
-    loss = jax.jit(dqn.q_loss, static_argnums=(3, 4, 6, 7))(
-        params, params, batch, net.apply, 0.9, 0.0, True, 1.0
-    )
+    loss_fn = jax.jit(dqn.q_loss, static_argnums=(3, 4, 6, 7))
+    loss, td_error = loss_fn(params, params, batch, net.apply, 0.9, 0.0, True, 1.0)
     assert float(loss) == pytest.approx((0.00125 + 3.0) / 2, rel=1e-6)
+    np.testing.assert_allclose(np.asarray(td_error), [-0.05, 3.5], rtol=1e-5)
+    # importance weights 0.5 and 1 weight each item's loss in the mean
+    weighted, _ = loss_fn(
+        params, params, batch, net.apply, 0.9, 0.0, True, 1.0, jnp.array([0.5, 1.0])
+    )
+    assert float(weighted) == pytest.approx((0.5 * 0.00125 + 3.0) / 2, rel=1e-6)
 
 
 def test_update_copies_target_every_period_and_moves_q_towards_target():

@@ -33,6 +33,9 @@ class AgentConfig:
 
     ``lr_decay_updates > 0`` decays the learning rate linearly to 0 over that many updates
     (a fixed horizon, so extending ``total_steps`` on resume changes nothing already run).
+    ``priority_exponent > 0`` turns on prioritised replay (``alpha``; 0 is uniform replay),
+    with importance-sampling exponent ``priority_beta`` and priorities ``|TD error| +
+    priority_epsilon``.
     """
 
     hidden: list[int] = field(default_factory=lambda: [256, 256])
@@ -48,6 +51,9 @@ class AgentConfig:
     max_grad_norm: float = 10.0
     target_period: int = 500
     target_tau: float = 1.0
+    priority_exponent: float = 0.0
+    priority_beta: float = 0.4
+    priority_epsilon: float = 1e-6
     epsilon: ScheduleConfig = field(default_factory=ScheduleConfig)
 
 

@@ -87,22 +87,31 @@ def q_loss(
     target_bonus: Array | float,
     double: bool,
     huber_delta: float,
-) -> Array:
-    """Mean Huber loss between ``Q(s, a)`` and the (stopped-gradient) TD target."""
+    weights: Array | None = None,
+) -> tuple[Array, Array]:
+    """(Mean Huber loss between ``Q(s, a)`` and the stopped-gradient TD target, TD errors).
+
+    ``weights`` (prioritised replay's importance weights) weight each item's loss in the mean;
+    ``None`` is the plain mean.
+    """
     q = apply_fn(params, batch.obs)
     q_taken = jnp.take_along_axis(q, batch.action[..., None], axis=-1)[..., 0]
-    target = td_target(
-        batch.reward,
-        batch.terminated,
-        apply_fn(params, batch.next_obs),
-        apply_fn(target_params, batch.next_obs),
-        batch.next_mask,
-        batch.next_hint,
-        gamma,
-        target_bonus,
-        double,
+    target = jax.lax.stop_gradient(
+        td_target(
+            batch.reward,
+            batch.terminated,
+            apply_fn(params, batch.next_obs),
+            apply_fn(target_params, batch.next_obs),
+            batch.next_mask,
+            batch.next_hint,
+            gamma,
+            target_bonus,
+            double,
+        )
     )
-    return optax.huber_loss(q_taken, jax.lax.stop_gradient(target), delta=huber_delta).mean()
+    losses = optax.huber_loss(q_taken, target, delta=huber_delta)
+    loss = losses.mean() if weights is None else (weights * losses).mean()
+    return loss, target - q_taken
 
 
 def make_optimizer(
@@ -137,6 +146,13 @@ def make_schedule(kind: str, start: float, end: float, steps: int) -> optax.Sche
     raise ValueError(f"unknown schedule kind {kind!r} (linear | exponential)")
 
 
+class UpdateInfo(NamedTuple):
+    """What an update reports: its loss and each item's TD error ``y - Q(s, a)``."""
+
+    loss: Array
+    td_error: Array
+
+
 class LearnerState(NamedTuple):
     """What one gradient update changes."""
 
@@ -155,8 +171,9 @@ def make_update(
     target_period: int,
     target_tau: float,
     axis_name: str | None = None,
-) -> Callable[[LearnerState, Transition, Array], tuple[LearnerState, Array]]:
-    """Build ``update(learner, batch, target_bonus) -> (learner, loss)``: one SGD step.
+) -> Callable[..., tuple[LearnerState, UpdateInfo]]:
+    """Build ``update(learner, batch, target_bonus, weights=None) -> (learner, info)``: one SGD
+    step on the (importance-weighted, when ``weights`` is given) loss.
 
     With ``axis_name`` (data parallelism under `jax.shard_map`) the gradients are averaged over
     that mesh axis before the optimiser sees them, so every device applies the same step and
@@ -164,9 +181,12 @@ def make_update(
     """
 
     def update(
-        learner: LearnerState, batch: Transition, target_bonus: Array
-    ) -> tuple[LearnerState, Array]:
-        loss, grads = jax.value_and_grad(q_loss)(
+        learner: LearnerState,
+        batch: Transition,
+        target_bonus: Array,
+        weights: Array | None = None,
+    ) -> tuple[LearnerState, UpdateInfo]:
+        (loss, td_error), grads = jax.value_and_grad(q_loss, has_aux=True)(
             learner.params,
             learner.target_params,
             batch,
@@ -175,6 +195,7 @@ def make_update(
             target_bonus,
             double,
             huber_delta,
+            weights,
         )
         if axis_name is not None:
             grads = jax.lax.pmean(grads, axis_name)
@@ -182,6 +203,6 @@ def make_update(
         params = optax.apply_updates(learner.params, step)
         updates = learner.updates + 1
         target = refresh_target(params, learner.target_params, updates, target_period, target_tau)
-        return LearnerState(params, target, opt_state, updates), loss
+        return LearnerState(params, target, opt_state, updates), UpdateInfo(loss, td_error)
 
     return update

@@ -1,7 +1,8 @@
 """One DQN / HAQL agent's pieces built from the config, for every loop that trains one.
 
 The Anakin loop, the actor/learner, the host-loop benchmark and any other driver take the
-network, the optimiser, the update and the schedules from here, so they learn identically.
+network, the optimiser, the replay, the learning step and the schedules from here, so they
+learn identically.
 """
 
 from __future__ import annotations
@@ -16,20 +17,26 @@ import optax
 from hmk8s.agents import dqn
 from hmk8s.agents.config import AgentConfig, HaqlConfig, heuristic_bonus, xi_schedule
 from hmk8s.agents.network import QNetwork
-from hmk8s.agents.replay import Transition
+from hmk8s.agents.replay import (
+    importance_weights,
+    make_buffer,
+    new_priorities,
+)
 
 Array = jax.Array
 
 
 class AgentParts(NamedTuple):
-    """Network, optimiser, one-step update and schedules of an agent (all pure)."""
+    """Network, optimiser, replay, one-step update and schedules of an agent (all pure)."""
 
     network: QNetwork
     optimizer: optax.GradientTransformation
-    update: Callable[[dqn.LearnerState, Transition, Array], tuple[dqn.LearnerState, Array]]
+    update: Callable[..., tuple[dqn.LearnerState, dqn.UpdateInfo]]
+    buffer: Any
     epsilon: optax.Schedule
     xi: optax.Schedule
     haql: HaqlConfig | None
+    agent: AgentConfig
 
     def bonus(self, env_steps: Array) -> Any:
         """``xi_t * eta`` on the rulebook's action when acting (0 for a pure DQN)."""
@@ -46,15 +53,34 @@ class AgentParts(NamedTuple):
         """``xi_t * eta`` where the bootstrap target uses the heuristic, else 0."""
         return self.bonus(env_steps) if self.haql is not None and self.haql.in_target else 0.0
 
+    def learn(
+        self, learner: dqn.LearnerState, replay: Any, key: Array, target_bonus: Any
+    ) -> tuple[dqn.LearnerState, Any, Array]:
+        """Sample a batch, update on it and, with prioritised replay, set the sampled items'
+        priorities to ``|TD error| + epsilon``: ``(learner, replay, loss)``. The one learning
+        step of every driver; uniform replay returns ``replay`` itself."""
+        sample = self.buffer.sample(replay, key)
+        if self.agent.priority_exponent == 0.0:
+            learner, info = self.update(learner, sample.experience, target_bonus)
+            return learner, replay, info.loss
+        weights = importance_weights(sample.probabilities, self.agent.priority_beta)
+        learner, info = self.update(learner, sample.experience, target_bonus, weights)
+        priorities = new_priorities(
+            info.td_error, sample.probabilities, self.agent.priority_epsilon
+        )
+        return learner, self.buffer.set_priorities(replay, sample.indices, priorities), info.loss
+
 
 def make_agent_parts(
     agent: AgentConfig,
     num_actions: int,
     haql: HaqlConfig | None = None,
     axis_name: str | None = None,
+    replay_shards: int = 1,
 ) -> AgentParts:
     """The pieces for ``num_actions`` actions; ``haql=None`` is a pure DQN (``xi = eta = 0``);
-    ``axis_name`` averages the update's gradients over that mesh axis (data parallelism)."""
+    ``axis_name`` averages the update's gradients over that mesh axis (data parallelism), where
+    each of the ``replay_shards`` devices keeps ``buffer_size / replay_shards`` transitions."""
     network = QNetwork(hidden=tuple(agent.hidden), num_actions=num_actions)
     optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
     update = dqn.make_update(
@@ -67,6 +93,9 @@ def make_agent_parts(
         agent.target_tau,
         axis_name,
     )
+    buffer = make_buffer(
+        agent.buffer_size // replay_shards, 1, agent.batch_size, agent.priority_exponent
+    )
     eps = agent.epsilon
     epsilon = dqn.make_schedule(eps.kind, eps.start, eps.end, eps.steps)
-    return AgentParts(network, optimizer, update, epsilon, xi_schedule(haql), haql)
+    return AgentParts(network, optimizer, update, buffer, epsilon, xi_schedule(haql), haql, agent)

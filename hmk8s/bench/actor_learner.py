@@ -144,7 +144,7 @@ def run_sync(fns: AsyncFns, env, ratio: float, seconds: float, state) -> tuple[f
             owed += ratio
             while owed >= 1.0:
                 rng, k = jax.random.split(rng)
-                learner, _ = fns.learn(learner, buffer, k, steps)
+                learner, buffer, _ = fns.learn(learner, buffer, k, steps)
                 updates += 1
                 owed -= 1.0
             jax.block_until_ready(learner.params)

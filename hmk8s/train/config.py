@@ -166,6 +166,10 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"agent.target_tau must be in (0, 1], got {a.target_tau}")
     if a.lr_decay_updates < 0:
         errors.append(f"agent.lr_decay_updates must be >= 0, got {a.lr_decay_updates}")
+    for name in ("priority_exponent", "priority_beta"):
+        if not 0.0 <= getattr(a, name) <= 1.0:
+            errors.append(f"agent.{name} must be in [0, 1], got {getattr(a, name)}")
+    _positive(errors, "agent.priority_epsilon", a.priority_epsilon)
     if a.learning_starts < 0:
         errors.append(f"agent.learning_starts must be >= 0, got {a.learning_starts}")
     if a.buffer_size < cfg.num_envs:

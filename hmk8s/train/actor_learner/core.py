@@ -2,7 +2,7 @@
 
 The actor/learner shell (`async_actor`, `learner_thread`, `async_train`) moves data between
 threads; everything it computes comes from here, built out of the trainer's own pieces
-(`dqn.epsilon_greedy`, `dqn.make_update`, the flashbax replay), so the asynchronous path learns
+(`dqn.epsilon_greedy`, `AgentParts.learn`, the flashbax replay), so the asynchronous path learns
 exactly as the simulator path does. The state is the simulator path's `TrainState`, with the
 per-env episode books (`EnvBooks`) as its ``env_state``, so checkpoints are the same format.
 """
@@ -22,7 +22,12 @@ from hmk8s.agents import dqn
 from hmk8s.agents.config import AgentConfig, HaqlConfig
 from hmk8s.agents.network import QNetwork
 from hmk8s.agents.parts import make_agent_parts
-from hmk8s.agents.replay import Transition, example_transition, make_buffer
+from hmk8s.agents.replay import (
+    Transition,
+    example_transition,
+    priority_state,
+    with_priority_state,
+)
 from hmk8s.train.state import TrainState
 
 Array = jax.Array
@@ -127,7 +132,9 @@ class AsyncFns:
     init: Callable[[Array, np.ndarray], TrainState]
     act: Callable[[object, Array, Array, Array, Array, Array], Array]
     add: Callable[[object, Transition], object]
-    learn: Callable[[dqn.LearnerState, object, Array, Array], tuple[dqn.LearnerState, Array]]
+    learn: Callable[
+        [dqn.LearnerState, object, Array, Array], tuple[dqn.LearnerState, object, Array]
+    ]
     epsilon: Callable[[Array], Array]
     xi: Callable[[Array], Array]
 
@@ -138,12 +145,12 @@ def make_async_fns(
     """Build the actor's batched policy and the learner's add / update; ``haql=None`` is DQN.
 
     ``act(params, obs[B], mask[B], hint[B], env_steps, key)`` takes ``B = num_envs`` rows (the
-    actor pads a partial batch), so it compiles once. ``learn`` samples a batch and does one
-    update; ``add`` donates the buffer it extends.
+    actor pads a partial batch), so it compiles once. ``learn(learner, buffer, key, env_steps)
+    -> (learner, buffer, loss)`` samples a batch, does one update and (prioritised replay) sets
+    the sampled items' priorities; ``add`` donates the buffer it extends.
     """
     parts = make_agent_parts(agent, num_actions, haql)
-    network, epsilon, xi = parts.network, parts.epsilon, parts.xi
-    buffer = make_buffer(agent.buffer_size, 1, agent.batch_size)
+    network, epsilon, xi, buffer = parts.network, parts.epsilon, parts.xi, parts.buffer
 
     def init(key: Array, obs: np.ndarray) -> TrainState:
         k_net, k_run = jax.random.split(key)
@@ -171,9 +178,16 @@ def make_async_fns(
         return buffer.add(buffer_state, batch)
 
     @jax.jit
+    def learn_step(learner: dqn.LearnerState, buffer_state, key, env_steps):
+        learner, after, loss = parts.learn(
+            learner, buffer_state, key, parts.target_bonus(env_steps)
+        )
+        return learner, priority_state(after), loss
+
     def learn(learner: dqn.LearnerState, buffer_state, key, env_steps):
-        batch = buffer.sample(buffer_state, key).experience
-        return parts.update(learner, batch, parts.target_bonus(env_steps))
+        # only the priorities leave the compiled step, so the transitions are never copied
+        learner, priorities, loss = learn_step(learner, buffer_state, key, env_steps)
+        return learner, with_priority_state(buffer_state, priorities), loss
 
     return AsyncFns(
         network=network,

@@ -214,14 +214,14 @@ class LearnerThread:
             return
         started = time.monotonic()
         state, losses = self.state, []
-        learner, rng = state.learner, state.rng
+        learner, rng, buffer = state.learner, state.rng, state.buffer
         env_steps = np.asarray(self.written, np.int32)
         for _ in range(n):
             rng, key = jax.random.split(rng)
-            learner, loss = self.fns.learn(learner, state.buffer, key, env_steps)
+            learner, buffer, loss = self.fns.learn(learner, buffer, key, env_steps)
             losses.append(loss)
         total = float(np.sum(jax.device_get(losses)))
-        self.state = state._replace(learner=learner, rng=rng)
+        self.state = state._replace(learner=learner, rng=rng, buffer=buffer)
         self.updates += n
         self.params.publish(learner.params, self.updates)
         self.busy_s += time.monotonic() - started

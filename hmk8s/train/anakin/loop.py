@@ -31,7 +31,12 @@ from hmk8s.agents.config import AgentConfig, HaqlConfig
 from hmk8s.agents.counters import saturating_add
 from hmk8s.agents.network import QNetwork
 from hmk8s.agents.parts import make_agent_parts
-from hmk8s.agents.replay import Transition, example_transition, make_buffer
+from hmk8s.agents.replay import (
+    Transition,
+    example_transition,
+    priority_state,
+    with_priority_state,
+)
 from hmk8s.envs.spec import EnvSpec
 from hmk8s.train.anakin.mesh import DATA_AXIS, chunk_over_mesh, data_mesh, init_over_mesh
 from hmk8s.train.state import TrainState
@@ -92,10 +97,9 @@ def make_trainer(
         raise ValueError(f"num_envs={num_envs} does not split evenly over {devices} devices")
     mesh = data_mesh(devices) if devices > 1 else None
     axis = DATA_AXIS if mesh is not None else None
-    parts = make_agent_parts(agent, spec.num_actions, haql, axis)
-    network, update = parts.network, parts.update
+    parts = make_agent_parts(agent, spec.num_actions, haql, axis, devices)
+    network, buffer = parts.network, parts.buffer
     apply_fn, epsilon, xi = network.apply, parts.epsilon, parts.xi
-    buffer = make_buffer(agent.buffer_size // devices, 1, agent.batch_size)
     steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
     learning_starts = max(agent.learning_starts, agent.batch_size)
     local_envs = num_envs // devices
@@ -154,37 +158,42 @@ def make_trainer(
         metrics = {k: v.astype(jnp.float32).mean() for k, v in ts.metrics.items()}
         return state, (*finished, metrics)
 
-    def learn(operand: tuple) -> tuple[dqn.LearnerState, Array, Array, Array]:
+    def learn(operand: tuple) -> tuple[dqn.LearnerState, Array, Any, Array, Array]:
         learner, rng, replay, env_steps = operand
         target_bonus = parts.target_bonus(env_steps)
 
         def update_step(carry: tuple, _: None) -> tuple[tuple, Array]:
-            learner, rng = carry
+            learner, rng, priorities = carry
             rng, k_sample = jax.random.split(rng)
-            batch = buffer.sample(replay, k_sample).experience
-            learner, loss = update(learner, batch, target_bonus)
-            return (learner, rng), loss
+            learner, replay_after, loss = parts.learn(
+                learner, with_priority_state(replay, priorities), k_sample, target_bonus
+            )
+            return (learner, rng, priority_state(replay_after)), loss
 
-        (learner, rng), losses = jax.lax.scan(
-            update_step, (learner, rng), None, length=updates_per_iter
+        (learner, rng, priorities), losses = jax.lax.scan(
+            update_step, (learner, rng, priority_state(replay)), None, length=updates_per_iter
         )
         # the loss is averaged over the devices here, as the gradients were: like them it is
         # then the same on every device, as the branch skipping the update needs
-        return learner, rng, mean(losses.sum()), jnp.asarray(updates_per_iter, jnp.int32)
+        loss_sum = mean(losses.sum())
+        return learner, rng, priorities, loss_sum, jnp.asarray(updates_per_iter, jnp.int32)
 
-    def skip(operand: tuple) -> tuple[dqn.LearnerState, Array, Array, Array]:
-        learner, rng, _, _ = operand
-        return learner, rng, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+    def skip(operand: tuple) -> tuple[dqn.LearnerState, Array, Any, Array, Array]:
+        learner, rng, replay, _ = operand
+        zero = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+        return learner, rng, priority_state(replay), *zero
 
     def iteration(state: TrainState, _: None) -> tuple[TrainState, tuple]:
         state, acted = jax.lax.scan(env_step, state, None, length=steps_per_iter)
-        # Only the learner and key pass through the branch: under `vmap` over seeds a `cond`
-        # becomes a `select` of its outputs, which must not copy the replay buffer.
+        # Only the learner, the key and the replay's priorities (prioritised replay's sum tree;
+        # nothing for uniform replay) pass through the branch: under `vmap` over seeds a `cond`
+        # becomes a `select` of its outputs, which must not copy the replay's transitions.
         operand = (state.learner, state.rng, state.buffer, state.env_steps)
-        learner, rng, loss_sum, n_updates = jax.lax.cond(
+        learner, rng, priorities, loss_sum, n_updates = jax.lax.cond(
             state.env_steps >= learning_starts, learn, skip, operand
         )
-        state = state._replace(learner=learner, rng=rng)
+        buffer_state = with_priority_state(state.buffer, priorities)
+        state = state._replace(learner=learner, rng=rng, buffer=buffer_state)
         return state, (jax.tree.map(jnp.sum, acted), (loss_sum, n_updates))
 
     def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
