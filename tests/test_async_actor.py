@@ -96,6 +96,19 @@ def test_no_transition_lost_or_duplicated(fns4):
     assert result.updates > 0 and result.actor.calls < 200, "policy calls were not batched"
 
 
+def test_the_learner_reprioritises_a_prioritised_replay():
+    fns = make_async_fns(NUM_ACTIONS, small_agent(priority_exponent=0.6), 4)
+    envs = [CountingEnv(i, episode=5 + i) for i in range(4)]
+    result = train_async(fns, envs, no_hint, fresh_state(fns), settings())
+    assert result.error is None and result.updates > 0
+    check_every_step_written_once(envs, result.state)
+    tree = result.state.buffer.sum_tree_state
+    stored = np.asarray(tree.nodes)[-(2**tree.tree_depth) :]
+    assert (stored[:200] > 0).all() and not stored[200:].any()  # the 200 written, no others
+    # sampled items hold (|TD error| + eps)^0.6, not the largest priority new items get
+    assert (stored[:200] < float(tree.max_recorded_priority)).sum() > 20
+
+
 def test_slow_and_failing_envs_do_not_stall_the_others(fns4):
     gate = threading.Event()
     envs = [

@@ -66,6 +66,9 @@ def tiny(run_dir: Path | None = None, **changes) -> TrainConfig:
         ({"total_steps": 10**11}, "total_steps must be <= 2,080,374,784"),
         ({"num_envs": 5_000_000}, f"num_envs must be <= {MAX_NUM_ENVS:,}"),
         ({"total_steps": 5_000}, "agent.learning_starts (10,000) must be < total_steps (5,000)"),
+        ({"agent": AgentConfig(priority_exponent=1.5)}, "agent.priority_exponent must be in [0,"),
+        ({"agent": AgentConfig(priority_beta=-0.1)}, "agent.priority_beta must be in [0, 1], got"),
+        ({"agent": AgentConfig(priority_epsilon=0.0)}, "agent.priority_epsilon must be > 0"),
     ],
 )
 def test_settings_that_train_silently_wrong_are_refused(change, message):
