@@ -119,9 +119,9 @@ def test_stopped_and_resumed_run_ends_bit_identical(tmp_path, uninterrupted):
 
 
 def test_stopped_and_resumed_prioritised_run_ends_bit_identical(tmp_path):
-    uninterrupted = train(tmp_path / "full", 1_200, agent=PER_AGENT)
-    train(tmp_path / "cut", 800, agent=PER_AGENT)  # stops after 2 of the 3 chunks
-    resumed = train(tmp_path / "cut", 1_200, resume=tmp_path / "cut", agent=PER_AGENT)
+    uninterrupted = train(tmp_path / "full", 800, agent=PER_AGENT)
+    train(tmp_path / "cut", 400, agent=PER_AGENT)  # stops after 1 of the 2 chunks
+    resumed = train(tmp_path / "cut", 800, resume=tmp_path / "cut", agent=PER_AGENT)
     assert resumed["updates"] == uninterrupted["updates"] > 0
     assert resumed["params_sha256"] == uninterrupted["params_sha256"]
 

@@ -17,11 +17,7 @@ import optax
 from hmk8s.agents import dqn
 from hmk8s.agents.config import AgentConfig, HaqlConfig, heuristic_bonus, xi_schedule
 from hmk8s.agents.network import QNetwork
-from hmk8s.agents.replay import (
-    importance_weights,
-    make_buffer,
-    new_priorities,
-)
+from hmk8s.agents.replay import importance_weights, make_buffer, new_priorities
 
 Array = jax.Array
 
