@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import jax
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -99,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     load_usecase(typed.usecase, source=f"usecase={usecase}")
     run_dir = resolve_run_dir(typed, usecase)
     if backend == "k8s":
+        if jax.process_count() > 1:
+            raise ConfigError("backend=k8s trains in one process: distributed.* is for backend=sim")
         from hmk8s.train.actor_learner.k8s_run import run_async_training
 
         return run_async_training(cfg, run_dir=run_dir)
