@@ -263,15 +263,15 @@ class Checkpointer:
         if verified:
             self._check_layout(step, meta["layout"], trees)
         items = {name: ocp.args.StandardRestore(_abstract(t)) for name, t in trees.items()}
-        why = None
+        why, cause = None, None
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:
-            why = f"unreadable arrays: {_reason(err)}"
+            why, cause = f"unreadable arrays: {_reason(err)}", err
         if why is None and verified:
             why = _first_difference(out, list(trees), meta["sha256"])
         if any_process(why is not None):
-            raise _Damaged(why or "damaged on another process")
+            raise _Damaged(why or "damaged on another process") from cause
         if not verified:
             warnings.warn(
                 f"{self.directory}: checkpoint step {step} has format version "
