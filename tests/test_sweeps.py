@@ -141,16 +141,17 @@ def test_evaluate_scores_each_run_of_the_sweep_as_its_own_agent(joblib_sweep, tm
 
 def test_runs_that_disagree_are_refused(joblib_sweep, tmp_path):
     """Only the configs and summaries are read before the check: copy those."""
-    for job in range(4):
-        (tmp_path / str(job)).mkdir()
+    for (seed, heuristic), run_dir in check_jobs(joblib_sweep, 4).items():
+        copy = tmp_path / f"{seed}-{'haql' if heuristic else 'dqn'}"
+        copy.mkdir()
         for name in ("config.yaml", "summary.json"):
-            shutil.copy(joblib_sweep / str(job) / name, tmp_path / str(job) / name)
+            shutil.copy(run_dir / name, copy / name)
     groups = read_sweep(tmp_path, ["ml"], None)
     assert [r.seed for r in groups["ml"].runs["haql"]] == [0, 1]
     assert groups["ml"].cfg.seeds == 2
     with pytest.raises(ConfigError, match="no dqn run of use case ehr"):
         read_sweep(tmp_path, ["ehr"], None)
-    config = tmp_path / "3" / "config.yaml"
+    config = tmp_path / "1-haql" / "config.yaml"
     changed = yaml.safe_load(config.read_text())
     changed["agent"]["gamma"] = 0.5
     config.write_text(yaml.safe_dump(changed))
@@ -160,6 +161,9 @@ def test_runs_that_disagree_are_refused(joblib_sweep, tmp_path):
     config.write_text(yaml.safe_dump(changed))
     with pytest.raises(ConfigError, match="two haql runs of ml train seed 0"):
         read_sweep(tmp_path, ["ml"], None)
-    (tmp_path / "3" / "summary.json").unlink()
+    (tmp_path / "1-haql" / "summary.json").unlink()
     with pytest.raises(ConfigError, match=r"no summary\.json"):
+        read_sweep(tmp_path, ["ml"], None)
+    shutil.rmtree(tmp_path / "1-haql")
+    with pytest.raises(ConfigError, match=r"train different seeds .*\[\(0, 1\), \(1, 1\)\] vs"):
         read_sweep(tmp_path, ["ml"], None)

@@ -167,6 +167,12 @@ def _group(agents: dict[str, list[SweepRun]], deployed_xi: float | None) -> Swee
             raise ConfigError(f"two {runs[0].agent} runs of {runs[0].usecase} train seed {twice}")
     dqn, haql = agents["dqn"][0], agents["haql"][0]
     _check_agree(dqn, haql, PER_RUN + PER_AGENT)
+    seeds = {a: [(run.seed, run.seeds) for run in agents[a]] for a in AGENTS}
+    if seeds["dqn"] != seeds["haql"]:
+        raise ConfigError(
+            f"the DQN and HAQL runs of {dqn.usecase} train different seeds ((seed, seeds): "
+            f"{seeds['dqn']} vs {seeds['haql']})"
+        )
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), haql.config))
     except OmegaConfBaseException as err:
