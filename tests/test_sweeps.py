@@ -140,30 +140,33 @@ def test_evaluate_scores_each_run_of_the_sweep_as_its_own_agent(joblib_sweep, tm
 
 
 def test_runs_that_disagree_are_refused(joblib_sweep, tmp_path):
-    """Only the configs and summaries are read before the check: copy those."""
     for (seed, heuristic), run_dir in check_jobs(joblib_sweep, 4).items():
-        copy = tmp_path / f"{seed}-{'haql' if heuristic else 'dqn'}"
-        copy.mkdir()
-        for name in ("config.yaml", "summary.json"):
-            shutil.copy(run_dir / name, copy / name)
+        shutil.copytree(run_dir, tmp_path / f"{seed}-{'haql' if heuristic else 'dqn'}")
     groups = read_sweep(tmp_path, ["ml"], None)
     assert [r.seed for r in groups["ml"].runs["haql"]] == [0, 1]
-    assert groups["ml"].cfg.seeds == 2
+    assert groups["ml"].cfg.seeds == 2 and groups["ml"].steps == [128, 256]
     with pytest.raises(ConfigError, match="no dqn run of use case ehr"):
         read_sweep(tmp_path, ["ehr"], None)
-    config = tmp_path / "1-haql" / "config.yaml"
-    changed = yaml.safe_load(config.read_text())
+    run = tmp_path / "1-haql"
+    (run / "checkpoints" / "128").rename(tmp_path / "aside")
+    with pytest.raises(ConfigError, match=r"at different steps \(\[128, 256\] vs \[256\]\)"):
+        read_sweep(tmp_path, ["ml"], None)
+    (tmp_path / "aside").rename(run / "checkpoints" / "128")
+    changed = yaml.safe_load((run / "config.yaml").read_text())
     changed["agent"]["gamma"] = 0.5
-    config.write_text(yaml.safe_dump(changed))
+    (run / "config.yaml").write_text(yaml.safe_dump(changed))
     with pytest.raises(ConfigError, match=r"differ in agent\.gamma: 0\.99 vs 0\.5"):
         read_sweep(tmp_path, ["ml"], None)
     changed["agent"]["gamma"], changed["seed"] = 0.99, 0
-    config.write_text(yaml.safe_dump(changed))
+    (run / "config.yaml").write_text(yaml.safe_dump(changed))
     with pytest.raises(ConfigError, match="two haql runs of ml train seed 0"):
         read_sweep(tmp_path, ["ml"], None)
-    (tmp_path / "1-haql" / "summary.json").unlink()
-    with pytest.raises(ConfigError, match=r"no summary\.json"):
+    shutil.rmtree(run / "checkpoints")
+    with pytest.raises(ConfigError, match="1-haql: no checkpoints"):
         read_sweep(tmp_path, ["ml"], None)
-    shutil.rmtree(tmp_path / "1-haql")
+    (run / "summary.json").unlink()
+    with pytest.raises(ConfigError, match=r"1-haql: no summary\.json"):
+        read_sweep(tmp_path, ["ml"], None)
+    shutil.rmtree(run)
     with pytest.raises(ConfigError, match=r"train different seeds .*\[\(0, 1\), \(1, 1\)\] vs"):
         read_sweep(tmp_path, ["ml"], None)

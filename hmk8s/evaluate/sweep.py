@@ -10,8 +10,9 @@ and the last checkpoint's weights, seeds in order.
 
 from __future__ import annotations
 
+import contextlib
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,11 +75,12 @@ class SweepRun:
 
 @dataclass(frozen=True)
 class SweepGroup:
-    """One use case's runs: ``runs[agent]`` in seed order, and the training config they share
-    (``seeds`` is their total)."""
+    """One use case's runs: ``runs[agent]`` in seed order, the training config they share
+    (``seeds`` is their total) and the steps of the checkpoints they all kept."""
 
     runs: dict[str, list[SweepRun]]
     cfg: TrainConfig
+    steps: list[int]
 
     @property
     def mapping(self) -> dict[str, Any]:
@@ -88,19 +90,15 @@ class SweepGroup:
     def agent_run(self, agent: str, trainer: Trainer, curve: Curve) -> AgentRun:
         """The runs of ``agent`` as one `AgentRun`; ``curve(seed-stacked params, env steps)``
         scores them at step 0 and at every checkpoint step."""
-        runs = self.runs[agent]
-        checkpoints = [run_checkpoints(run.directory) for run in runs]
-        try:
-            steps = _common_steps(runs, [c.steps() for c in checkpoints])
-            keys = jnp.concatenate([seed_keys(run.seed, run.seeds) for run in runs])
-            params = jax.jit(jax.vmap(trainer.init))(keys).learner.params
-            values = [curve(params, 0)]
+        runs, steps = self.runs[agent], self.steps
+        keys = jnp.concatenate([seed_keys(run.seed, run.seeds) for run in runs])
+        params = jax.jit(jax.vmap(trainer.init))(keys).learner.params
+        values = [curve(params, 0)]
+        with contextlib.ExitStack() as stack:
+            checkpoints = [stack.enter_context(_opened(run.directory)) for run in runs]
             for step in steps:
                 params = _stacked([_params_at(c, step) for c in checkpoints])
                 values.append(curve(params, step))
-        finally:
-            for c in checkpoints:
-                c.close()
         return AgentRun(
             steps=np.array([0, *steps]),
             curves=np.stack(values, axis=1),
@@ -146,6 +144,8 @@ def find_runs(sweep_dir: Path) -> list[SweepRun]:
         summary = directory / "summary.json"
         if not summary.is_file():
             raise ConfigError(f"{directory}: no summary.json (the run did not finish)")
+        if not (directory / "checkpoints").is_dir():
+            raise ConfigError(f"{directory}: no checkpoints (checkpoint.enabled=false)")
         config = yaml.safe_load(config_file.read_text())
         if config.get("backend", {}).get("name") != "sim":
             raise ConfigError(f"{directory}: not a simulator run (the evaluation runs on sim)")
@@ -179,7 +179,8 @@ def _group(agents: dict[str, list[SweepRun]], deployed_xi: float | None) -> Swee
         raise ConfigError(f"{haql.directory}/config.yaml: {err}") from err
     cfg.seeds = sum(run.seeds for run in agents["haql"])
     cfg.haql.deployed_xi = deployed_xi
-    return SweepGroup(runs={a: agents[a] for a in AGENTS}, cfg=cfg)
+    runs = [run for a in AGENTS for run in agents[a]]
+    return SweepGroup(runs={a: agents[a] for a in AGENTS}, cfg=cfg, steps=_common_steps(runs))
 
 
 def _check_agree(a: SweepRun, b: SweepRun, ignore: tuple[str, ...]) -> None:
@@ -193,7 +194,22 @@ def _check_agree(a: SweepRun, b: SweepRun, ignore: tuple[str, ...]) -> None:
         )
 
 
-def _common_steps(runs: list[SweepRun], steps: list[list[int]]) -> list[int]:
+@contextlib.contextmanager
+def _opened(run_dir: Path) -> Iterator[Checkpointer]:
+    """The run's checkpoints, open for reading while the block runs."""
+    checkpoints = run_checkpoints(run_dir)
+    try:
+        yield checkpoints
+    finally:
+        checkpoints.close()
+
+
+def _common_steps(runs: list[SweepRun]) -> list[int]:
+    """The checkpoint steps every run kept (the same for all, else `ConfigError`)."""
+    steps = []
+    for run in runs:
+        with _opened(run.directory) as checkpoints:
+            steps.append(checkpoints.steps())
     for run, kept in zip(runs, steps, strict=True):
         if not kept:
             raise ConfigError(f"{run.directory}: no checkpoint")

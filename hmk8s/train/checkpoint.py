@@ -216,12 +216,14 @@ class Checkpointer:
                 continue
             if damaged:
                 aside = self._set_aside(damaged)
-                warnings.warn(
-                    f"{self.directory}: {_listed(damaged)}; resuming from step {candidate}, the "
-                    f"newest intact checkpoint (the damaged ones are now {', '.join(aside)})",
-                    CheckpointWarning,
-                    stacklevel=3,
-                )
+                if is_primary():  # process 0 named and moved them
+                    warnings.warn(
+                        f"{self.directory}: {_listed(damaged)}; resuming from step {candidate}, "
+                        f"the newest intact checkpoint (the damaged ones are now "
+                        f"{', '.join(aside)})",
+                        CheckpointWarning,
+                        stacklevel=3,
+                    )
             return out
         raise CheckpointError(f"{self.directory}: no intact checkpoint left ({_listed(damaged)})")
 
@@ -231,7 +233,7 @@ class Checkpointer:
         if is_primary():
             for step, name in zip(steps, names, strict=True):
                 (self.directory / str(step)).rename(self.directory / name)
-        barrier(f"hmk8s-set-aside-{stamp}")
+        barrier("hmk8s-set-aside")
         self._manager.reload()
         return names
 
