@@ -101,8 +101,8 @@ def process_sha256(tree: Any) -> str:
     in the order of their place in the array (what this process writes and reads back)."""
     blocks = []
     for leaf in jax.tree.leaves(tree):
-        shards = {str(s.index): s.data for s in leaf.addressable_shards}
-        blocks.extend(shards[index] for index in sorted(shards))
+        shards = {tuple(i.start or 0 for i in s.index): s.data for s in leaf.addressable_shards}
+        blocks.extend(shards[start] for start in sorted(shards))
     return params_sha256(blocks)
 
 
