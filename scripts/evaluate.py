@@ -1,5 +1,6 @@
 """Train DQN and HAQL over seeds and compare them with the baselines:
-``python scripts/evaluate.py usecase=ml seeds=10`` (``usecase=all``: the three use cases).
+``python scripts/evaluate.py usecase=ml seeds=10`` (``usecase=all``: the three use cases), or
+evaluate the runs of a training sweep instead of training: ``runs_from=<sweep dir>``.
 
 Hydra composes the shipped ``hmk8s/configs/evaluate.yaml`` (the training config plus an
 ``evaluate`` block) with the overrides given; the same program is installed as

@@ -32,13 +32,13 @@ def run_script(
 
 
 def start_script(
-    name: str, cwd: Path, *overrides: str, cache: Path | None = None
+    name: str, cwd: Path, *overrides: str, cache: Path | None = None, xla_flags: str = ""
 ) -> subprocess.Popen:
     """`run_script` in the background, for tests that act while it runs."""
     return subprocess.Popen(
         _command(name, overrides),
         cwd=cwd,
-        env=_environment(cache),
+        env=_environment(cache, xla_flags),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -35,7 +35,7 @@ from hmk8s.policies.heuristics import recommend
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.sim.params import EnvParams
 from hmk8s.spaces import OP_NAMES, ActionLayout
-from hmk8s.train.checkpoint import Checkpointer, CheckpointError
+from hmk8s.train.checkpoint import CheckpointError, load_params
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
 
@@ -248,15 +248,11 @@ def _check_shapes(params: Any, template: Any, where: str) -> None:
 
 
 def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
-    ckpt = Checkpointer(run_dir / "checkpoints", replay=False)
     try:
-        step, config, _, state = ckpt.restore_state_tree(step)
+        step, config, params = load_params(run_dir, step)
     except CheckpointError as err:
         raise AgentError(str(err)) from None
-    finally:
-        ckpt.close()
     where = f"{run_dir} step {step}"
-    params = _params_of(state, where)
     try:
         usecase_config = dict(config["usecase"])
         env_cfg = dict(config["env"])
@@ -287,14 +283,6 @@ def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
         params_sha256=params_sha256(params),
     )
     return Agent(manifest, params)
-
-
-def _params_of(state: Any, where: str) -> Any:
-    learner = state.get("learner") if isinstance(state, Mapping) else None
-    params = learner.get("params") if isinstance(learner, Mapping) else None
-    if not params or not jax.tree.leaves(params):
-        raise AgentError(f"{where}: the checkpoint holds no Q-network parameters")
-    return params
 
 
 def _one_seed(params: Any, template: Any, seed: int, where: str) -> Any:

@@ -1,6 +1,7 @@
 """What `scripts/evaluate.py` does with the config Hydra composed: for each use case asked for,
-train DQN and HAQL over seeds, evaluate them and the baselines, and write results.json,
-results.md and the figures into the run directory."""
+train DQN and HAQL over seeds (or take their runs from a sweep directory, ``runs_from``),
+evaluate them and the baselines, and write results.json, results.md and the figures into the
+run directory."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from omegaconf import DictConfig, OmegaConf
 from hmk8s.configs import SEARCH_PATH
 from hmk8s.evaluate.experiment import EvaluateConfig, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
+from hmk8s.evaluate.sweep import read_sweep
 from hmk8s.sim.params import EnvConfigError
+from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME, check_overrides
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.usecases import CONFIG_DIR, UseCaseError
@@ -37,9 +40,12 @@ ALL_USECASES = ("ehr", "ml", "stream")
 
 @dataclass
 class EvaluateRoot(TrainConfig):
-    """The training config plus the ``evaluate`` block; `configs/config.yaml` unchanged."""
+    """The training config plus the ``evaluate`` block; `configs/config.yaml` unchanged.
+    ``runs_from``: a training sweep's directory whose runs are evaluated instead of training
+    (their own configs then decide how they trained)."""
 
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    runs_from: str | None = None
 
 
 def register_schema() -> None:
@@ -91,13 +97,22 @@ def run(cfg: DictConfig) -> Path:
             )
         validate(dataclasses.replace(typed, agent=usecase_agent(typed.agent, name, typed.evaluate)))
     chosen = usecases(choice, cfg.usecase)
+    sweep = None
+    if typed.runs_from is not None:
+        sweep = read_sweep(Path(typed.runs_from), list(chosen), typed.haql.deployed_xi)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     out = Path(typed.run_dir or f"runs/evaluate-{choice}-{stamp}")
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = {}
     for name, mapping in chosen.items():
-        result, data = evaluate_usecase(name, mapping, typed, typed.evaluate)
+        if sweep is None:
+            result, data = evaluate_usecase(name, mapping, typed, typed.evaluate)
+        else:
+            group, ev = sweep[name], dataclasses.replace(typed.evaluate, agent_by_usecase={})
+            result, data = evaluate_usecase(
+                name, group.mapping, group.cfg, ev, source=group.agent_run
+            )
         results[name] = result
         write_figures(out, name, result, data)
         (out / "results.json").write_text(json.dumps(results, indent=1))
@@ -105,6 +120,7 @@ def run(cfg: DictConfig) -> Path:
         "command": "python scripts/evaluate.py " + " ".join(sys.argv[1:]),
         "device": device(),
         "wall_seconds": time.perf_counter() - start,
+        **({} if sweep is None else {"runs_from": str(Path(typed.runs_from).resolve())}),
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     (out / "results.md").write_text(render_markdown(results, meta))
@@ -116,7 +132,7 @@ def main(cfg: DictConfig) -> None:
     """Hydra task: evaluate, or print why not and exit with status 2."""
     try:
         run(cfg)
-    except (ConfigError, EnvConfigError, UseCaseError) as err:
+    except (ConfigError, CheckpointError, EnvConfigError, UseCaseError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 

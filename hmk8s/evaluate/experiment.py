@@ -225,16 +225,35 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: ``source(agent, trainer, curve) -> AgentRun``: the seeds of ``agent`` ("dqn", "haql"),
+#: scored by ``curve(seed-stacked params, env steps)`` along the way.
+AgentSource = Callable[[str, Trainer, Callable[[Any, int], np.ndarray]], AgentRun]
+
+
+def train_in_process(
+    usecase: str, cfg: TrainConfig, ev: EvaluateConfig, log: Callable[[str], None]
+) -> AgentSource:
+    """The `AgentSource` that trains every seed of the agent here, as ``cfg`` says."""
+
+    def trained(name: str, trainer: Trainer, curve: Callable[[Any, int], np.ndarray]) -> AgentRun:
+        log(f"{usecase} {name}: {cfg.seeds} seeds x {cfg.total_steps} env steps")
+        return train_agent(trainer, cfg, ev.curve_points, curve, log)
+
+    return trained
+
+
 def evaluate_usecase(
     usecase: str,
     mapping: Mapping[str, Any],
     cfg: TrainConfig,
     ev: EvaluateConfig,
     log: Callable[[str], None] = print,
+    source: AgentSource | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Train, evaluate and compare on the use case ``mapping`` (named ``usecase``). Returns the
-    JSON-ready results and the plot data (learning curves, the baselines' curve-episode
-    returns, one timeline episode per policy in ``ev.timeline``)."""
+    """Train (or take from ``source``), evaluate and compare on the use case ``mapping``
+    (named ``usecase``). Returns the JSON-ready results and the plot data (learning curves, the
+    baselines' curve-episode returns, one timeline episode per policy in ``ev.timeline``)."""
+    source = source or train_in_process(usecase, cfg, ev, log)
     env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
     env, params = sim.make(dict(mapping), env_cfg, name=usecase)
     spec = sim_env_spec(env, params, cfg.env.encoder)
@@ -262,8 +281,7 @@ def evaluate_usecase(
         def curve(p: Any, steps: int, run: Callable = run, haql=haql) -> np.ndarray:
             return seed_returns(run, p, curve_key, float(heuristic_bonus(haql, steps)))
 
-        log(f"{usecase} {name}: {cfg.seeds} seeds x {cfg.total_steps} env steps")
-        runs[name] = train_agent(trainer, cfg, ev.curve_points, curve, log)
+        runs[name] = source(name, trainer, curve)
         bonus = deployed_bonus(haql)
         if haql is not None and haql.deployed_xi is None and ev.deployed_xi_grid:
             trained, eta = runs[name].params, haql.eta

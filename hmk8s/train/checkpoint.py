@@ -11,6 +11,12 @@ Orbax keeps no checksum of the arrays, so a flipped or truncated data file would
 without error into a state that trains on NaN. ``meta`` therefore records every array's
 dtype and shape and a sha256 of each item's bytes; a restore checks both, and a step whose
 files are damaged is skipped, with a `CheckpointWarning`, for the newest intact one.
+
+Several processes (a multi-process run) save and restore together: each writes and reads the
+shards of its own devices, orbax writes the metadata once (process 0) and commits the step when
+every process is done. Each process then checks what it read itself, so ``meta`` holds one
+sha256 per process of the data that process holds, and the processes agree on whether a step
+is damaged.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hmk8s.train.config import resume_mismatches
+from hmk8s.train.distributed import all_processes, any_process, barrier, is_primary
 from hmk8s.train.runlog import params_sha256
 from hmk8s.train.state import TrainState
 
@@ -89,6 +96,48 @@ def array_layout(tree: Any) -> dict[str, str]:
     }
 
 
+def process_sha256(tree: Any) -> str:
+    """Digest of the data this process holds of ``tree``: each array's distinct local shards
+    in the order of their place in the array (what this process writes and reads back)."""
+    blocks = []
+    for leaf in jax.tree.leaves(tree):
+        shards = {tuple(i.start or 0 for i in s.index): s.data for s in leaf.addressable_shards}
+        blocks.extend(shards[start] for start in sorted(shards))
+    return params_sha256(blocks)
+
+
+def tree_digest(tree: Any) -> str | list[str]:
+    """What ``meta`` records of a saved tree: its sha256 on one process; with several, the
+    `process_sha256` of each process in process order (every process calls this)."""
+    if jax.process_count() == 1:
+        return params_sha256(tree)
+    digest = np.frombuffer(bytes.fromhex(process_sha256(tree)), np.uint8)
+    return [bytes(row).hex() for row in all_processes(digest)]
+
+
+def _digest_difference(tree: Any, saved: str | list[str]) -> str | None:
+    """Why ``tree`` (as read back) differs from the digest saved with it, or None."""
+    if isinstance(saved, str):
+        return None if params_sha256(tree) == saved else "differ from the sha256 saved with them"
+    if len(saved) != jax.process_count():
+        raise CheckpointError(
+            f"the checkpoint was written by {len(saved)} processes, this run has "
+            f"{jax.process_count()}; resume it with as many"
+        )
+    if process_sha256(tree) != saved[jax.process_index()]:
+        return f"differ from the sha256 process {jax.process_index()} saved with them"
+    return None
+
+
+def _first_difference(out: dict[str, Any], names: list[str], saved: dict) -> str | None:
+    """Why the first of the trees ``names`` of ``out`` differs from its saved digest, or None."""
+    for name in names:
+        difference = _digest_difference(out[name], saved[name])
+        if difference is not None:
+            return f"the {name} arrays {difference}"
+    return None
+
+
 def _layout_difference(saved: dict[str, str], wanted: dict[str, str]) -> str | None:
     """The first array where a checkpoint's layout and this trainer's differ, or None."""
     for path in sorted(set(saved) | set(wanted)):
@@ -118,12 +167,13 @@ class Checkpointer:
         trees = {"state": state._replace(buffer=None)}
         if self.replay:
             trees["replay"] = state.buffer
-        trees = jax.device_get(trees)
+        if jax.process_count() == 1:  # several processes save their own shards of the arrays
+            trees = jax.device_get(trees)
         integrity = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "layout": {name: array_layout(tree) for name, tree in trees.items()},
-            "sha256": {name: params_sha256(tree) for name, tree in trees.items()},
+            "sha256": {name: tree_digest(tree) for name, tree in trees.items()},
         }
         items = {name: ocp.args.StandardSave(tree) for name, tree in trees.items()}
         items["config"] = ocp.args.JsonSave(config)
@@ -166,22 +216,24 @@ class Checkpointer:
                 continue
             if damaged:
                 aside = self._set_aside(damaged)
-                warnings.warn(
-                    f"{self.directory}: {_listed(damaged)}; resuming from step {candidate}, the "
-                    f"newest intact checkpoint (the damaged ones are now {', '.join(aside)})",
-                    CheckpointWarning,
-                    stacklevel=3,
-                )
+                if is_primary():  # process 0 named and moved them
+                    warnings.warn(
+                        f"{self.directory}: {_listed(damaged)}; resuming from step {candidate}, "
+                        f"the newest intact checkpoint (the damaged ones are now "
+                        f"{', '.join(aside)})",
+                        CheckpointWarning,
+                        stacklevel=3,
+                    )
             return out
         raise CheckpointError(f"{self.directory}: no intact checkpoint left ({_listed(damaged)})")
 
     def _set_aside(self, steps: Iterable[int]) -> list[str]:
         stamp = int(time.time())
-        names = []
-        for step in steps:
-            name = f"{step}.damaged-{stamp}"
-            (self.directory / str(step)).rename(self.directory / name)
-            names.append(name)
+        names = [f"{step}.damaged-{stamp}" for step in steps]
+        if is_primary():
+            for step, name in zip(steps, names, strict=True):
+                (self.directory / str(step)).rename(self.directory / name)
+        barrier("hmk8s-set-aside")
         self._manager.reload()
         return names
 
@@ -213,15 +265,16 @@ class Checkpointer:
         if verified:
             self._check_layout(step, meta["layout"], trees)
         items = {name: ocp.args.StandardRestore(_abstract(t)) for name, t in trees.items()}
+        why, cause = None, None
         try:
             out = self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as err:
-            raise _Damaged(f"unreadable arrays: {_reason(err)}") from err
-        if verified:
-            for name in trees:
-                if params_sha256(out[name]) != meta["sha256"][name]:
-                    raise _Damaged(f"the {name} arrays differ from the sha256 saved with them")
-        else:
+            why, cause = f"unreadable arrays: {_reason(err)}", err
+        if why is None and verified:
+            why = _first_difference(out, list(trees), meta["sha256"])
+        if any_process(why is not None):
+            raise _Damaged(why or "damaged on another process") from cause
+        if not verified:
             warnings.warn(
                 f"{self.directory}: checkpoint step {step} has format version "
                 f"{UNVERIFIED_VERSION}, which stores no checksums: restored unverified",
@@ -231,13 +284,20 @@ class Checkpointer:
         buffer = out["replay"] if "replay" in trees else like.buffer
         return out["state"]._replace(buffer=buffer), config, meta
 
+    def steps(self) -> list[int]:
+        """Every complete checkpoint step, oldest first."""
+        return sorted(self._manager.all_steps())
+
     def restore_state_tree(self, step: int | None = None) -> tuple[int, dict, dict, Any]:
         """(step, config, meta, state) with the state as saved (nested dicts, no target), so a
-        reader needs no trainer to rebuild its structure; the replay buffer is not read."""
+        reader needs no trainer to rebuild its structure; the replay buffer is not read. The
+        arrays come to this process's first device, whatever devices and processes wrote them."""
         step, config, meta = self.read_config(step)
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         try:
             out = self._manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardRestore(fallback_sharding=here)),
             )
         except Exception as err:
             reason = str(err).splitlines()[0][:300]
@@ -245,6 +305,18 @@ class Checkpointer:
                 f"{self.directory}: step {step} has no readable state ({reason})"
             ) from err
         return step, config, meta, out["state"]
+
+    def read_params(self, step: int | None = None) -> tuple[int, dict, Any]:
+        """(step, config, Q-network parameters) of a checkpoint, as host arrays with the leading
+        seed axis the Anakin trainer gives them."""
+        step, config, _, state = self.restore_state_tree(step)
+        learner = state.get("learner") if isinstance(state, dict) else None
+        params = learner.get("params") if isinstance(learner, dict) else None
+        if not params or not jax.tree.leaves(params):
+            raise CheckpointError(
+                f"{self.directory} step {step}: the checkpoint holds no Q-network parameters"
+            )
+        return step, config, jax.tree.map(np.asarray, params)
 
     def _check_layout(self, step: int, saved: dict[str, dict], trees: dict[str, Any]) -> None:
         for name, tree in trees.items():
@@ -268,6 +340,24 @@ class Checkpointer:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def run_checkpoints(run_dir: str | Path) -> Checkpointer:
+    """The checkpoints of the run in ``run_dir``, to read (refused when it has none)."""
+    directory = Path(run_dir) / "checkpoints"
+    if not directory.is_dir():
+        raise CheckpointError(f"{run_dir}: no checkpoints (trained with checkpoint.enabled=false?)")
+    return Checkpointer(directory, replay=False)
+
+
+def load_params(run_dir: str | Path, step: int | None = None) -> tuple[int, dict, Any]:
+    """(step, config, parameters) of the run in ``run_dir`` at ``step`` (default: its last
+    intact checkpoint); see `Checkpointer.read_params`."""
+    checkpoints = run_checkpoints(run_dir)
+    try:
+        return checkpoints.read_params(step)
+    finally:
+        checkpoints.close()
 
 
 def check_resume_config(saved: dict, current: dict) -> None:

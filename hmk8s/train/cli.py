@@ -4,6 +4,7 @@ expected failure into one clear line and a non-zero exit."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import warnings
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import jax
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -99,6 +101,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     load_usecase(typed.usecase, source=f"usecase={usecase}")
     run_dir = resolve_run_dir(typed, usecase)
     if backend == "k8s":
+        if jax.process_count() > 1:
+            raise ConfigError("backend=k8s trains in one process: distributed.* is for backend=sim")
         from hmk8s.train.actor_learner.k8s_run import run_async_training
 
         return run_async_training(cfg, run_dir=run_dir)
@@ -117,6 +121,16 @@ def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, *
     return f"warning: {message}\n"
 
 
+def lost_process(err: Exception) -> str:
+    """One line for a step the processes of a run take together that failed: most often
+    because another process stopped (its peers then fail in their next collective)."""
+    first = (str(err).splitlines() or [type(err).__name__])[0]
+    return (
+        f"process {jax.process_index()} of {jax.process_count()}: {first} (did another process "
+        "stop? resume= on every process continues from the last checkpoint)"
+    )
+
+
 def main(cfg: DictConfig) -> None:
     """Hydra task: train, or print why not and exit with status 2."""
     warnings.formatwarning = one_line_warning
@@ -128,6 +142,12 @@ def main(cfg: DictConfig) -> None:
     except RUN_FAILED as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_RUN_FAILED)
+    except jax.errors.JaxRuntimeError as err:
+        if jax.process_count() == 1:
+            raise
+        print(f"error: {lost_process(err)}", file=sys.stderr, flush=True)
+        # JAX's exit would wait at a shutdown barrier for the lost process, then abort
+        os._exit(EXIT_RUN_FAILED)
     if "signal" in summary:  # stopped cleanly by SIGTERM: say so in the exit status
         sys.exit(128 + signal.Signals[summary["signal"]].value)
 

@@ -199,20 +199,30 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("invalid config: " + "; ".join(errors))
 
 
+def config_differences(
+    a: dict[str, Any], b: dict[str, Any], ignore: tuple[str, ...] = ()
+) -> list[tuple[str, Any, Any]]:
+    """(dotted key, value in ``a``, value in ``b``) of every setting two plain config dicts
+    disagree on, the keys ``ignore`` names (and all below them) excepted."""
+    out: list[tuple[str, Any, Any]] = []
+
+    def walk(x: Any, y: Any, path: str) -> None:
+        if path in ignore:
+            return
+        if isinstance(x, dict) and isinstance(y, dict):
+            for key in sorted(set(x) | set(y)):
+                below = f"{path}.{key}" if path else key
+                walk(x.get(key, "<absent>"), y.get(key, "<absent>"), below)
+        elif x != y:
+            out.append((path, x, y))
+
+    walk(a, b, "")
+    return out
+
+
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two plain config dicts, safe keys excepted."""
-    out: list[str] = []
-
-    def walk(a: Any, b: Any, path: str) -> None:
-        if path in RESUME_SAFE_KEYS:
-            return
-        if isinstance(a, dict) and isinstance(b, dict):
-            for key in sorted(set(a) | set(b)):
-                walk(
-                    a.get(key, "<absent>"), b.get(key, "<absent>"), f"{path}.{key}" if path else key
-                )
-        elif a != b:
-            out.append(f"{path}: checkpoint has {a!r}, now {b!r}")
-
-    walk(saved, current, "")
-    return out
+    return [
+        f"{path}: checkpoint has {was!r}, now {now!r}"
+        for path, was, now in config_differences(saved, current, RESUME_SAFE_KEYS)
+    ]

@@ -1,17 +1,23 @@
 """The processes and devices one run spans: `jax.distributed` set up from the settings or the
-environment, the device count of a data-parallel run, and the topology a checkpoint records
-(a checkpoint's arrays are laid out per device, so it resumes only on the same topology)."""
+environment, the device count of a data-parallel run, the topology a checkpoint records (a
+checkpoint's arrays are laid out per device, so it resumes only on the same topology), and the
+few things the processes of one run agree on: who writes the run's files (process 0), and
+whether every process passed a check before any of them goes on."""
 
 from __future__ import annotations
 
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+T = TypeVar("T")
 
 #: Environment variables read for any ``distributed.*`` setting left null.
 ENV_VARS = {
@@ -104,11 +110,10 @@ def resolve_devices(requested: int | None, num_envs: int, buffer_size: int, batc
     devices = available if requested is None else requested
     if devices < 1 or devices > available:
         raise TopologyError(f"devices={devices}: this run sees {available} device(s)")
-    if jax.process_count() > 1:
+    if jax.process_count() > 1 and devices != available:
         raise TopologyError(
-            f"this run joined {jax.process_count()} processes, but the Anakin trainer trains on "
-            "one process's devices only (every process would write the run's logs); run one "
-            "process per host, or a sweep with one job per host"
+            f"devices={devices}: a run of {jax.process_count()} processes trains on every "
+            f"process's devices ({available}); leave devices unset"
         )
     if num_envs % devices:
         raise TopologyError(f"num_envs={num_envs} does not split evenly over {devices} devices")
@@ -139,3 +144,44 @@ def check_topology(meta: Mapping[str, Any], current: Mapping[str, int]) -> None:
 def is_primary() -> bool:
     """Whether this process writes the run's logs and summary (process 0)."""
     return jax.process_index() == 0
+
+
+def all_processes(value: np.ndarray) -> np.ndarray:
+    """``value`` of every process, stacked in process order (a collective: every process calls
+    it); on one process, ``value`` with a leading axis of 1."""
+    return multihost_utils.process_allgather(np.asarray(value))
+
+
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` holds on some process (every process calls it and gets the same)."""
+    if jax.process_count() == 1:
+        return flag
+    return bool(all_processes(np.int32(flag)).any())
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier ``name``; nothing on one process."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
+def agree(check: Callable[[], T], what: str) -> T:
+    """``check()`` run here, then raised on every process if it failed on any: the failed
+    process its own error, the others one naming it, so that no process waits for one that
+    stopped."""
+    failure: Exception | None = None
+    result = None
+    try:
+        result = check()
+    except Exception as err:
+        failure = err
+    failed = []
+    if jax.process_count() > 1:
+        failed = np.flatnonzero(all_processes(np.int32(failure is not None))).tolist()
+    if failure is not None:
+        raise failure
+    if failed:
+        raise TopologyError(
+            f"{what} failed on process {', '.join(map(str, failed))} (see its error)"
+        )
+    return result

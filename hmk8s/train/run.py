@@ -5,11 +5,15 @@ Both trainers open their run here, so each rule holds for both backends and live
 1. the run directory is resolved (``resume`` > ``run_dir`` > a fresh timestamped one) and a
    directory that already holds a run is refused unless the run resumes it;
 2. the directory must be writable, before any work (or any cluster object) is made;
+   in a multi-process run process 0 creates it and every other process must reach it;
 3. checkpoints are opened and, on resume, the saved config is checked against this one;
 4. SIGTERM is turned into the same clean stop as Ctrl-C, on the main thread, wherever envs
    were built, and remembered so the process exits with 128 + signal afterwards;
 5. the log (``metrics.csv``, TensorBoard, console) appends, checkpoints are saved only over
-   finite weights, and the summary is written last.
+   finite weights, and the summary is written last; process 0 alone writes these.
+
+With several processes each check runs on every process and fails on all of them together
+(`agree`), so that no process is left waiting for one that stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import jax
 
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
 from hmk8s.train.config import ConfigError, TrainConfig
-from hmk8s.train.runlog import RunLog
+from hmk8s.train.distributed import agree, is_primary
+from hmk8s.train.runlog import QuietLog, RunLog
 
 #: What marks a directory as holding a run: any of these is there.
 RUN_MARKERS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "history", "tb")
@@ -56,12 +61,39 @@ def resolve_run_dir(cfg: TrainConfig, usecase: str) -> Path:
         return Path(cfg.resume)
     if cfg.run_dir is not None:
         return Path(cfg.run_dir)
+    if jax.process_count() > 1:
+        raise ConfigError(
+            f"a run of {jax.process_count()} processes needs run_dir=<a directory every process "
+            "reaches>, the same on each (or resume=)"
+        )
     return default_run_dir(usecase, "haql" if cfg.heuristic else "dqn")
 
 
 def holds_run(directory: Path) -> bool:
     """Whether ``directory`` holds (part of) a run: a config, metrics, summary or checkpoint."""
     return any((directory / name).exists() for name in RUN_MARKERS)
+
+
+def _fresh_or_resumed(directory: Path, resuming: bool) -> None:
+    if not resuming and holds_run(directory):
+        raise RunDirError(
+            f"{directory} already holds a run: pass resume={directory} to continue it, or "
+            "choose another run_dir"
+        )
+
+
+def _created(directory: Path) -> None:
+    """Process 0 creates ``directory`` (and checks it can write there)."""
+    if is_primary():
+        _writable(directory)
+
+
+def _reached(directory: Path) -> None:
+    if not directory.is_dir():
+        raise RunDirError(
+            f"run_dir {directory} is not visible on process {jax.process_index()}: every "
+            "process of a run must reach the same directory (a shared filesystem)"
+        )
 
 
 def _writable(directory: Path) -> None:
@@ -88,7 +120,7 @@ class Run:
     config: dict[str, Any]
     checkpoints: Checkpointer | None
     resume_step: int | None
-    log: RunLog | None = None
+    log: RunLog | QuietLog | None = None
     signal: int | None = None
 
     def restore(self, fresh: Any) -> Any:
@@ -98,8 +130,12 @@ class Run:
         state, _, _ = self.checkpoints.restore(fresh, self.resume_step)
         return state
 
-    def start_log(self, total_steps: int, start_steps: int) -> RunLog:
-        """Open ``metrics.csv``, TensorBoard and the console progress (appending on resume)."""
+    def start_log(self, total_steps: int, start_steps: int) -> RunLog | QuietLog:
+        """Open ``metrics.csv``, TensorBoard and the console progress (appending on resume);
+        on a process other than 0, a log that writes nothing."""
+        if not is_primary():
+            self.log = QuietLog()
+            return self.log
         self.log = RunLog(
             self.directory,
             self.config,
@@ -158,6 +194,19 @@ def _sigterm_as_interrupt(run: Run) -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _resume_step(
+    checkpoints: Checkpointer | None,
+    current: dict[str, Any],
+    resume_view: Callable[[dict[str, Any]], dict[str, Any]],
+) -> int:
+    """The step a resumed run starts from, once its config matches the checkpoint's."""
+    if checkpoints is None:
+        raise CheckpointError("resume needs checkpoint.enabled=true")
+    step, saved, _ = checkpoints.read_config()
+    check_resume_config(resume_view(saved), current)
+    return step
+
+
 @contextlib.contextmanager
 def open_run(
     cfg: TrainConfig,
@@ -172,12 +221,9 @@ def open_run(
     how its actor ran). Raises `RunDirError` / `CheckpointError` before any work starts.
     """
     resuming = cfg.resume is not None
-    if not resuming and holds_run(directory):
-        raise RunDirError(
-            f"{directory} already holds a run: pass resume={directory} to continue it, or "
-            "choose another run_dir"
-        )
-    _writable(directory)
+    agree(lambda: _fresh_or_resumed(directory, resuming), "the run directory's check")
+    agree(lambda: _created(directory), f"creating {directory}")
+    agree(lambda: _reached(directory), f"reaching {directory}")
     checkpoints = None
     if cfg.checkpoint.enabled:
         checkpoints = Checkpointer(
@@ -186,10 +232,10 @@ def open_run(
     try:
         step = None
         if resuming:
-            if checkpoints is None:
-                raise CheckpointError("resume needs checkpoint.enabled=true")
-            step, saved, _ = checkpoints.read_config()
-            check_resume_config(resume_view(saved), resume_view(dict(config)))
+            step = agree(
+                lambda: _resume_step(checkpoints, resume_view(dict(config)), resume_view),
+                "the resume check",
+            )
         run = Run(cfg, directory, dict(config), checkpoints, step)
     except BaseException:
         if checkpoints is not None:

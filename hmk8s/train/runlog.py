@@ -145,6 +145,20 @@ class RunLog:
             self._tb = None
 
 
+class QuietLog:
+    """The log of every process but process 0 in a multi-process run: the run's files and
+    console output are process 0's, so these write nothing."""
+
+    def log_chunk(self, rows: list[dict[str, Any]]) -> None:
+        """Nothing: process 0 logs the chunk."""
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        """Nothing: process 0 writes summary.json."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
 def _flat_blocks(group: Any) -> list[tuple[str, Mapping[str, Any]]]:
     if not isinstance(group, Mapping):
         return []

@@ -100,7 +100,7 @@ def run_training(
                 step = int(np.asarray(state.env_steps)[0])
                 run.save(step, state, {"name": name, "env_steps": step, "topology": where})
 
-        params = state.learner.params
+        params = jax.device_get(state.learner.params)  # replicated: each process has them all
         key = jax.random.PRNGKey(cfg.seed + 1)
         if not cfg.eval.enabled or cfg.eval.episodes == 0:
             results: dict[str, Any] = {}
