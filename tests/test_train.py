@@ -11,13 +11,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.agents.config import AgentConfig, HaqlConfig, ScheduleConfig
+from hmk8s.agents.config import (
+    AgentConfig,
+    HaqlConfig,
+    ScheduleConfig,
+    iteration_shape,
+    planned_updates,
+)
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.envs.spec import EnvSpec, Timestep
 from hmk8s.train.anakin.loop import (
     greedy_returns,
     init_seeds,
-    iteration_shape,
     make_chunk_fn,
     make_trainer,
 )
@@ -101,6 +106,16 @@ def test_iteration_shape_keeps_the_update_to_data_ratio():
     assert iteration_shape(4, 0.25) == (1, 1)
     assert iteration_shape(1, 0.1) == (10, 1)
     assert iteration_shape(8, 0.05) == (2, 1)  # 8 * 0.05 = 0.4 -> one update per 2 steps
+
+
+def test_planned_updates_counts_the_iterations_after_learning_starts():
+    # 64 envs at 6 updates per 64 transitions: (300,000 - 10,000) / 64 = 4,531.25 -> 4,532
+    # iterations that learn, 6 updates each (the README run's 27,192 updates)
+    agent = AgentConfig(updates_per_step=0.09375, learning_starts=10_000)
+    assert planned_updates(agent, 64, 300_000) == 4_532 * 6
+    # 8 envs at 0.05: an update every 2 vector steps (16 env steps); 1,000 - 128 (the batch
+    # size outweighs learning_starts=0) = 872 env steps -> 55 iterations
+    assert planned_updates(AgentConfig(updates_per_step=0.05, learning_starts=0), 8, 1_000) == 55
 
 
 def test_chunk_plan_covers_the_run_once():

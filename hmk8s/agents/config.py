@@ -7,6 +7,7 @@ dataclasses; the rulebook's weight is computed here only (`heuristic_bonus`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +72,22 @@ class HaqlConfig:
         default_factory=lambda: ScheduleConfig(kind="linear", start=1.0, end=0.5, steps=200_000)
     )
     deployed_xi: float | None = None
+
+
+def iteration_shape(num_envs: int, updates_per_step: float) -> tuple[int, int]:
+    """(vector env steps, updates) per iteration for a target updates-per-transition ratio:
+    the ratio a loop stepping ``num_envs`` envs at a time actually runs."""
+    per_vector_step = num_envs * updates_per_step
+    if per_vector_step >= 1.0:
+        return 1, round(per_vector_step)
+    return round(1.0 / per_vector_step), 1
+
+
+def planned_updates(agent: AgentConfig, num_envs: int, total_steps: int) -> int:
+    """About how many updates a run of ``total_steps`` env steps makes (per seed)."""
+    steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
+    learning_steps = max(total_steps - max(agent.learning_starts, agent.batch_size), 0)
+    return math.ceil(learning_steps / (steps_per_iter * num_envs)) * updates_per_iter
 
 
 def xi_schedule(haql: HaqlConfig | None) -> optax.Schedule:

@@ -14,7 +14,13 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from hmk8s.agents.config import SCHEDULE_KINDS, AgentConfig, HaqlConfig, ScheduleConfig
+from hmk8s.agents.config import (
+    SCHEDULE_KINDS,
+    AgentConfig,
+    HaqlConfig,
+    ScheduleConfig,
+    planned_updates,
+)
 from hmk8s.train.distributed import DistributedConfig
 
 ENCODERS = ("onehot", "continuous")
@@ -166,6 +172,15 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"agent.target_tau must be in (0, 1], got {a.target_tau}")
     if a.lr_decay_updates < 0:
         errors.append(f"agent.lr_decay_updates must be >= 0, got {a.lr_decay_updates}")
+    elif a.updates_per_step > 0 and cfg.num_envs > 0:
+        planned = planned_updates(a, cfg.num_envs, cfg.total_steps)
+        if 0 < a.lr_decay_updates < planned:
+            errors.append(
+                f"agent.lr_decay_updates={a.lr_decay_updates:,} is below the run's "
+                f"{planned:,} updates: the learning rate would be 0 for the last "
+                f"{planned - a.lr_decay_updates:,}; set agent.lr_decay_updates={planned} "
+                "(or 0 for a constant rate)"
+            )
     for name in ("priority_exponent", "priority_beta"):
         if not 0.0 <= getattr(a, name) <= 1.0:
             errors.append(f"agent.{name} must be in [0, 1], got {getattr(a, name)}")

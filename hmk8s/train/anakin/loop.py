@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from hmk8s.agents import dqn
-from hmk8s.agents.config import AgentConfig, HaqlConfig
+from hmk8s.agents.config import AgentConfig, HaqlConfig, iteration_shape
 from hmk8s.agents.counters import saturating_add
 from hmk8s.agents.network import QNetwork
 from hmk8s.agents.parts import make_agent_parts
@@ -43,14 +43,6 @@ from hmk8s.train.state import TrainState
 
 Array = jax.Array
 Metrics = dict[str, Array]
-
-
-def iteration_shape(num_envs: int, updates_per_step: float) -> tuple[int, int]:
-    """(vector env steps, updates) per iteration for a target updates-per-transition ratio."""
-    per_vector_step = num_envs * updates_per_step
-    if per_vector_step >= 1.0:
-        return 1, round(per_vector_step)
-    return round(1.0 / per_vector_step), 1
 
 
 @dataclass(frozen=True)
