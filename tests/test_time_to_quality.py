@@ -45,7 +45,7 @@ def test_compose_config_is_what_train_py_composes():
     assert cfg.heuristic and cfg.usecase["name"] == "stream"
     assert (cfg.total_steps, cfg.agent.updates_per_step) == (20_000, 0.5)
     # untouched keys keep the shipped defaults (hmk8s/configs/agent/dqn.yaml)
-    assert (cfg.agent.batch_size, cfg.agent.hidden) == (128, [256, 256])
+    assert (cfg.agent.batch_size, cfg.agent.hidden) == (128, [128, 128])
     with pytest.raises(ConfigError, match=r"agent\.nope"):
         compose_config("ml", False, ["agent.nope=1"])
     with pytest.raises(ConfigError, match="num_envs must be > 0"):
