@@ -12,7 +12,9 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from hmk8s.k8s import objects
 from hmk8s.k8s.client import KINDS, ClusterClient
+from hmk8s.k8s.emulated.apiclusters import WORKLOADS
 from hmk8s.k8s.emulated.harness import Emulation, emulation, on_server
 
 SERVED = ("emulator", "apiserver")
@@ -31,6 +33,13 @@ def played(
     if kind == "emulator":
         return emulation(*args, **options, **dict(emulator or {}))
     return on_server(request.getfixturevalue("apiserver"), *args, **options)
+
+
+def labelled(clusters: Any, run_id: str | None = None) -> list[dict]:
+    """Every object carrying the hmk8s owner label (of one run, or of all runs), listed over
+    every namespace of the emulator or the server."""
+    selector = objects.run_selector(run_id)
+    return [o for kind in WORKLOADS for o in clusters.objects(kind, selector=selector)]
 
 
 class Stored(NamedTuple):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import yaml
 from gymnasium.error import ResetNeeded
-from served import SERVED, played
+from served import SERVED, labelled, played
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.cleanup import delete_labelled
@@ -17,15 +17,8 @@ from hmk8s.k8s.retry import ApiCallError
 from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
-KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")
 FIREWALL, ENCRYPT = FUNCTION_NAMES.index("firewall"), FUNCTION_NAMES.index("encrypt")
 SMALL, MEDIUM = CONFIG_NAMES.index("small"), CONFIG_NAMES.index("medium")
-
-
-def labelled(clusters, run_id: str | None = None) -> list[dict]:
-    """Every object carrying the hmk8s owner label (of one run, or of all runs)."""
-    selector = objects.run_selector(run_id)
-    return [o for kind in KINDS for o in clusters.objects(kind, selector=selector)]
 
 
 def named(clusters, kind: str, namespace: str, name: str) -> dict | None:

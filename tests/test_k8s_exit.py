@@ -15,13 +15,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from served import SERVED, played
+from served import SERVED, labelled, played
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterClient, new_api_client
 
 ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")
 CHILD = textwrap.dedent(
     """
     import signal, sys, time, yaml
@@ -37,11 +36,6 @@ CHILD = textwrap.dedent(
     time.sleep(120)
     """
 )
-
-
-def labelled(clusters, run_id: str | None = None) -> list[dict]:
-    selector = objects.run_selector(run_id)
-    return [o for kind in KINDS for o in clusters.objects(kind, selector=selector)]
 
 
 @pytest.fixture(scope="module")

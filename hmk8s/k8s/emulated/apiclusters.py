@@ -42,6 +42,10 @@ def resource_path(
     return path + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
 
 
+#: What hmk8s writes into a namespace (the kinds `delete_objects` removes).
+WORKLOADS = ("apps/v1/deployments", "v1/services", "v1/configmaps")
+
+
 class ApiClusters:
     """Namespaces `namespaces[k]` of the server play cluster k; contexts `contexts[k]` of the
     kubeconfig `kubeconfig()` writes reach them with the admin's credentials."""
@@ -125,6 +129,16 @@ class ApiClusters:
             self._ok(
                 f"create namespace {ns}", self.request("POST", "/api/v1/namespaces", body), (409,)
             )
+
+    def delete_objects(self) -> None:
+        """Delete every Deployment, Service and ConfigMap of the clusters' namespaces. A bare
+        API server runs no namespace controller, so deleting a namespace would leave them
+        listed; what a controller left in place (it never deletes) goes here too."""
+        for ns in self.namespaces:
+            for resource in WORKLOADS:  # one by one: Services have no delete-collection
+                for item in self.objects(resource, ns):
+                    path = resource_path(resource, ns, item["metadata"]["name"])
+                    self._ok(f"delete {path}", self.request("DELETE", path), (404,))
 
     # -- the twin's writes ----------------------------------------------------------------------
 

@@ -81,13 +81,17 @@ def on_server(
     prefix: str | None = None,
 ) -> Iterator[Emulation]:
     """K fresh namespaces `<prefix>0 … <prefix>K-1` of a real API server (prefix: a random
-    `hmk8s-<hex>-`), their twin, and a map whose latency comes from the twin's Prometheus API."""
+    `hmk8s-<hex>-`), their twin, and a map whose latency comes from the twin's Prometheus API;
+    the objects in them are deleted on exit, so the server's other users never list them."""
     uc = usecase if isinstance(usecase, UseCase) else load_usecase(usecase)
     prefix = prefix or f"hmk8s-{secrets.token_hex(3)}-"
     namespaces = [f"{prefix}{k}" for k in range(uc.clusters.count)]
     with ApiClusters(server.kubeconfig, server.context, namespaces) as clusters:
         clusters.create_namespaces()
-        yield from _played(clusters, uc, env_cfg, backend, workdir)
+        try:
+            yield from _played(clusters, uc, env_cfg, backend, workdir)
+        finally:
+            clusters.delete_objects()
 
 
 def _played(
