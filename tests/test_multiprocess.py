@@ -14,22 +14,13 @@ from pathlib import Path
 
 import pytest
 from script_runs import run_script, start_script
+from tiny_run import TINY_RUN
 
 from hmk8s.train.checkpoint import load_params
 from hmk8s.train.runlog import params_sha256
 
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
-TINY = [
-    "total_steps=256",
-    "num_envs=8",
-    "chunk_steps=128",
-    "agent.hidden=[8]",
-    "agent.batch_size=8",
-    "agent.buffer_size=256",
-    "agent.learning_starts=32",
-    "log.progress=false",
-    "eval.enabled=false",
-]
+
 TIMEOUT_S = 240
 
 
@@ -49,7 +40,7 @@ def on_two_processes(cwd: Path, cache: Path, *overrides: str) -> list[tuple[int,
             f"distributed.coordinator_address={address}",
             "distributed.num_processes=2",
             f"distributed.process_id={pid}",
-            *TINY,
+            *TINY_RUN,
             *overrides,
             cache=cache,
             xla_flags=TWO_DEVICES,
@@ -134,7 +125,7 @@ def test_a_run_killed_after_its_first_checkpoint_resumes_bit_for_bit(trained, ca
 def test_another_topology_is_refused(trained, tmp_path):
     run_dir, _ = trained
     before = sorted(str(p) for p in run_dir.rglob("*"))
-    done = run_script("train.py", tmp_path, f"resume={run_dir}", *TINY, xla_flags=TWO_DEVICES)
+    done = run_script("train.py", tmp_path, f"resume={run_dir}", *TINY_RUN, xla_flags=TWO_DEVICES)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (
         "error: cannot resume: the checkpoint was written by 4 device(s) in 2 process(es), "

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from script_runs import run_script
+from tiny_run import TINY_RUN
 
 import hmk8s
 from hmk8s import sim
@@ -25,18 +26,7 @@ from hmk8s.train.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-TINY = [
-    "total_steps=256",
-    "num_envs=8",
-    "chunk_steps=128",
-    "agent.hidden=[8]",
-    "agent.batch_size=8",
-    "agent.buffer_size=256",
-    "agent.learning_starts=32",
-    "log.progress=false",
-    "log.tensorboard=false",
-    "eval.enabled=false",
-]
+TINY = [*TINY_RUN, "log.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")
