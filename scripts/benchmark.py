@@ -7,6 +7,9 @@ host loop (CleanRL ``dqn_jax`` style) steps the gymnasium env from Python. Print
 ratios against the host loop measured in this run, then one JSON line. ``--sim`` adds the
 simulator's own throughput table (random actions, no learning).
 
+``--cpu-baseline`` also runs each Anakin size on JAX's CPU backend of the same machine (the
+fair baseline on an accelerator, where the host loop dispatches every step to the device).
+
 ``--devices 1,2,4`` instead compares data-parallel device counts at each ``--num-envs``, as a
 ratio to the first count; on a CPU, force host devices first:
 
@@ -53,6 +56,9 @@ def main() -> None:
     parser.add_argument("--host-steps", type=int, default=3_000)
     parser.add_argument("--sim", action="store_true", help="also time the bare simulator")
     parser.add_argument(
+        "--cpu-baseline", action="store_true", help="also time each size on the CPU backend"
+    )
+    parser.add_argument(
         "--devices", type=int_list, help="data-parallel device counts to compare (no host loop)"
     )
     args = parser.parse_args()
@@ -74,19 +80,30 @@ def main() -> None:
     for n in args.num_envs:
         row = {"num_envs": n, **anakin_throughput(spec, agent, n, max(args.steps, 4 * n))}
         row["ratio_vs_host_loop"] = row["env_steps_per_second"] / host["env_steps_per_second"]
+        if args.cpu_baseline:
+            with jax.default_device(jax.devices("cpu")[0]):
+                cpu = anakin_throughput(spec, agent, n, max(args.steps, 4 * n))
+            row["cpu_env_steps_per_second"] = cpu["env_steps_per_second"]
+            row["ratio_vs_cpu"] = row["env_steps_per_second"] / cpu["env_steps_per_second"]
         rows.append(row)
 
     print(
         f"device {device_name()}  env {args.env}  hidden {args.hidden}  batch {args.batch_size}"
         f"  updates/step {args.updates_per_step}"
     )
-    print(f"{'envs':>10} {'env steps/s':>14} {'updates/s':>12} {'x host loop':>12}")
+    cpu_head = f" {'cpu steps/s':>12} {'x cpu':>7}" if args.cpu_baseline else ""
+    print(f"{'envs':>10} {'env steps/s':>14} {'updates/s':>12} {'x host loop':>12}" + cpu_head)
     host_line = f"{'host loop':>10} {host['env_steps_per_second']:>14,.0f}"
     print(f"{host_line} {host['updates_per_second']:>12,.0f} {1.0:>12.1f}")
     for r in rows:
         print(
             f"{r['num_envs']:>10} {r['env_steps_per_second']:>14,.0f} "
             f"{r['updates_per_second']:>12,.0f} {r['ratio_vs_host_loop']:>12.1f}"
+            + (
+                f" {r['cpu_env_steps_per_second']:>12,.0f} {r['ratio_vs_cpu']:>7.1f}"
+                if args.cpu_baseline
+                else ""
+            )
         )
     result = {
         "device": device_name(),
