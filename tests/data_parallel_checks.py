@@ -20,7 +20,7 @@ from test_train import SMALL, counting_env
 from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.replay import Transition
 from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
-from hmk8s.train.anakin.mesh import DATA_AXIS, data_mesh
+from hmk8s.train.anakin.mesh import DATA_AXIS, SEED_AXIS, make_mesh
 
 DEVICES = 4
 BATCH = 16
@@ -58,13 +58,27 @@ def shard_spread(tree) -> float:
     return out
 
 
+def replica_spread(tree) -> float:
+    """Largest difference between copies of the same block of an array (the devices of one
+    mesh row hold the same seed's learner)."""
+    out = 0.0
+    for leaf in jax.tree.leaves(tree):
+        blocks: dict[tuple, list[np.ndarray]] = {}
+        for s in leaf.addressable_shards:
+            blocks.setdefault(tuple((i.start, i.stop) for i in s.index), []).append(s.data)
+        assert all(len(copies) == 2 for copies in blocks.values()), blocks.keys()
+        for first, *rest in blocks.values():
+            out = max(out, *(float(np.max(np.abs(np.asarray(c) - first))) for c in rest))
+    return out
+
+
 def update_checks() -> dict[str, float]:
     """One update on 4 devices against the same update on 1 device."""
     single = make_agent_parts(SMALL, ACTIONS)
     parallel = make_agent_parts(SMALL, ACTIONS, axis_name=DATA_AXIS)
     learner = single.init_learner(jax.random.PRNGKey(0), jnp.zeros((OBS,)))
     one_step = jax.jit(single.update)
-    mesh = data_mesh(DEVICES)
+    mesh = make_mesh(DEVICES)
 
     def on_devices(learner, batches):
         local = jax.tree.map(lambda x: x[0], batches)
@@ -133,9 +147,53 @@ def prioritised_checks(iters: int) -> dict[str, float]:
     }
 
 
+def seed_axis_checks(iters: int) -> dict[str, float]:
+    """2 seeds split over the mesh's seed axis (2 rows of 2 data-parallel devices) against the
+    same 2 seeds batched on each of 2 data-parallel devices: the same runs, placed apart."""
+    batched = make_trainer(counting_env(True), SMALL, num_envs=8, devices=2)
+    split = make_trainer(counting_env(True), SMALL, num_envs=8, devices=4, seed_devices=2)
+    runs = {}
+    for name, trainer in (("batched", batched), ("split", split)):
+        state = init_seeds(trainer, 0, 2)
+        keys = np.asarray(state.rng).reshape(-1, 2)
+        state, metrics = make_chunk_fn(trainer, iters)(state)
+        runs[name] = (state, metrics, keys)
+    (b_state, b_metrics, _), (s_state, s_metrics, s_keys) = runs["batched"], runs["split"]
+    kernel = jax.tree.leaves(s_state.learner.params)[0]  # [seed, ...], one seed per mesh row
+    rows = np.asarray(split.mesh.devices)
+    return {
+        "seed_mesh_shape": dict(split.mesh.shape),
+        "seed_params_diff": max_diff(s_state.learner.params, b_state.learner.params),
+        "seed_metrics_diff": max_diff(s_metrics, b_metrics),
+        "seed_updates": int(np.asarray(s_metrics["updates"])[1]),
+        "seed_rows_hold_their_seed": all(
+            {
+                d
+                for d in kernel.sharding.devices_indices_map(kernel.shape)
+                if kernel.sharding.devices_indices_map(kernel.shape)[d][0] == slice(s, s + 1)
+            }
+            == set(rows[s].tolist())
+            for s in range(2)
+        ),
+        "seed_replica_spread": replica_spread(s_state.learner),
+        "seed_runs_differ": max_diff(
+            jax.tree.map(lambda x: x[0], s_state.learner.params),
+            jax.tree.map(lambda x: x[1], s_state.learner.params),
+        ),
+        "seed_keys": len(s_keys),
+        "seed_distinct_keys": len({tuple(k) for k in s_keys.tolist()}),
+        "seed_axis_size": int(split.mesh.shape[SEED_AXIS]),
+    }
+
+
 if __name__ == "__main__":
     jax.config.update("jax_disable_most_optimizations", True)
     assert jax.device_count() == DEVICES, jax.devices()
     iters = int(sys.argv[1])
-    out = {**update_checks(), **loop_checks(iters), **prioritised_checks(iters // 10)}
+    out = {
+        **update_checks(),
+        **loop_checks(iters),
+        **prioritised_checks(iters // 10),
+        **seed_axis_checks(iters // 5),
+    }
     print(json.dumps(out))

@@ -75,24 +75,56 @@ def test_key_streams_differ_across_devices_and_seeds(measured):
     assert measured["distinct_keys"] == 8
 
 
+def test_seeds_split_over_the_seed_axis_are_the_same_runs(measured):
+    # seeds=2 on a 2 x 2 mesh: each row trains one seed data-parallel over its 2 devices
+    assert measured["seed_mesh_shape"] == {"seed": 2, "data": 2}
+    assert measured["seed_rows_hold_their_seed"]
+    assert measured["seed_updates"] == ITERS // 5 * measured["updates_per_iter"]
+    assert measured["seed_replica_spread"] == 0.0  # a row's devices hold the same learner
+    assert measured["seed_runs_differ"] > 1e-3  # and the two rows' seeds are apart
+    # the same two runs as both seeds batched on each of 2 devices, up to float rounding
+    assert measured["seed_params_diff"] <= 1e-6
+    assert measured["seed_metrics_diff"] <= 1e-6
+    assert measured["seed_keys"] == measured["seed_distinct_keys"] == 4
+
+
 def test_checkpoint_from_another_topology_is_refused():
-    here = {"devices": 4, "processes": 1}
+    here = {"devices": 4, "processes": 1, "seed_devices": 1}
     check_topology({"topology": here}, here)
     with pytest.raises(TopologyError, match="written by 2 device"):
         check_topology({"topology": {"devices": 2, "processes": 1}}, here)
     with pytest.raises(TopologyError, match="written by 1 device"):
         check_topology({}, here)  # a checkpoint without the record: one device
+    rows = {"devices": 4, "processes": 1, "seed_devices": 2}
+    check_topology({"topology": rows}, rows)
+    with pytest.raises(
+        TopologyError, match=r"this run has 4 device\(s\) in 1 process\(es\), 2 seed"
+    ):
+        check_topology({"topology": here}, rows)
 
 
-def test_envs_that_do_not_split_over_the_devices_are_refused(tmp_path):
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["num_envs=6"], "num_envs=6 does not split evenly over 4 devices"),
+        (["seed_devices=3"], "seed_devices=3 does not divide the 4 devices"),
+        (["seeds=3", "seed_devices=2"], "seeds=3 does not split evenly over seed_devices=2"),
+        (
+            ["num_envs=9", "seeds=2", "seed_devices=2", "agent.lr_decay_updates=0"],
+            "num_envs=9 does not split evenly over 2 devices (devices / seed_devices = 2)",
+        ),
+        (["seed_devices=0"], "seed_devices must be > 0, got 0"),
+    ],
+)
+def test_a_mesh_the_run_does_not_split_over_is_refused(tmp_path, overrides, message):
     done = run_script(
         "train.py",
         tmp_path,
-        "num_envs=6",
+        *overrides,
         "devices=4",
         f"run_dir={tmp_path / 'run'}",
         xla_flags=FOUR_DEVICES,
     )
     assert done.returncode == 2
-    assert "num_envs=6 does not split evenly over 4 devices" in done.stderr
+    assert message in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "run").exists()

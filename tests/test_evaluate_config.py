@@ -97,6 +97,23 @@ def test_resume_ignores_the_deployed_weight_but_not_the_training_schedule():
     assert resume_mismatches(saved, current) == ["haql.xi.end: checkpoint has 0.5, now 0.0"]
 
 
+def test_a_setting_added_after_the_checkpoint_counts_as_its_default():
+    # written before seed_devices and prioritised replay existed
+    saved = {"seeds": 2, "agent": {"gamma": 0.99}}
+    current = {
+        "seeds": 2,
+        "seed_devices": 1,
+        "agent": {"gamma": 0.99, "priority_exponent": 0.0, "priority_beta": 0.4},
+    }
+    assert resume_mismatches(saved, current) == []
+    current["seed_devices"] = 2
+    current["agent"]["priority_exponent"] = 0.6
+    assert resume_mismatches(saved, current) == [
+        "agent.priority_exponent: checkpoint has 0.0, now 0.6",
+        "seed_devices: checkpoint has 1, now 2",
+    ]
+
+
 def test_a_use_case_in_agent_by_usecase_trains_with_its_own_agent_settings():
     agent = AgentConfig(updates_per_step=0.025, batch_size=64)
     ev = EvaluateConfig(agent_by_usecase={"stream": {"updates_per_step": 0.1, "hidden": [32]}})

@@ -39,6 +39,7 @@ PER_RUN = (
     "log",
     "eval",
     "devices",
+    "seed_devices",
     "distributed",
     "haql.deployed_xi",
 )

@@ -103,6 +103,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if backend == "k8s":
         if jax.process_count() > 1:
             raise ConfigError("backend=k8s trains in one process: distributed.* is for backend=sim")
+        if typed.seed_devices != 1:
+            raise ConfigError("backend=k8s trains on one device: seed_devices is for backend=sim")
         from hmk8s.train.actor_learner.k8s_run import run_async_training
 
         return run_async_training(cfg, run_dir=run_dir)

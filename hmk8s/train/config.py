@@ -108,6 +108,7 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     halt_on_nan: bool = True
     devices: int | None = None
+    seed_devices: int = 1
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
 
@@ -144,7 +145,7 @@ def validate(cfg: TrainConfig) -> None:
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
     a = cfg.agent
-    for name in ("seeds", "total_steps", "num_envs", "chunk_steps"):
+    for name in ("seeds", "seed_devices", "total_steps", "num_envs", "chunk_steps"):
         _positive(errors, name, getattr(cfg, name))
     if cfg.num_envs > MAX_NUM_ENVS:
         errors.append(f"num_envs must be <= {MAX_NUM_ENVS:,}, got {cfg.num_envs:,}")
@@ -236,8 +237,29 @@ def config_differences(
 
 
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ between two plain config dicts, safe keys excepted."""
+    """Dotted keys whose values differ between two plain config dicts, safe keys excepted. A
+    setting the checkpoint's config lacks was added after it was written, so that run had the
+    setting's built-in default (`TrainConfig`'s, which keeps the earlier behaviour)."""
+    filled = _with_defaults(saved, current, dataclasses.asdict(TrainConfig()))
     return [
         f"{path}: checkpoint has {was!r}, now {now!r}"
-        for path, was, now in config_differences(saved, current, RESUME_SAFE_KEYS)
+        for path, was, now in config_differences(filled, current, RESUME_SAFE_KEYS)
     ]
+
+
+def _with_defaults(
+    saved: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """``saved`` with each key of ``current`` it lacks taken from ``defaults`` (recursively),
+    where ``defaults`` has one."""
+    out = dict(saved)
+    for key, now in current.items():
+        if key not in defaults:
+            continue
+        if key not in out:
+            out[key] = defaults[key]
+        elif (
+            isinstance(out[key], dict) and isinstance(now, dict) and isinstance(defaults[key], dict)
+        ):
+            out[key] = _with_defaults(out[key], now, defaults[key])
+    return out

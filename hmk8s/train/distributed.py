@@ -104,8 +104,16 @@ def initialize(cfg: DistributedConfig) -> None:
     )
 
 
-def resolve_devices(requested: int | None, num_envs: int, buffer_size: int, batch_size: int) -> int:
-    """The devices the run uses: ``requested``, or every device of every process (None)."""
+def resolve_devices(
+    requested: int | None,
+    num_envs: int,
+    buffer_size: int,
+    batch_size: int,
+    seed_devices: int = 1,
+    seeds: int = 1,
+) -> int:
+    """The devices the run uses: ``requested``, or every device of every process (None);
+    ``seed_devices`` of them split the seeds, the rest train each seed data-parallel."""
     available = jax.device_count()
     devices = available if requested is None else requested
     if devices < 1 or devices > available:
@@ -115,30 +123,49 @@ def resolve_devices(requested: int | None, num_envs: int, buffer_size: int, batc
             f"devices={devices}: a run of {jax.process_count()} processes trains on every "
             f"process's devices ({available}); leave devices unset"
         )
-    if num_envs % devices:
-        raise TopologyError(f"num_envs={num_envs} does not split evenly over {devices} devices")
-    if batch_size > buffer_size // devices:
+    local = jax.local_device_count()
+    if (
+        seed_devices < 1
+        or devices % seed_devices
+        or (jax.process_count() > 1 and local % seed_devices)
+    ):
+        where = f"each process's {local}" if jax.process_count() > 1 else f"the {devices}"
+        raise TopologyError(f"seed_devices={seed_devices} does not divide {where} devices")
+    if seeds % seed_devices:
+        raise TopologyError(f"seeds={seeds} does not split evenly over seed_devices={seed_devices}")
+    data = devices // seed_devices
+    per_seed = f" (devices / seed_devices = {data})" if seed_devices > 1 else ""
+    if num_envs % data:
+        raise TopologyError(
+            f"num_envs={num_envs} does not split evenly over {data} devices{per_seed}"
+        )
+    if batch_size > buffer_size // data:
         raise TopologyError(
             f"agent.batch_size ({batch_size}) must be <= each device's replay "
-            f"(agent.buffer_size / devices = {buffer_size // devices})"
+            f"(agent.buffer_size / {data} devices = {buffer_size // data})"
         )
     return devices
 
 
-def topology(devices: int) -> dict[str, int]:
+def topology(devices: int, seed_devices: int = 1) -> dict[str, int]:
     """What a checkpoint records about where it was written."""
-    return {"devices": devices, "processes": jax.process_count()}
+    return {"devices": devices, "processes": jax.process_count(), "seed_devices": seed_devices}
 
 
 def check_topology(meta: Mapping[str, Any], current: Mapping[str, int]) -> None:
-    """Refuse a checkpoint written on another topology (one without the record: one device)."""
-    saved = meta.get("topology", {"devices": 1, "processes": 1})
-    if dict(saved) != dict(current):
+    """Refuse a checkpoint written on another topology (one without the record: one device;
+    one without ``seed_devices``: 1)."""
+    saved = {"seed_devices": 1, **meta.get("topology", {"devices": 1, "processes": 1})}
+    if saved != dict(current):
         raise TopologyError(
-            f"cannot resume: the checkpoint was written by {saved['devices']} device(s) in "
-            f"{saved['processes']} process(es), this run has {current['devices']} device(s) in "
-            f"{current['processes']} process(es); resume with the same devices"
+            f"cannot resume: the checkpoint was written by {_where(saved)}, this run has "
+            f"{_where(current)}; resume with the same devices"
         )
+
+
+def _where(t: Mapping[str, int]) -> str:
+    rows = f", {t['seed_devices']} seed rows" if t["seed_devices"] > 1 else ""
+    return f"{t['devices']} device(s) in {t['processes']} process(es){rows}"
 
 
 def is_primary() -> bool:

@@ -9,9 +9,10 @@ train state, so a chunk is a pure function of the state and a run restored
 from a checkpoint continues bit for bit. Seeds are a leading axis of the whole
 state (`jax.vmap`), each with its own weights, exploration and env keys.
 
-With ``devices > 1`` the same loop runs data-parallel over a device mesh (`mesh`): each device
-steps ``num_envs / devices`` envs into its own replay shard, samples its own batch of
-``batch_size`` and the gradients are averaged over the devices. One device is the
+With ``devices > 1`` the same loop runs over a ``seed`` by ``data`` device mesh (`mesh`): the
+seeds are split over the ``seed_devices`` rows, and along a row each of its ``devices /
+seed_devices`` devices steps its share of ``num_envs`` into its own replay shard, samples its
+own batch of ``batch_size`` and the gradients are averaged over the row. One device is the
 single-device program itself, so its results are unchanged bit for bit.
 """
 
@@ -38,7 +39,13 @@ from hmk8s.agents.replay import (
     with_priority_state,
 )
 from hmk8s.envs.spec import EnvSpec
-from hmk8s.train.anakin.mesh import DATA_AXIS, chunk_over_mesh, data_mesh, init_over_mesh
+from hmk8s.train.anakin.mesh import (
+    DATA_AXIS,
+    SEED_AXIS,
+    chunk_over_mesh,
+    init_over_mesh,
+    make_mesh,
+)
 from hmk8s.train.state import TrainState
 
 Array = jax.Array
@@ -50,7 +57,7 @@ class Trainer:
     """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed).
 
     ``mesh`` is None on one device; otherwise `init` and `run` are the per-device programs
-    of a data-parallel run over its ``data`` axis (call them through `init_seeds` and
+    of a run over its ``seed`` and ``data`` axes (call them through `init_seeds` and
     `make_chunk_fn`).
     """
 
@@ -68,8 +75,8 @@ class Trainer:
     mesh: Mesh | None = None
 
     @property
-    def devices(self) -> int:
-        return 1 if self.mesh is None else self.mesh.size
+    def seed_devices(self) -> int:
+        return 1 if self.mesh is None else self.mesh.shape[SEED_AXIS]
 
     @property
     def env_steps_per_iter(self) -> int:
@@ -82,19 +89,24 @@ def make_trainer(
     num_envs: int,
     haql: HaqlConfig | None = None,
     devices: int = 1,
+    seed_devices: int = 1,
 ) -> Trainer:
     """Build the pure init / chunk functions; ``haql=None`` is a pure DQN. ``devices > 1``
-    splits ``num_envs`` and the replay's ``buffer_size`` over that many devices."""
-    if devices < 1 or num_envs % devices:
-        raise ValueError(f"num_envs={num_envs} does not split evenly over {devices} devices")
-    mesh = data_mesh(devices) if devices > 1 else None
+    splits the seeds over ``seed_devices`` rows of devices, and ``num_envs`` and the replay's
+    ``buffer_size`` over the ``devices / seed_devices`` devices of a row."""
+    if seed_devices < 1 or devices % seed_devices:
+        raise ValueError(f"seed_devices={seed_devices} does not divide devices={devices}")
+    data_devices = devices // seed_devices
+    if num_envs % data_devices:
+        raise ValueError(f"num_envs={num_envs} does not split evenly over {data_devices} devices")
+    mesh = make_mesh(devices, seed_devices) if devices > 1 else None
     axis = DATA_AXIS if mesh is not None else None
-    parts = make_agent_parts(agent, spec.num_actions, haql, axis, devices)
+    parts = make_agent_parts(agent, spec.num_actions, haql, axis, data_devices)
     network, buffer = parts.network, parts.buffer
     apply_fn, epsilon, xi = network.apply, parts.epsilon, parts.xi
     steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
     learning_starts = max(agent.learning_starts, agent.batch_size)
-    local_envs = num_envs // devices
+    local_envs = num_envs // data_devices
     v_reset = jax.vmap(spec.reset)
     v_step = jax.vmap(spec.step)
     total, mean = _reductions(axis)
@@ -232,6 +244,10 @@ def _reductions(axis: str | None) -> tuple[Callable[[Array], Array], Callable[[A
 def init_seeds(trainer: Trainer, seed: int, seeds: int) -> TrainState:
     """Train states of ``seeds`` independent runs stacked on a leading axis (placed over the
     trainer's mesh when it has one)."""
+    if seeds % trainer.seed_devices:
+        raise ValueError(
+            f"seeds={seeds} does not split evenly over seed_devices={trainer.seed_devices}"
+        )
     init = jax.vmap(trainer.init)
     keys = seed_keys(seed, seeds)
     if trainer.mesh is None:

@@ -67,11 +67,12 @@ def run_training(
     """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each; summary."""
     wall0 = time.perf_counter()
     a = cfg.agent
-    devices = resolve_devices(cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size)
-    trainer = make_trainer(
-        spec, a, cfg.num_envs, cfg.haql if cfg.heuristic else None, devices=devices
+    devices = resolve_devices(
+        cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size, cfg.seed_devices, cfg.seeds
     )
-    where = topology(devices)
+    haql = cfg.haql if cfg.heuristic else None
+    trainer = make_trainer(spec, a, cfg.num_envs, haql, devices, cfg.seed_devices)
+    where = topology(devices, cfg.seed_devices)
     per_iter = trainer.env_steps_per_iter
     chunk_iters = max(1, cfg.chunk_steps // per_iter)
     total_iters = math.ceil(cfg.total_steps / per_iter)
