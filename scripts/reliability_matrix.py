@@ -158,6 +158,8 @@ CASES = (
     Case("override of an absent use-case key", ("usecase.trace=x.csv",)),
     # values the train config validation refuses
     Case("num_envs=0", ("num_envs=0",)),
+    Case("more devices than JAX sees", ("devices=2",)),
+    Case("a seed axis the devices do not split into", ("seeds=2", "seed_devices=2")),
     Case("gamma out of range", ("agent.gamma=1.5",)),
     Case("unknown encoder", ("env.encoder=foo",)),
     Case("learning rate NaN", ("agent.learning_rate=nan",)),

@@ -107,7 +107,7 @@ def test_checkpoint_from_another_topology_is_refused():
     ("overrides", "message"),
     [
         (["num_envs=6"], "num_envs=6 does not split evenly over 4 devices"),
-        (["seed_devices=3"], "seed_devices=3 does not divide the 4 devices"),
+        (["seed_devices=3"], "seed_devices=3 does not divide the run's 4 device(s)"),
         (["seeds=3", "seed_devices=2"], "seeds=3 does not split evenly over seed_devices=2"),
         (
             ["num_envs=9", "seeds=2", "seed_devices=2", "agent.lr_decay_updates=0"],

@@ -129,8 +129,8 @@ def resolve_devices(
         or devices % seed_devices
         or (jax.process_count() > 1 and local % seed_devices)
     ):
-        where = f"each process's {local}" if jax.process_count() > 1 else f"the {devices}"
-        raise TopologyError(f"seed_devices={seed_devices} does not divide {where} devices")
+        where = f"each process's {local}" if jax.process_count() > 1 else f"the run's {devices}"
+        raise TopologyError(f"seed_devices={seed_devices} does not divide {where} device(s)")
     if seeds % seed_devices:
         raise TopologyError(f"seeds={seeds} does not split evenly over seed_devices={seed_devices}")
     data = devices // seed_devices
