@@ -6,6 +6,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from script_runs import run_script
 
 TINY = [
@@ -44,9 +45,13 @@ def test_tiny_evaluation_writes_results_and_figures(tmp_path):
     assert ml["agent_changes"] == {"updates_per_step": 0.5}
     assert ml["updates_per_step"] == 0.5
     assert ml["updates"] == {"dqn": 232, "haql": 232}
-    scores = ml["deployed_xi"]["validation_returns"]  # chosen on the curve episodes
-    assert list(scores) == ["0.0", "0.25", "0.5", "1.0", "2.0", "4.0", "16.0"]
-    assert scores[str(ml["deployed_xi"]["value"])] == max(scores.values())
+    deployed = ml["deployed_xi"]  # chosen on the curve episodes, under the SLA limit
+    scores, sla = deployed["validation_returns"], deployed["validation_sla"]
+    assert list(scores) == list(sla) == ["0.0", "0.25", "0.5", "1.0", "2.0", "4.0", "16.0"]
+    limit = deployed["sla_limit"]
+    assert limit == pytest.approx(min(ml["baseline_curve_sla"][b] for b in ("hpa", "heuristic")))
+    allowed = [xi for xi in scores if sla[xi] <= limit] or list(scores)
+    assert scores[str(deployed["value"])] == max(scores[xi] for xi in allowed)
     assert set(ml["targets"]) == {"haql_half_time", "haql_beats_hpa", "haql_beats_heuristic"}
     for name in ("curves", "policies", "timeline"):
         assert (run / f"ml_{name}.png").stat().st_size > 10_000

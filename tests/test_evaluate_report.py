@@ -131,6 +131,27 @@ def test_deployed_weight_is_the_one_with_the_best_validation_iqm():
         0.5: np.array([0.0, 58.0, 62.0, 62.0]),  # IQM 60
         1.0: np.array([-50.0, 59.0, 61.0, 99.0]),  # IQM 60: a tie, the first one wins
     }
-    chosen, scores = select_deployed_xi(lambda xi: returns[xi], [0.0, 0.5, 1.0])
+    sla = {xi: np.full(4, 0.1) for xi in returns}
+    chosen, scores, rates = select_deployed_xi(lambda xi: (returns[xi], sla[xi]), [0.0, 0.5, 1.0])
     assert chosen == 0.5
     assert scores == {"0.0": 55.0, "0.5": 60.0, "1.0": 60.0}
+    assert rates == {"0.0": 0.1, "0.5": 0.1, "1.0": 0.1}
+
+
+def test_deployed_weight_under_an_sla_limit():
+    returns = {0.0: np.full(4, 50.0), 0.5: np.full(4, 70.0), 1.0: np.full(4, 60.0)}
+    # IQM of 4 violation rates = mean of the middle two: 0.05, 0.12, 0.08
+    sla = {
+        0.0: np.array([0.0, 0.04, 0.06, 0.5]),
+        0.5: np.array([0.1, 0.11, 0.13, 0.2]),
+        1.0: np.array([0.07, 0.08, 0.08, 0.09]),
+    }
+
+    def score(xi):
+        return returns[xi], sla[xi]
+
+    grid = [0.0, 0.5, 1.0]
+    assert select_deployed_xi(score, grid, None)[0] == 0.5  # no limit: the best return
+    assert select_deployed_xi(score, grid, 0.1)[0] == 1.0  # 0.5 violates 0.12 > 0.1
+    assert select_deployed_xi(score, grid, 0.06)[0] == 0.0  # only 0.0 (0.05) is within
+    assert select_deployed_xi(score, grid, 0.01)[0] == 0.5  # none is within: the best return

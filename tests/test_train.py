@@ -119,8 +119,11 @@ def test_planned_updates_counts_the_iterations_after_learning_starts():
 
 
 def test_chunk_plan_covers_the_run_once():
-    assert chunk_plan(0, 10, 4) == [4, 4, 2]
-    assert chunk_plan(4, 10, 4) == [4, 2]
+    assert chunk_plan(0, 10, 4) == [2, 2, 2, 2, 2]  # equal chunks: one compilation
+    assert chunk_plan(4, 10, 4) == [3, 3]
+    assert chunk_plan(0, 4688, 781) == [586] * 8  # the README run: 300,032 steps / 64 envs
+    assert chunk_plan(0, 313, 156) == [156, 156, 1]  # a prime: no equal split near 156
+    assert chunk_plan(0, 3, 10) == [3]
     assert chunk_plan(10, 10, 4) == []
 
 

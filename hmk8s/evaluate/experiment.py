@@ -27,11 +27,13 @@ from hmk8s.evaluate import learning, stats
 from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout
-from hmk8s.policies.rollout import rollout
+from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.train.anakin.loop import Trainer, init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.config import ConfigError, TrainConfig
 
 AGENTS = ("dqn", "haql")
+#: the baselines HAQL must beat on return with no higher SLA violation rate (`targets`)
+TARGET_BASELINES = ("hpa", "heuristic")
 TIMELINE_KEYS = ("rates", "pods_per_cluster", "latency_ratio")
 
 
@@ -47,6 +49,7 @@ class EvaluateConfig:
     budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     timeline: list[str] = field(default_factory=lambda: ["haql", "hpa"])
     deployed_xi_grid: list[float] = field(default_factory=list)
+    deployed_xi_sla: bool = True
     agent_by_usecase: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
@@ -116,17 +119,34 @@ def train_agent(
 def seed_returns(run: Callable, seed_params: Any, key: jax.Array, bonus: float) -> np.ndarray:
     """Each seed's mean greedy episode return on the episodes of ``key`` (``run`` from
     `make_seed_rollout`, the rulebook weighted by ``bonus``)."""
-    return np.asarray(run(seed_params, key, bonus)["reward"].sum(axis=2).mean(axis=1))
+    return seed_scores(run, seed_params, key, bonus)[0]
+
+
+def seed_scores(
+    run: Callable, seed_params: Any, key: jax.Array, bonus: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each seed's mean greedy episode return and SLA violation rate (`seed_returns`)."""
+    records = run(seed_params, key, bonus)
+    returns = records["reward"].sum(axis=2).mean(axis=1)
+    return np.asarray(returns), np.asarray(records["sla_violated"].mean(axis=(1, 2)))
 
 
 def select_deployed_xi(
-    score: Callable[[float], np.ndarray], grid: list[float]
-) -> tuple[float, dict[str, float]]:
-    """The weight of ``grid`` whose greedy agents score the highest IQM over seeds, with every
-    weight's IQM; ``score(xi) -> [seeds]`` returns on validation episodes. Ties: the first."""
-    scores = {xi: stats.iqm(score(xi)) for xi in grid}
-    best = max(scores, key=lambda xi: scores[xi])
-    return best, {str(xi): value for xi, value in scores.items()}
+    score: Callable[[float], tuple[np.ndarray, np.ndarray]],
+    grid: list[float],
+    sla_limit: float | None = None,
+) -> tuple[float, dict[str, float], dict[str, float]]:
+    """The weight of ``grid`` whose greedy agents score the highest IQM return over seeds among
+    those whose IQM SLA violation rate is at most ``sla_limit`` (among all of them when the
+    limit is None or no weight meets it), with every weight's IQM return and violation rate;
+    ``score(xi) -> ([seeds] returns, [seeds] violation rates)`` on validation episodes.
+    Ties: the first."""
+    scored = {xi: score(xi) for xi in grid}
+    returns = {xi: stats.iqm(r) for xi, (r, _) in scored.items()}
+    sla = {xi: stats.iqm(v) for xi, (_, v) in scored.items()}
+    allowed = [xi for xi in grid if sla_limit is None or sla[xi] <= sla_limit] or grid
+    best = max(allowed, key=lambda xi: returns[xi])
+    return best, {str(xi): v for xi, v in returns.items()}, {str(xi): v for xi, v in sla.items()}
 
 
 def summarise_agent(
@@ -216,7 +236,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     haql, speed = result["policies"]["haql"], result["learning_speed"]
     learnt = speed["dqn_final_iqm"] > speed["random_return"]
     out: dict[str, Any] = {"haql_half_time": bool(learnt and speed["time_ratio"] <= 0.5)}
-    for b in ("hpa", "heuristic"):
+    for b in TARGET_BASELINES:
         base = result["policies"][b]
         out[f"haql_beats_{b}"] = bool(
             haql["return"]["value"] > base["return"]["value"]
@@ -262,11 +282,13 @@ def evaluate_usecase(
     reps = ev.bootstrap_reps
 
     keys = jnp.stack([curve_key, eval_key])
-    baselines, baseline_curve, baseline_records = {}, {}, {}
+    baselines, baseline_curve, baseline_records, baseline_sla = {}, {}, {}, {}
     for name, make in BASELINES.items():
         policy = make()
-        both = jax.jit(jax.vmap(lambda k, p=policy: rollout(env, params, p, k, ev.episodes)))(keys)
+        run_both = jax.vmap(lambda k, p=policy: rollout(env, params, p, k, ev.episodes))
+        both = jax.jit(run_both, compiler_options=ROLLOUT_COMPILER_OPTIONS)(keys)
         baseline_curve[name] = float(both["reward"][0].sum(axis=1).mean())
+        baseline_sla[name] = float(both["sla_violated"][0].mean())
         baseline_records[name] = jax.tree.map(lambda x: x[1], both)
         baselines[name] = episode_metrics(baseline_records[name])
         log(f"{usecase} {name:9s} return {baselines[name]['return']:8.2f}")
@@ -285,13 +307,20 @@ def evaluate_usecase(
         bonus = deployed_bonus(haql)
         if haql is not None and haql.deployed_xi is None and ev.deployed_xi_grid:
             trained, eta = runs[name].params, haql.eta
-            chosen, scores = select_deployed_xi(
-                lambda xi, run=run, p=trained, eta=eta: seed_returns(run, p, curve_key, xi * eta),
+            limit = min(baseline_sla[b] for b in TARGET_BASELINES) if ev.deployed_xi_sla else None
+            chosen, scores, sla = select_deployed_xi(
+                lambda xi, run=run, p=trained, eta=eta: seed_scores(run, p, curve_key, xi * eta),
                 ev.deployed_xi_grid,
+                limit,
             )
-            deployed = {"value": chosen, "validation_returns": scores}
+            deployed = {
+                "value": chosen,
+                "validation_returns": scores,
+                "validation_sla": sla,
+                "sla_limit": limit,
+            }
             bonus = chosen * haql.eta
-            log(f"  deployed xi {chosen} (IQM return on the curve episodes: {scores})")
+            log(f"  deployed xi {chosen} (curve episodes: IQM return {scores}, SLA {sla})")
         records = run(runs[name].params, eval_key, bonus)
         agent_records[name] = records
         seeds = [
@@ -319,6 +348,7 @@ def evaluate_usecase(
             for name, run in runs.items()
         },
         "baseline_curve_returns": baseline_curve,
+        "baseline_curve_sla": baseline_sla,
         "learning_speed": learning_speed(runs, baseline_curve["random"], ev),
         "comparisons": policy_comparisons(per_seed, baselines, reps),
     }

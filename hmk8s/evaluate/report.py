@@ -128,8 +128,19 @@ def deployed_line(deployed: dict[str, Any]) -> str:
     scores = deployed["validation_returns"]
     if not scores:
         return line + "."
-    tried = ", ".join(f"{xi}: {value:.1f}" for xi, value in scores.items())
-    return line + f", the weight with the best IQM return on the curve episodes ({tried})."
+    sla = deployed.get("validation_sla", {})
+    tried = ", ".join(
+        f"{xi}: {value:.1f}" + (f" / {sla[xi]:.3f}" if xi in sla else "")
+        for xi, value in scores.items()
+    )
+    limit = deployed.get("sla_limit")
+    if limit is None:
+        return line + f", the weight with the best IQM return on the curve episodes ({tried})."
+    return line + (
+        ", the weight with the best IQM return on the curve episodes among those whose SLA "
+        f"violation rate there is at most {limit:.3f}, the lower of `hpa`'s and `heuristic`'s, "
+        f"or among all when none is (return / SLA violations: {tried})."
+    )
 
 
 def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) -> str:

@@ -16,7 +16,7 @@ from hmk8s.agents.dqn import greedy_action
 from hmk8s.encoders import get_encoder
 from hmk8s.policies.baselines import Policy
 from hmk8s.policies.heuristics import recommend
-from hmk8s.policies.rollout import rollout
+from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams
 
@@ -63,4 +63,4 @@ def make_seed_rollout(
 
         return jax.vmap(one)(seed_params)
 
-    return jax.jit(run)
+    return jax.jit(run, compiler_options=ROLLOUT_COMPILER_OPTIONS)

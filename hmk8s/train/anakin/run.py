@@ -34,13 +34,23 @@ GREEDY_MAX_STEPS = 1_000
 
 
 def chunk_plan(done_iters: int, total_iters: int, chunk_iters: int) -> list[int]:
-    """Iterations per chunk from ``done_iters`` to ``total_iters`` (the last may be short)."""
-    plan = []
-    while done_iters < total_iters:
-        n = min(chunk_iters, total_iters - done_iters)
-        plan.append(n)
-        done_iters += n
-    return plan
+    """Iterations per chunk from ``done_iters`` to ``total_iters``, at most ``chunk_iters`` each.
+
+    Every distinct chunk length is one more XLA compilation (seconds on a CPU), so the
+    remaining iterations are split into equal chunks when one of their divisors lies between
+    ``chunk_iters / 2`` and ``chunk_iters``; otherwise the last chunk is short.
+    """
+    remaining = total_iters - done_iters
+    if remaining <= 0:
+        return []
+    equal = next(
+        (n for n in range(min(chunk_iters, remaining), 0, -1) if remaining % n == 0),
+        None,
+    )
+    if equal is not None and 2 * equal >= min(chunk_iters, remaining):
+        return [equal] * (remaining // equal)
+    full, rest = divmod(remaining, chunk_iters)
+    return [chunk_iters] * full + ([rest] if rest else [])
 
 
 def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) -> dict[str, Any]:
