@@ -109,8 +109,10 @@ def test_iteration_shape_keeps_the_update_to_data_ratio():
 
 
 def test_planned_updates_counts_the_iterations_after_learning_starts():
-    # 64 envs at 6 updates per 64 transitions: (300,000 - 10,000) / 64 = 4,531.25 -> 4,532
-    # iterations that learn, 6 updates each (the README run's 27,192 updates)
+    # 64 envs at 4 updates per 64 transitions: (300,000 - 10,000) / 64 = 4,531.25 -> 4,532
+    # iterations that learn, 4 updates each (the README run's 18,128 updates), or 6 each
+    agent = AgentConfig(updates_per_step=0.0625, learning_starts=10_000)
+    assert planned_updates(agent, 64, 300_000) == 4_532 * 4 == 18_128
     agent = AgentConfig(updates_per_step=0.09375, learning_starts=10_000)
     assert planned_updates(agent, 64, 300_000) == 4_532 * 6
     # 8 envs at 0.05: an update every 2 vector steps (16 env steps); 1,000 - 128 (the batch
