@@ -43,11 +43,9 @@ def chunk_plan(done_iters: int, total_iters: int, chunk_iters: int) -> list[int]
     remaining = total_iters - done_iters
     if remaining <= 0:
         return []
-    equal = next(
-        (n for n in range(min(chunk_iters, remaining), 0, -1) if remaining % n == 0),
-        None,
-    )
-    if equal is not None and 2 * equal >= min(chunk_iters, remaining):
+    longest = min(chunk_iters, remaining)
+    equal = next(n for n in range(longest, 0, -1) if remaining % n == 0)  # 1 always divides
+    if 2 * equal >= longest:
         return [equal] * (remaining // equal)
     full, rest = divmod(remaining, chunk_iters)
     return [chunk_iters] * full + ([rest] if rest else [])
