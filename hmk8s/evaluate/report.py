@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hmk8s.evaluate import learning, plots
-from hmk8s.evaluate.experiment import AGENTS
+from hmk8s.evaluate.experiment import AGENTS, TARGET_BASELINES
 from hmk8s.evaluate.stats import Interval
 from hmk8s.metrics import POLICY_METRICS
 
@@ -136,9 +136,10 @@ def deployed_line(deployed: dict[str, Any]) -> str:
     limit = deployed.get("sla_limit")
     if limit is None:
         return line + f", the weight with the best IQM return on the curve episodes ({tried})."
+    baselines = " and ".join(f"`{b}`'s" for b in TARGET_BASELINES)
     return line + (
         ", the weight with the best IQM return on the curve episodes among those whose SLA "
-        f"violation rate there is at most {limit:.3f}, the lower of `hpa`'s and `heuristic`'s, "
+        f"violation rate there is at most {limit:.3f}, the lower of {baselines}, "
         f"or among all when none is (return / SLA violations: {tried})."
     )
 
