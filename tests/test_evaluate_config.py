@@ -46,17 +46,18 @@ def test_evaluate_config_is_the_training_tree_plus_evaluate(evaluate_schema):
         150000,
     )
     assert (typed.agent.updates_per_step, typed.haql.xi.end, typed.haql.deployed_xi) == (
-        0.025,
+        0.046875,
         0.1,
         None,
     )
     assert typed.evaluate.deployed_xi_grid == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0]
-    # the evaluation keeps the network and rate of its recorded runs, whatever the README's
-    assert (typed.agent.learning_rate, typed.agent.lr_decay_updates) == (0.00025, 0)
+    # the README's network, rate and soft target, the rate annealed over ML's 13,596 updates
+    assert (typed.agent.learning_rate, typed.agent.target_tau) == (0.0005, 0.01)
+    assert typed.agent.lr_decay_updates == 13600
     assert typed.evaluate.deployed_xi_sla is True
     assert typed.evaluate.agent_by_usecase == {
         "ehr": {"updates_per_step": 0.078125, "lr_decay_updates": 22700},
-        "stream": {"updates_per_step": 0.1, "lr_decay_updates": 27200},
+        "stream": {"updates_per_step": 0.09375, "lr_decay_updates": 27200},
     }
     assert cli.usecases("ml", cfg.usecase)["ml"]["chain"] == ["firewall", "encrypt"]
 
