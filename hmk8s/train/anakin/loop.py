@@ -50,11 +50,14 @@ from hmk8s.train.state import TrainState
 
 Array = jax.Array
 Metrics = dict[str, Array]
+#: name of the `jax.vmap` axis over seeds that `Trainer.run` runs under (`make_chunk_fn`)
+SEEDS = "seeds"
 
 
 @dataclass(frozen=True)
 class Trainer:
-    """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed).
+    """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed), and
+    `run` runs under a `jax.vmap` over seeds named `SEEDS` (`make_chunk_fn`).
 
     ``mesh`` is None on one device; otherwise `init` and `run` are the per-device programs
     of a run over its ``seed`` and ``data`` axes (call them through `init_seeds` and
@@ -189,12 +192,16 @@ def make_trainer(
 
     def iteration(state: TrainState, _: None) -> tuple[TrainState, tuple]:
         state, acted = jax.lax.scan(env_step, state, None, length=steps_per_iter)
-        # Only the learner, the key and the replay's priorities (prioritised replay's sum tree;
-        # nothing for uniform replay) pass through the branch: under `vmap` over seeds a `cond`
-        # becomes a `select` of its outputs, which must not copy the replay's transitions.
+        # Every seed steps the same envs, so whether updates have started is the same for all
+        # of them: taken over the seeds' `vmap` axis, the predicate is not batched and the
+        # `cond` stays a branch (a batched one becomes a `select`, computing the updates
+        # before `learning_starts` only to drop them). Only the learner, the key and the
+        # replay's priorities (prioritised replay's sum tree; nothing for uniform replay) pass
+        # through it, so no branch copies the replay's transitions.
+        started = jax.lax.pmax((state.env_steps >= learning_starts).astype(jnp.int32), SEEDS)
         operand = (state.learner, state.rng, state.buffer, state.env_steps)
         learner, rng, priorities, loss_sum, n_updates = jax.lax.cond(
-            state.env_steps >= learning_starts, learn, skip, operand
+            started > 0, learn, skip, operand
         )
         buffer_state = with_priority_state(state.buffer, priorities)
         state = state._replace(learner=learner, rng=rng, buffer=buffer_state)
@@ -265,7 +272,7 @@ def make_chunk_fn(
     trainer: Trainer, num_iters: int
 ) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
     """``chunk(states) -> (states, metrics)`` over all seeds, compiled once; donates its input."""
-    run = jax.vmap(partial(trainer.run, num_iters=num_iters))
+    run = jax.vmap(partial(trainer.run, num_iters=num_iters), axis_name=SEEDS)
     if trainer.mesh is None:
         return jax.jit(run, donate_argnums=0)
     return chunk_over_mesh(run, trainer.mesh)
