@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import pytest
 
-from hmk8s.agents.config import AgentConfig
+from hmk8s.agents.config import AgentConfig, PqnConfig
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.anakin.run import run_training
@@ -29,6 +29,9 @@ from hmk8s.train.runlog import params_sha256
 
 AGENT = AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200)
 PER_AGENT = dataclasses.replace(AGENT, priority_exponent=0.6, priority_beta=0.4)
+PQN_AGENT = AgentConfig(
+    kind="pqn", hidden=[16], layer_norm=True, pqn=PqnConfig(rollout_steps=8, minibatches=4)
+)
 DRIVER = """
 import dataclasses, sys
 from pathlib import Path
@@ -123,6 +126,18 @@ def test_stopped_and_resumed_prioritised_run_ends_bit_identical(tmp_path):
     train(tmp_path / "cut", 400, agent=PER_AGENT)  # stops after 1 of the 2 chunks
     resumed = train(tmp_path / "cut", 800, resume=tmp_path / "cut", agent=PER_AGENT)
     assert resumed["updates"] == uninterrupted["updates"] > 0
+    assert resumed["params_sha256"] == uninterrupted["params_sha256"]
+
+
+def test_stopped_and_resumed_pqn_run_ends_bit_identical(tmp_path):
+    """PQN's state has no replay and no target network: its checkpoints hold neither, and a
+    resumed run still ends on the uninterrupted run's weights."""
+    uninterrupted = train(tmp_path / "full", 800, agent=PQN_AGENT)
+    train(tmp_path / "cut", 400, agent=PQN_AGENT)  # 13 of the 25 rollouts of 8 x 4 envs
+    saved = sorted((tmp_path / "cut" / "checkpoints").glob("[0-9]*/*"))
+    assert saved and not [p for p in saved if p.name == "replay"]
+    resumed = train(tmp_path / "cut", 800, resume=tmp_path / "cut", agent=PQN_AGENT)
+    assert resumed["updates"] == uninterrupted["updates"] == 25 * 4 * 4
     assert resumed["params_sha256"] == uninterrupted["params_sha256"]
 
 

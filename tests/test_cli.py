@@ -50,6 +50,9 @@ def train(cwd: Path, *overrides: str, cache: Path | None = None) -> subprocess.C
         (["haql.deployed_xi=-1"], "haql.deployed_xi must be >= 0 or null, got -1.0"),
         (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such run directory"),
         (["usecase.proxies.0.phase=nan"], "usecase=ml: proxies.0.phase=nan: Input should be a"),
+        (["agent=pqn", "agent.pqn.minibatches=3"], "agent.pqn.minibatches=3 must divide"),
+        (["agent=pqn", "backend=k8s"], "agent.kind=pqn runs on backend=sim"),
+        (["agent.kind=sarsa"], "agent.kind must be one of ('dqn', 'pqn'), got 'sarsa'"),
     ],
 )
 def test_bad_input_is_refused_before_any_work(tmp_path, overrides, message):

@@ -15,12 +15,13 @@ from script_runs import run_script
 
 import hmk8s
 from hmk8s import sim
-from hmk8s.agents.config import AgentConfig, deployed_bonus
+from hmk8s.agents.config import AgentConfig, PqnConfig, deployed_bonus
 from hmk8s.control import cli
-from hmk8s.control.agent import MANIFEST, PARAMS, AgentError
+from hmk8s.control.agent import MANIFEST, PARAMS, AgentError, export_agent
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
 from hmk8s.control.sim_backend import SimBackend
+from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
 from hmk8s.train.anakin.run import run_training
@@ -31,12 +32,10 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 EPISODES = 32
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def train_tiny(run_dir, agent_cfg: AgentConfig):
     """A tiny HAQL run on ML, and the per-step records of the trainer's own evaluation of it:
     `q_policy` of the trainer's network and parameters on 32 episodes, as `sim_eval` runs it."""
     usecase = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
-    agent_cfg = AgentConfig(hidden=[16], batch_size=16, buffer_size=1024, learning_starts=64)
     cfg = TrainConfig(
         usecase=usecase,
         backend={"name": "sim"},
@@ -61,12 +60,15 @@ def trained(tmp_path_factory):
         captured["key"] = key
         return {"eval": summarise(captured["records"])}
 
-    from hmk8s.envs.sim_spec import sim_env_spec
-
-    run_dir = tmp_path_factory.mktemp("run")
     spec = sim_env_spec(env, params, cfg.env.encoder)
     summary = run_training(cfg, spec, config, run_dir, name="ml", evaluator=evaluator)
     return run_dir, summary, captured
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    agent_cfg = AgentConfig(hidden=[16], batch_size=16, buffer_size=1024, learning_starts=64)
+    return train_tiny(tmp_path_factory.mktemp("run"), agent_cfg)
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +104,21 @@ def test_an_export_round_trips_and_needs_nothing_else(trained, agent, tmp_path):
         assert exported.explain(obs) == agent.explain(obs)
 
 
+def test_a_pqn_agent_keeps_its_layer_norm_through_load_and_export(tmp_path):
+    pqn = PqnConfig(rollout_steps=4, epochs=1, minibatches=2)
+    run_dir, summary, captured = train_tiny(
+        tmp_path / "run", AgentConfig(kind="pqn", hidden=[16], layer_norm=True, pqn=pqn)
+    )
+    loaded = hmk8s.load_agent(run_dir)
+    assert loaded.manifest.layer_norm and loaded.network.layer_norm
+    env = sim.ClusterEnv()
+    mine = jax.device_get(rollout(env, loaded.env_params, loaded.policy(), captured["key"], 32))
+    np.testing.assert_array_equal(mine["action"], captured["records"]["action"])
+    assert summarise(mine)["return"] == summary["eval"]["return"]
+    exported = hmk8s.load_agent(export_agent(loaded, tmp_path / "agent"))
+    assert exported.manifest == loaded.manifest
+
+
 def test_agents_that_do_not_fit_are_refused(trained, agent, tmp_path):
     run_dir = trained[0]
     with pytest.raises(AgentError, match="no such run or agent export"):
@@ -118,8 +135,6 @@ def test_agents_that_do_not_fit_are_refused(trained, agent, tmp_path):
         shutil.rmtree(step_dir / "state")
     with pytest.raises(AgentError, match="has no readable state"):
         hmk8s.load_agent(hollow)
-    from hmk8s.control.agent import export_agent
-
     export = export_agent(agent, tmp_path / "export")
     manifest = json.loads((export / MANIFEST).read_text())
     (export / MANIFEST).write_text(json.dumps({**manifest, "params_sha256": "0" * 64}))

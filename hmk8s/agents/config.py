@@ -16,6 +16,9 @@ import optax
 from hmk8s.agents.dqn import make_schedule
 
 SCHEDULE_KINDS = ("linear", "exponential")
+#: the learners: "dqn" (replay and a target network, HAQL's home) and "pqn" (lambda-returns on
+#: each fresh rollout, no replay, no target network; docs/algorithm.md, "PQN")
+AGENT_KINDS = ("dqn", "pqn")
 
 
 @dataclass
@@ -29,8 +32,25 @@ class ScheduleConfig:
 
 
 @dataclass
+class PqnConfig:
+    """PQN's rollout and learning (Gallici et al., "Simplifying Deep Temporal Difference
+    Learning", 2025): each iteration steps every env ``rollout_steps`` times, computes the
+    ``td_lambda``-returns of that rollout with the current network, then learns on it for
+    ``epochs`` passes of ``minibatches`` minibatches."""
+
+    td_lambda: float = 0.65
+    rollout_steps: int = 32
+    epochs: int = 4
+    minibatches: int = 8
+
+
+@dataclass
 class AgentConfig:
     """Q-network and learner hyperparameters shared by DQN and HAQL.
+
+    ``kind`` picks the learner (`AGENT_KINDS`); PQN reads the network, the rate, ``gamma``,
+    ``max_grad_norm``, ``epsilon`` and its ``pqn`` block, and none of the replay and target
+    settings. ``layer_norm`` puts a LayerNorm before each hidden ReLU (PQN's stabiliser).
 
     ``lr_decay_updates > 0`` decays the learning rate linearly to 0 over that many updates
     (a fixed horizon, so extending ``total_steps`` on resume changes nothing already run).
@@ -39,7 +59,9 @@ class AgentConfig:
     priority_epsilon``.
     """
 
+    kind: str = "dqn"
     hidden: list[int] = field(default_factory=lambda: [256, 256])
+    layer_norm: bool = False
     learning_rate: float = 2.5e-4
     lr_decay_updates: int = 0
     gamma: float = 0.99
@@ -56,6 +78,7 @@ class AgentConfig:
     priority_beta: float = 0.4
     priority_epsilon: float = 1e-6
     epsilon: ScheduleConfig = field(default_factory=ScheduleConfig)
+    pqn: PqnConfig = field(default_factory=PqnConfig)
 
 
 @dataclass
@@ -85,6 +108,9 @@ def iteration_shape(num_envs: int, updates_per_step: float) -> tuple[int, int]:
 
 def planned_updates(agent: AgentConfig, num_envs: int, total_steps: int) -> int:
     """About how many updates a run of ``total_steps`` env steps makes (per seed)."""
+    if agent.kind == "pqn":
+        p = agent.pqn
+        return math.ceil(total_steps / (p.rollout_steps * num_envs)) * p.epochs * p.minibatches
     steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
     learning_steps = max(total_steps - max(agent.learning_starts, agent.batch_size), 0)
     return math.ceil(learning_steps / (steps_per_iter * num_envs)) * updates_per_iter

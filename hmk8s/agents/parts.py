@@ -77,7 +77,7 @@ def make_agent_parts(
     """The pieces for ``num_actions`` actions; ``haql=None`` is a pure DQN (``xi = eta = 0``);
     ``axis_name`` averages the update's gradients over that mesh axis (data parallelism), where
     each of the ``replay_shards`` devices keeps ``buffer_size / replay_shards`` transitions."""
-    network = QNetwork(hidden=tuple(agent.hidden), num_actions=num_actions)
+    network = QNetwork(tuple(agent.hidden), num_actions, agent.layer_norm)
     optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
     update = dqn.make_update(
         network.apply,

@@ -64,6 +64,7 @@ class Manifest:
     step: int
     seed: int
     params_sha256: str
+    layer_norm: bool = False
     format: str = FORMAT
     version: int = FORMAT_VERSION
 
@@ -115,7 +116,8 @@ class Agent:
 
     @cached_property
     def network(self) -> QNetwork:
-        return QNetwork(hidden=tuple(self.manifest.hidden), num_actions=self.manifest.num_actions)
+        m = self.manifest
+        return QNetwork(tuple(m.hidden), m.num_actions, m.layer_norm)
 
     def policy(self) -> Policy:
         """The agent as a baseline-style `Policy` (what `evaluate_policy` runs)."""
@@ -235,8 +237,8 @@ def _obs_dim(params: EnvParams, encoder: str) -> int:
     return int(shape.shape[0])
 
 
-def _template(hidden: list[int], num_actions: int, obs_dim: int) -> Any:
-    net = QNetwork(hidden=tuple(hidden), num_actions=num_actions)
+def _template(hidden: list[int], num_actions: int, obs_dim: int, layer_norm: bool) -> Any:
+    net = QNetwork(tuple(hidden), num_actions, layer_norm)
     return jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((obs_dim,), jnp.float32))
 
 
@@ -257,6 +259,7 @@ def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
         usecase_config = dict(config["usecase"])
         env_cfg = dict(config["env"])
         hidden = list(config["agent"]["hidden"])
+        layer_norm = bool(config["agent"].get("layer_norm", False))
         haql = _haql(config) if config.get("heuristic") else None
     except (KeyError, TypeError) as err:
         raise AgentError(f"{where}: not an hmk8s use-case run (config lacks {err})") from None
@@ -267,7 +270,7 @@ def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
         raise AgentError(str(err)) from None
     obs_dim = _obs_dim(env_params, env_cfg["encoder"])
     num_actions = env_params.layout.num_actions
-    template = _template(hidden, num_actions, obs_dim)
+    template = _template(hidden, num_actions, obs_dim, layer_norm)
     params = _one_seed(params, template, seed, where)
     manifest = Manifest(
         usecase=usecase.name,
@@ -281,6 +284,7 @@ def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
         step=int(step),
         seed=seed,
         params_sha256=params_sha256(params),
+        layer_norm=layer_norm,
     )
     return Agent(manifest, params)
 
@@ -350,7 +354,9 @@ def _load_export(folder: Path) -> Agent:
         raise AgentError(f"{folder / PARAMS}: cannot read ({err.strerror})") from None
     except Exception as err:
         raise AgentError(f"{folder / PARAMS}: not a parameter file ({err})") from None
-    template = _template(manifest.hidden, manifest.num_actions, manifest.obs_dim)
+    template = _template(
+        manifest.hidden, manifest.num_actions, manifest.obs_dim, manifest.layer_norm
+    )
     _check_shapes(params, template, str(folder / PARAMS))
     digest = params_sha256(params)
     if digest != manifest.params_sha256:

@@ -165,7 +165,7 @@ class Checkpointer:
     def save(self, step: int, state: TrainState, config: dict, meta: dict) -> None:
         """Write ``state`` (blocking until it is on disk) with its config and metadata."""
         trees = {"state": state._replace(buffer=None)}
-        if self.replay:
+        if self.replay and state.buffer is not None:  # PQN's state has no replay
             trees["replay"] = state.buffer
         if jax.process_count() == 1:  # several processes save their own shards of the arrays
             trees = jax.device_get(trees)
@@ -259,7 +259,8 @@ class Checkpointer:
     def _restore(self, like: TrainState, step: int) -> tuple[TrainState, dict, dict]:
         config, meta = self._read(step)
         trees = {"state": like._replace(buffer=None)}
-        if self.replay and (self.directory / str(step) / "replay").is_dir():
+        saved_replay = (self.directory / str(step) / "replay").is_dir()
+        if self.replay and like.buffer is not None and saved_replay:
             trees["replay"] = like.buffer
         verified = meta["version"] == FORMAT_VERSION
         if verified:

@@ -105,6 +105,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError("backend=k8s trains in one process: distributed.* is for backend=sim")
         if typed.seed_devices != 1:
             raise ConfigError("backend=k8s trains on one device: seed_devices is for backend=sim")
+        if typed.agent.kind != "dqn":
+            raise ConfigError(
+                f"backend=k8s trains DQN / HAQL from a replay: agent.kind={typed.agent.kind} "
+                "runs on backend=sim"
+            )
         from hmk8s.train.actor_learner.k8s_run import run_async_training
 
         return run_async_training(cfg, run_dir=run_dir)

@@ -15,6 +15,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from hmk8s.agents.config import (
+    AGENT_KINDS,
     SCHEDULE_KINDS,
     AgentConfig,
     HaqlConfig,
@@ -161,6 +162,10 @@ def validate(cfg: TrainConfig) -> None:
         )
     if cfg.seed < 0:
         errors.append(f"seed must be >= 0, got {cfg.seed}")
+    if a.kind not in AGENT_KINDS:
+        errors.append(f"agent.kind must be one of {AGENT_KINDS}, got {a.kind!r}")
+    if a.kind == "pqn":
+        _pqn(errors, a, cfg.num_envs)
     if not a.hidden or any(w <= 0 for w in a.hidden):
         errors.append(f"agent.hidden must be a non-empty list of positive widths, got {a.hidden}")
     for name in ("learning_rate", "batch_size", "buffer_size", "updates_per_step"):
@@ -213,6 +218,21 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"eval.episodes must be >= 0, got {cfg.eval.episodes}")
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
+
+
+def _pqn(errors: list[str], a: AgentConfig, num_envs: int) -> None:
+    """PQN's own settings: a lambda in [0, 1] and minibatches that split a rollout evenly."""
+    p = a.pqn
+    if not 0.0 <= p.td_lambda <= 1.0:
+        errors.append(f"agent.pqn.td_lambda must be in [0, 1], got {p.td_lambda}")
+    for name in ("rollout_steps", "epochs", "minibatches"):
+        _positive(errors, f"agent.pqn.{name}", getattr(p, name))
+    samples = p.rollout_steps * num_envs
+    if p.minibatches > 0 and samples > 0 and samples % p.minibatches:
+        errors.append(
+            f"agent.pqn.minibatches={p.minibatches} must divide the rollout's {samples} "
+            "transitions (agent.pqn.rollout_steps x num_envs)"
+        )
 
 
 def config_differences(

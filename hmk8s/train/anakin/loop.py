@@ -19,71 +19,32 @@ single-device program itself, so its results are unchanged bit for bit.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import Mesh
 
 from hmk8s.agents import dqn
 from hmk8s.agents.config import AgentConfig, HaqlConfig, iteration_shape
-from hmk8s.agents.counters import saturating_add
-from hmk8s.agents.network import QNetwork
 from hmk8s.agents.parts import make_agent_parts
-from hmk8s.agents.replay import (
-    Transition,
-    example_transition,
-    priority_state,
-    with_priority_state,
-)
+from hmk8s.agents.replay import example_transition, priority_state, with_priority_state
 from hmk8s.envs.spec import EnvSpec
-from hmk8s.train.anakin.mesh import (
-    DATA_AXIS,
-    SEED_AXIS,
-    chunk_over_mesh,
-    init_over_mesh,
-    make_mesh,
+from hmk8s.train.anakin.mesh import DATA_AXIS, chunk_over_mesh, init_over_mesh, make_mesh
+from hmk8s.train.anakin.pqn_loop import make_pqn_trainer
+from hmk8s.train.anakin.trainer import (
+    SEEDS,
+    Metrics,
+    Trainer,
+    chunk_metrics,
+    make_act,
+    reductions,
 )
 from hmk8s.train.state import TrainState
 
+__all__ = ["SEEDS", "Trainer", "greedy_returns", "init_seeds", "make_chunk_fn", "make_trainer"]
+
 Array = jax.Array
-Metrics = dict[str, Array]
-#: name of the `jax.vmap` axis over seeds that `Trainer.run` runs under (`make_chunk_fn`)
-SEEDS = "seeds"
-
-
-@dataclass(frozen=True)
-class Trainer:
-    """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed), and
-    `run` runs under a `jax.vmap` over seeds named `SEEDS` (`make_chunk_fn`).
-
-    ``mesh`` is None on one device; otherwise `init` and `run` are the per-device programs
-    of a run over its ``seed`` and ``data`` axes (call them through `init_seeds` and
-    `make_chunk_fn`).
-    """
-
-    spec: EnvSpec
-    network: QNetwork
-    agent: AgentConfig
-    haql: HaqlConfig | None
-    num_envs: int
-    steps_per_iter: int
-    updates_per_iter: int
-    init: Callable[[Array], TrainState]
-    run: Callable[[TrainState, int], tuple[TrainState, Metrics]]
-    epsilon: Callable[[Array], Array]
-    xi: Callable[[Array], Array]
-    mesh: Mesh | None = None
-
-    @property
-    def seed_devices(self) -> int:
-        return 1 if self.mesh is None else self.mesh.shape[SEED_AXIS]
-
-    @property
-    def env_steps_per_iter(self) -> int:
-        return self.steps_per_iter * self.num_envs
 
 
 def make_trainer(
@@ -96,7 +57,10 @@ def make_trainer(
 ) -> Trainer:
     """Build the pure init / chunk functions; ``haql=None`` is a pure DQN. ``devices > 1``
     splits the seeds over ``seed_devices`` rows of devices, and ``num_envs`` and the replay's
-    ``buffer_size`` over the ``devices / seed_devices`` devices of a row."""
+    ``buffer_size`` over the ``devices / seed_devices`` devices of a row. ``agent.kind`` "pqn"
+    builds PQN's loop instead (`make_pqn_trainer`)."""
+    if agent.kind == "pqn":
+        return make_pqn_trainer(spec, agent, num_envs, haql, devices)
     if seed_devices < 1 or devices % seed_devices:
         raise ValueError(f"seed_devices={seed_devices} does not divide devices={devices}")
     data_devices = devices // seed_devices
@@ -111,8 +75,8 @@ def make_trainer(
     learning_starts = max(agent.learning_starts, agent.batch_size)
     local_envs = num_envs // data_devices
     v_reset = jax.vmap(spec.reset)
-    v_step = jax.vmap(spec.step)
-    total, mean = _reductions(axis)
+    _, mean = reductions(axis)
+    act = make_act(spec, apply_fn, epsilon, parts.bonus, num_envs)
 
     def init(key: Array) -> TrainState:
         k_net, k_env, k_run = jax.random.split(key, 3)
@@ -132,38 +96,9 @@ def make_trainer(
             rng=k_run,
         )
 
-    def env_step(state: TrainState, _: None) -> tuple[TrainState, tuple[Array, Array, Metrics]]:
-        rng, k_act, k_env = jax.random.split(state.rng, 3)
-        q = apply_fn(state.learner.params, state.obs)
-        bonus = parts.bonus(state.env_steps)
-        action = dqn.epsilon_greedy(
-            k_act, q, state.mask, state.hint, epsilon(state.env_steps), bonus
-        ).astype(jnp.int32)
-        env_state, ts = v_step(jax.random.split(k_env, local_envs), state.env_state, action)
-        transition = Transition(
-            obs=state.obs,
-            action=action,
-            reward=ts.reward.astype(jnp.float32),
-            terminated=ts.terminated.astype(jnp.bool_),
-            next_obs=ts.next_obs,
-            next_mask=ts.next_mask.astype(jnp.bool_),
-            next_hint=ts.next_hint.astype(jnp.int32),
-        )
-        done = ts.terminated | ts.truncated
-        returns = state.episode_return + transition.reward
-        state = state._replace(
-            buffer=buffer.add(state.buffer, transition),
-            env_state=env_state,
-            obs=ts.obs,
-            mask=ts.mask,
-            hint=ts.hint,
-            episode_return=jnp.where(done, 0.0, returns),
-            env_steps=saturating_add(state.env_steps, num_envs),
-            rng=rng,
-        )
-        finished = (jnp.where(done, returns, 0.0).sum(), done.sum())
-        metrics = {k: v.astype(jnp.float32).mean() for k, v in ts.metrics.items()}
-        return state, (*finished, metrics)
+    def env_step(state: TrainState, _: None) -> tuple[TrainState, tuple[tuple, Metrics]]:
+        state, transition, _, finished, metrics = act(state)
+        return state._replace(buffer=buffer.add(state.buffer, transition)), (finished, metrics)
 
     def learn(operand: tuple) -> tuple[dqn.LearnerState, Array, Any, Array, Array]:
         learner, rng, replay, env_steps = operand
@@ -208,22 +143,15 @@ def make_trainer(
         return state, (jax.tree.map(jnp.sum, acted), (loss_sum, n_updates))
 
     def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
-        state, ((ret_sum, episodes, step_metrics), (loss_sum, n_updates)) = jax.lax.scan(
+        state, ((finished, step_metrics), losses) = jax.lax.scan(
             iteration, state, None, length=num_iters
         )
-        episodes, n_updates = total(episodes.sum()), n_updates.sum()
-        metrics = {
-            "env_steps": state.env_steps,
-            "updates": state.learner.updates,
-            "episodes": episodes,
-            "episode_return": jnp.where(episodes > 0, total(ret_sum.sum()) / episodes, jnp.nan),
-            "loss": jnp.where(n_updates > 0, loss_sum.sum() / n_updates, jnp.nan),
-            "epsilon": epsilon(state.env_steps),
-            "xi": xi(state.env_steps),
-        }
-        for name, summed in step_metrics.items():
-            metrics[f"env/{name}"] = mean(summed.sum()) / (num_iters * steps_per_iter)
-        return state, metrics
+        sums = partial(jax.tree.map, jnp.sum)
+        schedules = (epsilon, xi)
+        steps = num_iters * steps_per_iter
+        return state, chunk_metrics(
+            state, sums(finished), sums(step_metrics), sums(losses), schedules, steps, axis
+        )
 
     return Trainer(
         spec=spec,
@@ -239,13 +167,6 @@ def make_trainer(
         xi=xi,
         mesh=mesh,
     )
-
-
-def _reductions(axis: str | None) -> tuple[Callable[[Array], Array], Callable[[Array], Array]]:
-    """(sum, mean) of a per-device metric over the devices; both the identity on one device."""
-    if axis is None:
-        return (lambda x: x), (lambda x: x)
-    return partial(jax.lax.psum, axis_name=axis), partial(jax.lax.pmean, axis_name=axis)
 
 
 def init_seeds(trainer: Trainer, seed: int, seeds: int) -> TrainState:

@@ -23,7 +23,7 @@ from hmk8s.train.anakin.loop import (
     make_chunk_fn,
     make_trainer,
 )
-from hmk8s.train.config import TrainConfig
+from hmk8s.train.config import ConfigError, TrainConfig
 from hmk8s.train.distributed import check_topology, resolve_devices, topology
 from hmk8s.train.run import open_run
 from hmk8s.train.runlog import chunk_rows, params_sha256
@@ -78,6 +78,8 @@ def run_training(
     devices = resolve_devices(
         cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size, cfg.seed_devices, cfg.seeds
     )
+    if a.kind == "pqn" and devices != 1:
+        raise ConfigError(f"agent.kind=pqn trains on one device: set devices=1 (not {devices})")
     haql = cfg.haql if cfg.heuristic else None
     trainer = make_trainer(spec, a, cfg.num_envs, haql, devices, cfg.seed_devices)
     where = topology(devices, cfg.seed_devices)
