@@ -34,8 +34,9 @@ Acted = tuple[TrainState, Transition, Array, tuple[Array, Array], Metrics]
 
 @dataclass(frozen=True)
 class Trainer:
-    """A DQN / HAQL learner bound to one environment; functions are unbatched (one seed), and
-    `run` runs under a `jax.vmap` over seeds named `SEEDS` (`make_chunk_fn`).
+    """A learner (DQN or PQN, either with HAQL's heuristic) bound to one environment; functions
+    are unbatched (one seed), and `run` runs under a `jax.vmap` over seeds named `SEEDS`
+    (`make_chunk_fn`).
 
     ``mesh`` is None on one device; otherwise `init` and `run` are the per-device programs
     of a run over its ``seed`` and ``data`` axes (call them through `init_seeds` and
