@@ -37,6 +37,7 @@ from hmk8s.train.anakin.trainer import (
     Metrics,
     Trainer,
     chunk_metrics,
+    fresh_state,
     make_act,
     reductions,
 )
@@ -83,18 +84,11 @@ def make_trainer(
         if axis is not None:  # the network's key stays shared: its weights start replicated
             index = jax.lax.axis_index(axis)
             k_env, k_run = jax.random.fold_in(k_env, index), jax.random.fold_in(k_run, index)
-        env_state, obs, mask, hint = v_reset(jax.random.split(k_env, local_envs))
-        return TrainState(
-            learner=parts.init_learner(k_net, obs[0]),
-            buffer=buffer.init(example_transition(obs[0], spec.num_actions)),
-            env_state=env_state,
-            obs=obs,
-            mask=mask,
-            hint=hint,
-            episode_return=jnp.zeros((local_envs,), jnp.float32),
-            env_steps=jnp.zeros((), jnp.int32),
-            rng=k_run,
-        )
+        reset = v_reset(jax.random.split(k_env, local_envs))
+        example = reset[1][0]
+        learner = parts.init_learner(k_net, example)
+        replay = buffer.init(example_transition(example, spec.num_actions))
+        return fresh_state(learner, replay, reset, k_run)
 
     def env_step(state: TrainState, _: None) -> tuple[TrainState, tuple[tuple, Metrics]]:
         state, transition, _, finished, metrics = act(state)

@@ -20,7 +20,7 @@ from hmk8s.agents.config import AgentConfig, HaqlConfig
 from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.pqn import lambda_returns, make_regression_step, next_values
 from hmk8s.envs.spec import EnvSpec
-from hmk8s.train.anakin.trainer import Metrics, Trainer, chunk_metrics, make_act
+from hmk8s.train.anakin.trainer import Metrics, Trainer, chunk_metrics, fresh_state, make_act
 from hmk8s.train.state import TrainState
 
 Array = jax.Array
@@ -52,22 +52,12 @@ def make_pqn_trainer(
 
     def init(key: Array) -> TrainState:
         k_net, k_env, k_run = jax.random.split(key, 3)
-        env_state, obs, mask, hint = jax.vmap(spec.reset)(jax.random.split(k_env, num_envs))
-        params = parts.network.init(k_net, obs[0])
+        reset = jax.vmap(spec.reset)(jax.random.split(k_env, num_envs))
+        params = parts.network.init(k_net, reset[1][0])
         learner = dqn.LearnerState(
             params, None, parts.optimizer.init(params), jnp.zeros((), jnp.int32)
         )
-        return TrainState(
-            learner=learner,
-            buffer=None,
-            env_state=env_state,
-            obs=obs,
-            mask=mask,
-            hint=hint,
-            episode_return=jnp.zeros((num_envs,), jnp.float32),
-            env_steps=jnp.zeros((), jnp.int32),
-            rng=k_run,
-        )
+        return fresh_state(learner, None, reset, k_run)
 
     def rollout_step(state: TrainState, _: None) -> tuple[TrainState, tuple]:
         state, transition, done, finished, metrics = act(state)

@@ -72,6 +72,23 @@ def reductions(axis: str | None) -> tuple[Callable[[Array], Array], Callable[[Ar
     return partial(jax.lax.psum, axis_name=axis), partial(jax.lax.pmean, axis_name=axis)
 
 
+def fresh_state(learner: Any, buffer: Any, reset: tuple, rng: Array) -> TrainState:
+    """The train state before the first step: ``reset`` is the vmapped env reset's
+    ``(env_state, obs, mask, hint)``, every running return 0 and no env step taken."""
+    env_state, obs, mask, hint = reset
+    return TrainState(
+        learner=learner,
+        buffer=buffer,
+        env_state=env_state,
+        obs=obs,
+        mask=mask,
+        hint=hint,
+        episode_return=jnp.zeros(obs.shape[:1], jnp.float32),
+        env_steps=jnp.zeros((), jnp.int32),
+        rng=rng,
+    )
+
+
 def make_act(
     spec: EnvSpec,
     apply_fn: Callable[[Any, Array], Array],
