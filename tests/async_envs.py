@@ -21,7 +21,8 @@ NUM_ACTIONS = 5
 
 
 class CountingEnv:
-    """obs = [index, steps taken so far, step in episode, resets]; truncates every ``episode``.
+    """obs = [index, steps taken so far, step in episode, resets]; truncates every ``episode``;
+    reward = action / NUM_ACTIONS; the SLA counts as violated after every third step.
 
     ``fail_every``: every n-th step call raises; ``always_fail``: every step raises;
     ``delay_s``: sleep per step; ``gate``: an event each step waits on (a hung env).
@@ -57,7 +58,12 @@ class CountingEnv:
     def _info(self) -> dict:
         mask = np.ones(NUM_ACTIONS, bool)
         mask[self.steps % NUM_ACTIONS] = False
-        return {"action_mask": mask, "pods": self.t, "latency_ratio": 0.5}
+        return {
+            "action_mask": mask,
+            "pods": self.t,
+            "latency_ratio": 0.5,
+            "sla_violated": self.steps % 3 == 0,
+        }
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         self.t = 0

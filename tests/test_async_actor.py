@@ -109,6 +109,28 @@ def test_the_learner_reprioritises_a_prioritised_replay():
     assert (stored[:200] < float(tree.max_recorded_priority)).sum() > 20
 
 
+def test_the_replay_holds_the_penalised_reward_and_the_books_the_envs():
+    fns = make_async_fns(NUM_ACTIONS, small_agent(sla_penalty=0.5), 2)
+    envs = [CountingEnv(i, episode=4) for i in range(2)]
+    returns = []
+    result = train_async(
+        fns,
+        envs,
+        no_hint,
+        fresh_state(fns),
+        settings(total_steps=60),
+        on_write=lambda record, place: returns.append(place.episode_return),
+    )
+    assert result.error is None
+    replay = written(result.state.buffer)
+    violated = replay.next_obs[:, 1] % 3 == 0  # the env's steps after the transition
+    assert violated.any() and not violated.all()
+    expected = replay.action / NUM_ACTIONS - 0.5 * violated
+    np.testing.assert_allclose(replay.reward, expected, atol=1e-6)  # float32
+    # an episode's running return is the env's reward summed, penalty-free: at most 4 * 0.8
+    assert min(returns) >= 0.0 and max(returns) <= 4 * (NUM_ACTIONS - 1) / NUM_ACTIONS
+
+
 def test_slow_and_failing_envs_do_not_stall_the_others(fns4):
     gate = threading.Event()
     envs = [

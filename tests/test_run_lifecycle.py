@@ -69,6 +69,8 @@ def tiny(run_dir: Path | None = None, **changes) -> TrainConfig:
         ({"agent": AgentConfig(priority_exponent=1.5)}, "agent.priority_exponent must be in [0,"),
         ({"agent": AgentConfig(priority_beta=-0.1)}, "agent.priority_beta must be in [0, 1], got"),
         ({"agent": AgentConfig(priority_epsilon=0.0)}, "agent.priority_epsilon must be > 0"),
+        ({"agent": AgentConfig(sla_penalty=-0.1)}, "agent.sla_penalty must be a finite number"),
+        ({"agent": AgentConfig(sla_penalty=math.nan)}, "agent.sla_penalty must be a finite"),
     ],
 )
 def test_settings_that_train_silently_wrong_are_refused(change, message):

@@ -87,6 +87,35 @@ def test_replay_holds_the_true_successor_and_only_terminations(terminal):
     assert float(metrics["episode_return"][0]) == pytest.approx(ep_actions.mean())
 
 
+def with_sla(spec: EnvSpec) -> EnvSpec:
+    """``spec`` reporting the SLA as violated on the steps that reach an odd t."""
+
+    def step(key, t, action):
+        nxt, ts = spec.step(key, t, action)
+        return nxt, ts._replace(metrics={**ts.metrics, "sla_violated": (t + 1) % 2 == 1})
+
+    return spec._replace(step=step)
+
+
+def test_sla_penalty_lowers_the_learned_reward_not_the_logged_return():
+    agent = dataclasses.replace(SMALL, sla_penalty=0.25)
+    trainer = make_trainer(with_sla(counting_env(True)), agent, num_envs=3)
+    state, metrics = make_chunk_fn(trainer, 10)(init_seeds(trainer, 0, 1))
+    exp = jax.tree.map(lambda x: np.asarray(x)[0, 0, :30], state.buffer.experience)
+    t = exp.obs[:, 0]
+    np.testing.assert_allclose(exp.reward, exp.action - 0.25 * ((t + 1) % 2 == 1), atol=1e-6)
+    ep_actions = exp.action.reshape(10, 3).T.reshape(3, 2, 5).sum(-1)
+    assert float(metrics["episode_return"][0]) == pytest.approx(ep_actions.mean())
+    assert float(metrics["env/sla_violated"][0]) == pytest.approx(3 / 5)  # t = 1, 3, 5 of 5
+
+
+def test_sla_penalty_needs_an_env_that_reports_the_sla():
+    agent = dataclasses.replace(SMALL, sla_penalty=0.25)
+    trainer = make_trainer(counting_env(True), agent, num_envs=3)
+    with pytest.raises(ValueError, match="sla_violated"):
+        make_chunk_fn(trainer, 1)(init_seeds(trainer, 0, 1))
+
+
 def test_haql_acts_on_the_hint_while_its_weight_dominates():
     greedy = ScheduleConfig("linear", 0.0, 0.0, 1)  # epsilon 0: no exploration
     agent = dataclasses.replace(SMALL, epsilon=greedy)

@@ -57,6 +57,11 @@ class AgentConfig:
     ``priority_exponent > 0`` turns on prioritised replay (``alpha``; 0 is uniform replay),
     with importance-sampling exponent ``priority_beta`` and priorities ``|TD error| +
     priority_epsilon``.
+
+    ``sla_penalty > 0`` trains on ``R - sla_penalty [L > 1]``: the reward's ``R_perf`` charges
+    a breach by its size, so a small one costs less than the pods that would prevent it; the
+    penalty makes every breach cost at least that much. Only the learner sees it: returns
+    are logged and evaluated on the env's reward.
     """
 
     kind: str = "dqn"
@@ -77,6 +82,7 @@ class AgentConfig:
     priority_exponent: float = 0.0
     priority_beta: float = 0.4
     priority_epsilon: float = 1e-6
+    sla_penalty: float = 0.0
     epsilon: ScheduleConfig = field(default_factory=ScheduleConfig)
     pqn: PqnConfig = field(default_factory=PqnConfig)
 

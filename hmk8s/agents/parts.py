@@ -38,6 +38,16 @@ class AgentParts(NamedTuple):
         """``xi_t * eta`` on the rulebook's action when acting (0 for a pure DQN)."""
         return heuristic_bonus(self.haql, env_steps)
 
+    def learning_reward(self, reward: Array, sla_violated: Array | None) -> Array:
+        """The reward the learner sees: the env's, less ``sla_penalty`` on every step over the
+        SLA (0 leaves it the env's, untouched). ``sla_violated`` is None for an env that
+        reports no SLA, which a penalty cannot train on."""
+        if self.agent.sla_penalty == 0.0:
+            return reward
+        if sla_violated is None:
+            raise ValueError("agent.sla_penalty > 0 needs an env that reports sla_violated")
+        return reward - self.agent.sla_penalty * sla_violated.astype(reward.dtype)
+
     def init_learner(self, key: Array, example_obs: Array) -> dqn.LearnerState:
         """Fresh online and target weights (equal) and optimiser state, 0 updates done."""
         params = self.network.init(key, example_obs)

@@ -191,6 +191,8 @@ def validate(cfg: TrainConfig) -> None:
         if not 0.0 <= getattr(a, name) <= 1.0:
             errors.append(f"agent.{name} must be in [0, 1], got {getattr(a, name)}")
     _positive(errors, "agent.priority_epsilon", a.priority_epsilon)
+    if not 0.0 <= a.sla_penalty < float("inf"):
+        errors.append(f"agent.sla_penalty must be a finite number >= 0, got {a.sla_penalty}")
     if a.learning_starts < 0:
         errors.append(f"agent.learning_starts must be >= 0, got {a.learning_starts}")
     if a.buffer_size < cfg.num_envs:

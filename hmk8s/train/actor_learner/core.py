@@ -131,7 +131,7 @@ class AsyncFns:
     learning_starts: int
     init: Callable[[Array, np.ndarray], TrainState]
     act: Callable[[object, Array, Array, Array, Array, Array], Array]
-    add: Callable[[object, Transition], object]
+    add: Callable[[object, Transition, Array | None], object]
     learn: Callable[
         [dqn.LearnerState, object, Array, Array], tuple[dqn.LearnerState, object, Array]
     ]
@@ -147,7 +147,8 @@ def make_async_fns(
     ``act(params, obs[B], mask[B], hint[B], env_steps, key)`` takes ``B = num_envs`` rows (the
     actor pads a partial batch), so it compiles once. ``learn(learner, buffer, key, env_steps)
     -> (learner, buffer, loss)`` samples a batch, does one update and (prioritised replay) sets
-    the sampled items' priorities; ``add`` donates the buffer it extends.
+    the sampled items' priorities; ``add(buffer, batch, sla_violated[B] or None)`` stores the
+    batch with the learner's reward (`AgentParts.learning_reward`) and donates the buffer.
     """
     parts = make_agent_parts(agent, num_actions, haql)
     network, epsilon, xi, buffer = parts.network, parts.epsilon, parts.xi, parts.buffer
@@ -174,8 +175,9 @@ def make_async_fns(
         return dqn.epsilon_greedy(key, q, mask, hint, epsilon(env_steps), bonus).astype(jnp.int32)
 
     @partial(jax.jit, donate_argnums=0)
-    def add(buffer_state, batch: Transition):
-        return buffer.add(buffer_state, batch)
+    def add(buffer_state, batch: Transition, sla_violated: Array | None):
+        reward = parts.learning_reward(batch.reward, sla_violated)
+        return buffer.add(buffer_state, batch._replace(reward=reward))
 
     @jax.jit
     def learn_step(learner: dqn.LearnerState, buffer_state, key, env_steps):

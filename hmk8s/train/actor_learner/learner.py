@@ -170,10 +170,12 @@ class LearnerThread:
     def _write(self, items: list[StepRecord]) -> None:
         state = self.state
         batch = stack_transitions([r.transition for r in items])
+        flags = [r.info.get("sla_violated") for r in items]
+        violated = None if None in flags else np.array(flags, bool)
         buffer, start = state.buffer, 0
         for size in chunk_sizes(len(items), self.fns.num_envs * 4):
-            part = jax.tree.map(lambda x, s=start, n=size: x[s : s + n], batch)
-            buffer = self.fns.add(buffer, part)
+            part = jax.tree.map(lambda x, s=start, n=size: x[s : s + n], (batch, violated))
+            buffer = self.fns.add(buffer, *part)
             start += size
         books, obs, mask, hint = state.env_state, state.obs, state.mask, state.hint
         obs, mask, hint = obs.copy(), mask.copy(), hint.copy()

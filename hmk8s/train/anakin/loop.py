@@ -77,7 +77,7 @@ def make_trainer(
     local_envs = num_envs // data_devices
     v_reset = jax.vmap(spec.reset)
     _, mean = reductions(axis)
-    act = make_act(spec, apply_fn, epsilon, parts.bonus, num_envs)
+    act = make_act(spec, apply_fn, epsilon, parts.bonus, parts.learning_reward, num_envs)
 
     def init(key: Array) -> TrainState:
         k_net, k_env, k_run = jax.random.split(key, 3)

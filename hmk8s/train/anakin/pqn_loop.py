@@ -47,7 +47,7 @@ def make_pqn_trainer(
     parts = make_agent_parts(agent, spec.num_actions, haql)
     apply_fn, epsilon, xi = parts.network.apply, parts.epsilon, parts.xi
     regress = make_regression_step(apply_fn, parts.optimizer)
-    act = make_act(spec, apply_fn, epsilon, parts.bonus, num_envs)
+    act = make_act(spec, apply_fn, epsilon, parts.bonus, parts.learning_reward, num_envs)
     updates_per_iter = p.epochs * p.minibatches
 
     def init(key: Array) -> TrainState:

@@ -94,6 +94,7 @@ def make_act(
     apply_fn: Callable[[Any, Array], Array],
     epsilon: optax.Schedule,
     bonus: Callable[[Array], Any],
+    learning_reward: Callable[[Array, Array | None], Array],
     num_envs: int,
 ) -> Callable[[TrainState], Acted]:
     """``act(state)``: every env of ``state`` takes an epsilon-greedy step over
@@ -109,17 +110,18 @@ def make_act(
         ).astype(jnp.int32)
         keys = jax.random.split(k_env, action.shape[0])
         env_state, ts = v_step(keys, state.env_state, action)
+        reward = ts.reward.astype(jnp.float32)
         transition = Transition(
             obs=state.obs,
             action=action,
-            reward=ts.reward.astype(jnp.float32),
+            reward=learning_reward(reward, ts.metrics.get("sla_violated")),
             terminated=ts.terminated.astype(jnp.bool_),
             next_obs=ts.next_obs,
             next_mask=ts.next_mask.astype(jnp.bool_),
             next_hint=ts.next_hint.astype(jnp.int32),
         )
         done = ts.terminated | ts.truncated
-        returns = state.episode_return + transition.reward
+        returns = state.episode_return + reward
         state = state._replace(
             env_state=env_state,
             obs=ts.obs,
