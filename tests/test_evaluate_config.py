@@ -56,7 +56,7 @@ def test_evaluate_config_is_the_training_tree_plus_evaluate(evaluate_schema):
     assert typed.agent.lr_decay_updates == 13600
     assert typed.evaluate.deployed_xi_sla is True
     assert typed.evaluate.agent_by_usecase == {
-        "ehr": {"updates_per_step": 0.078125, "lr_decay_updates": 22700},
+        "ehr": {"updates_per_step": 0.078125, "lr_decay_updates": 22700, "sla_penalty": 0.3},
         "stream": {"updates_per_step": 0.09375, "lr_decay_updates": 27200},
     }
     assert cli.usecases("ml", cfg.usecase)["ml"]["chain"] == ["firewall", "encrypt"]
