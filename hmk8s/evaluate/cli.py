@@ -109,7 +109,9 @@ def run(cfg: DictConfig) -> Path:
         if sweep is None:
             result, data = evaluate_usecase(name, mapping, typed, typed.evaluate)
         else:
-            group, ev = sweep[name], dataclasses.replace(typed.evaluate, agent_by_usecase={})
+            # the sweep trained the agents: they are read, one after the other
+            group = sweep[name]
+            ev = dataclasses.replace(typed.evaluate, agent_by_usecase={}, train_together=False)
             result, data = evaluate_usecase(
                 name, group.mapping, group.cfg, ev, source=group.agent_run
             )
