@@ -45,6 +45,8 @@ from hmk8s.spaces import OP_REMOVE
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_DIR, load_usecase
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 ENV = {"encoder": "onehot", "noop": True, "start": "minimal", "episode_steps": 120}
 # quick retries; the emulator's injected timeouts hold a call for 0.15 s
 API = {

@@ -13,6 +13,8 @@ from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout, q_policy
 from hmk8s.policies.rollout import rollout
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 EPISODES, STEPS = 3, 8
 
 

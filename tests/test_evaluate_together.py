@@ -21,6 +21,8 @@ from hmk8s.evaluate.experiment import (
 from hmk8s.train.anakin.loop import make_trainer
 from hmk8s.train.config import TrainConfig
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 
 def test_agents_trained_together_match_agents_trained_alone():
     env, params = sim.make("ml", {"episode_steps": 16, "start": "minimal"})

@@ -18,6 +18,8 @@ from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.k8s.retry import ApiCallError
 from hmk8s.usecases import CONFIG_DIR
 
+pytestmark = pytest.mark.usefixtures("fast_compile")
+
 FIELDS = (
     "cpu_util",
     "pods",
