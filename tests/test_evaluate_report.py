@@ -49,6 +49,7 @@ def make_result(time_ratio: float) -> dict:
         "updates": {"dqn": 90, "haql": 90},
         "eval_episodes": 8,
         "train_seconds": {"dqn": 10.0, "haql": 12.0},
+        "trained_together": False,
         "deployed_xi": {"value": 0.5, "validation_returns": {"0.0": 71.25, "0.5": 80.0}},
         "policies": {
             "dqn": policy(70.0, 0.20),
@@ -97,7 +98,9 @@ def test_page_states_each_target_and_the_numbers():
     page = render_markdown({"ml": make_result(0.6)}, meta)
     assert "Wall time: 1.5 min" in page
     assert "5 seeds x 1,000 env steps and 90 updates each (0.1 per env step)" in page
-    assert "HAQL 12 s. This use case trains with `agent.updates_per_step=0.1`." in page
+    assert "Training time: DQN 10 s, HAQL 12 s. This use case trains with" in page
+    together = render_markdown({"ml": {**make_result(0.6), "trained_together": True}}, meta)
+    assert "Training time (both agents at once, in two threads): DQN 10 s, HAQL 12 s." in together
     assert "in 0.60 x DQN's env steps: target (at most 0.5) **missed**" in page
     assert "HAQL vs `hpa`: return 80.0 vs 75.0, SLA violations 0.100 vs 0.100: target holds" in page
     assert "HAQL vs `heuristic`: return 80.0 vs 85.0" in page

@@ -395,6 +395,7 @@ def evaluate_usecase(
         "updates": {name: run.updates for name, run in runs.items()},
         "eval_episodes": ev.episodes,
         "train_seconds": {name: run.seconds for name, run in runs.items()},
+        "trained_together": ev.train_together,
         "deployed_xi": deployed,
         "policies": policies,
         "per_seed": {a: {m: v.tolist() for m, v in per_seed[a].items()} for a in AGENTS},

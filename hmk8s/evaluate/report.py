@@ -114,6 +114,14 @@ def verdicts(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def training_sentence(result: dict[str, Any]) -> str:
+    """Each agent's training seconds, and whether they ran at once: then each is the span of
+    its own thread, and the use case took the longer of the two, not their sum."""
+    seconds = result["train_seconds"]
+    when = " (both agents at once, in two threads)" if result["trained_together"] else ""
+    return f"Training time{when}: DQN {seconds['dqn']:.0f} s, HAQL {seconds['haql']:.0f} s."
+
+
 def changes_sentence(changes: dict[str, Any]) -> str:
     """The agent settings this use case trains with that differ from the agent block."""
     if not changes:
@@ -167,8 +175,7 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
             f"{r['seeds']} seeds x {r['total_steps']:,} env steps and "
             f"{r['updates']['dqn']:,} updates each ({r['updates_per_step']:g} per env step); "
             f"{r['eval_episodes']} held-out episodes; learning curves on {r['eval_episodes']} "
-            f"other episodes. Training time: DQN {r['train_seconds']['dqn']:.0f} s, "
-            f"HAQL {r['train_seconds']['haql']:.0f} s.{changes_sentence(r['agent_changes'])}",
+            f"other episodes. {training_sentence(r)}{changes_sentence(r['agent_changes'])}",
             "",
             deployed_line(r["deployed_xi"]),
             "",
