@@ -1,4 +1,4 @@
-"""Time to quality: seconds and env steps until the greedy return first reaches hpa and hpa + 10.
+"""Time to quality: when the greedy return first reaches hpa and hpa + 10, and when it stays.
 
     python scripts/time_to_quality.py --usecases ml,ehr,stream --agents dqn,haql
     python scripts/time_to_quality.py --usecases ml --agents haql \\
@@ -27,8 +27,8 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-def _reach(row: dict, margin: float) -> str:
-    hit = row["reach"][f"hpa+{margin:g}"]
+def _reach(row: dict, margin: float, kind: str = "reach") -> str:
+    hit = row[kind][f"hpa+{margin:g}"]
     if hit["steps"] is None:
         return f"{'never':>18}"
     return f"{hit['seconds']:>8.1f} s {hit['steps'] / 1000:>6.0f}k"
@@ -49,12 +49,14 @@ def main() -> None:
         sys.exit(2)
 
     print(f"device {device_name()}")
-    head = "  ".join(f"{'to hpa+' + format(m, 'g'):>18}" for m in MARGINS)
+    head = "  ".join(
+        f"{kind + ' hpa+' + format(m, 'g'):>18}" for kind in ("to", "stays") for m in MARGINS
+    )
     print(
         f"{'use case':8} {'agent':5} {'config':12} {'hpa':>7} {'final':>7} {'train s':>8}  {head}"
     )
     for r in rows:
-        reach = "  ".join(_reach(r, m) for m in MARGINS)
+        reach = "  ".join(_reach(r, m, kind) for kind in ("reach", "holds") for m in MARGINS)
         print(
             f"{r['usecase']:8} {r['agent']:5} {r['config']:12} {r['hpa']:>7.1f} "
             f"{r['final_return']:>7.1f} {r['train_seconds']:>8.1f}  {reach}"

@@ -13,6 +13,7 @@ from hmk8s.bench.time_to_quality import (
     Variant,
     compose_config,
     first_reach,
+    holds_from,
     parse_variant,
     time_to_quality,
 )
@@ -28,6 +29,24 @@ def test_first_reach_interpolates_steps_and_seconds_alike():
     # already there before training: step 0, second 0
     assert first_reach(steps, seconds, curve, -1.0) == {"steps": 0.0, "seconds": 0.0}
     assert first_reach(steps, seconds, curve, 8.5) == {"steps": None, "seconds": None}
+
+
+def test_holds_from_is_the_point_after_the_last_fall_below():
+    steps, seconds = [0, 10, 20, 30, 40], [0.0, 1.0, 3.0, 6.0, 10.0]
+    # reaches 5 at step 10, falls back to 2 at step 20, stays from step 30 on
+    assert holds_from(steps, seconds, [0.0, 6.0, 2.0, 5.0, 7.0], 5.0) == {
+        "steps": 30.0,
+        "seconds": 6.0,
+    }
+    assert holds_from(steps, seconds, [9.0, 6.0, 8.0, 5.0, 7.0], 5.0) == {
+        "steps": 0.0,
+        "seconds": 0.0,
+    }
+    # the last point below: it does not stay, whatever came before
+    assert holds_from(steps, seconds, [9.0, 9.0, 9.0, 9.0, 4.0], 5.0) == {
+        "steps": None,
+        "seconds": None,
+    }
 
 
 def test_parse_variant():

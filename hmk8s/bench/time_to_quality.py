@@ -96,11 +96,23 @@ def first_reach(steps: np.ndarray, seconds: np.ndarray, curve: np.ndarray, level
     return {"steps": at_steps, "seconds": learning.time_to_threshold(seconds, curve, level)}
 
 
+def holds_from(steps: np.ndarray, seconds: np.ndarray, curve: np.ndarray, level: float) -> dict:
+    """Env steps and seconds of the first curve point from which ``curve`` stays at or above
+    ``level`` to the end; ``None`` for both if its last point is below. A first crossing says
+    when an agent can first be that good; a single-seed curve can fall back after it."""
+    below = np.flatnonzero(np.asarray(curve) < level)
+    first = 0 if below.size == 0 else int(below[-1]) + 1
+    if first == len(curve):
+        return {"steps": None, "seconds": None}
+    return {"steps": float(steps[first]), "seconds": float(seconds[first])}
+
+
 def measure(
     usecase: str, agent: str, cfg: TrainConfig, every: int, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     """Train ``cfg`` and read its greedy curve: hpa's return on the same episodes, the curve
-    (IQM over ``cfg.seeds``), and when it first reaches hpa and hpa + 10."""
+    (IQM over ``cfg.seeds``), when it first reaches hpa and hpa + 10, and from when it stays
+    there."""
     env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
     env, params = sim.make(dict(cfg.usecase), env_cfg, name=usecase)
     haql = cfg.haql if AGENTS[agent] else None
@@ -129,6 +141,12 @@ def measure(
         "final_return": float(iqm_curve[-1]),
         "reach": {
             f"hpa+{margin:g}": first_reach(
+                result.steps, result.train_seconds, iqm_curve, hpa + margin
+            )
+            for margin in MARGINS
+        },
+        "holds": {
+            f"hpa+{margin:g}": holds_from(
                 result.steps, result.train_seconds, iqm_curve, hpa + margin
             )
             for margin in MARGINS
