@@ -27,7 +27,7 @@ def _names(text: str) -> list[str]:
     return [n for n in text.split(",") if n]
 
 
-def _reach(row: dict, margin: float, kind: str = "reach") -> str:
+def _reach(row: dict, kind: str, margin: float) -> str:
     hit = row[kind][f"hpa+{margin:g}"]
     if hit["steps"] is None:
         return f"{'never':>18}"
@@ -56,7 +56,7 @@ def main() -> None:
         f"{'use case':8} {'agent':5} {'config':12} {'hpa':>7} {'final':>7} {'train s':>8}  {head}"
     )
     for r in rows:
-        reach = "  ".join(_reach(r, m, kind) for kind in ("reach", "holds") for m in MARGINS)
+        reach = "  ".join(_reach(r, kind, m) for kind in ("reach", "holds") for m in MARGINS)
         print(
             f"{r['usecase']:8} {r['agent']:5} {r['config']:12} {r['hpa']:>7.1f} "
             f"{r['final_return']:>7.1f} {r['train_seconds']:>8.1f}  {reach}"
