@@ -109,6 +109,13 @@ class ClusterMap(_Frozen):
     chain_configmap: str = "proxy{p}-chain"
     address: Address = Address()
     step_seconds: float | None = Field(default=None, gt=0)
+    cpu_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description="multiplies every instance's CPU request and limit (and so each request's "
+        "CPU cost, which keeps a pod's service rate mu): placements fit a small node",
+    )
     ready_timeout_s: float = Field(default=120.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_failed_steps: int = Field(
@@ -229,3 +236,13 @@ def env_cluster_maps(
             m["run_id"] = f"{m['run_id']}-e{i}"
         maps.append(m)
     return maps
+
+
+def shipped_backend(name: str) -> dict[str, Any]:
+    """A shipped backend config (`configs/backend/<name>.yaml`) with its defaults list composed
+    by Hydra, as `backend=<name>` gives it to scripts/train.py."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(CONFIG_DIR / "backend"), version_base=None):
+        return OmegaConf.to_container(compose(name), resolve=True)

@@ -95,11 +95,16 @@ def cpu_quantity(cores: float) -> str:
 def deployment(
     cmap: ClusterMap, usecase: UseCase, run_id: str, function: int, config: int, replicas: int
 ) -> dict:
-    """The Deployment of instance (f, c); its pods request the config's CPU, and each request
-    costs cpu_limit / mu core-seconds (HMK8S_CPU_LIMIT over HMK8S_SERVICE_RATE)."""
+    """The Deployment of instance (f, c); its pods request the config's CPU (times the map's
+    `cpu_scale`), and each request costs cpu_limit / mu core-seconds (HMK8S_CPU_LIMIT over
+    HMK8S_SERVICE_RATE), so a pod serves mu requests/s at any scale."""
     name = instance_name(function, config)
     fname, cname = FUNCTION_NAMES[function], CONFIG_NAMES[config]
     profile = usecase.functions.ordered()[function].configs()[config]
+    cpu_request, cpu_limit = (
+        profile.cpu_request * cmap.cpu_scale,
+        profile.cpu_limit * cmap.cpu_scale,
+    )
     memory = cmap.memory_of(cname)
     labels = instance_labels(run_id, function, config)
     match = {INSTANCE: name, RUN_ID: run_id}
@@ -129,15 +134,15 @@ def deployment(
                                 {"name": "HMK8S_FUNCTION", "value": fname},
                                 {"name": "HMK8S_CONFIG", "value": cname},
                                 {"name": "HMK8S_SERVICE_RATE", "value": str(profile.mu)},
-                                {"name": "HMK8S_CPU_LIMIT", "value": str(profile.cpu_limit)},
+                                {"name": "HMK8S_CPU_LIMIT", "value": str(cpu_limit)},
                             ],
                             "resources": {
                                 "requests": {
-                                    "cpu": cpu_quantity(profile.cpu_request),
+                                    "cpu": cpu_quantity(cpu_request),
                                     "memory": memory.request,
                                 },
                                 "limits": {
-                                    "cpu": cpu_quantity(profile.cpu_limit),
+                                    "cpu": cpu_quantity(cpu_limit),
                                     "memory": memory.limit,
                                 },
                             },

@@ -47,7 +47,7 @@ class ClusterObserver:
     ) -> None:
         self.clients, self.params, self.run_id = clients, params, run_id
         self.proxies = make_source(clients, cmap, homes, run_id, float(params.timeout_s))
-        self.cpu_request = np.asarray(params.cpu_request, np.float64)
+        self.cpu_request = np.asarray(params.cpu_request, np.float64) * cmap.cpu_scale
         self._last_rates = np.zeros(len(homes), np.float32)
 
     def read_ready(self, mirror: EnvState) -> tuple[np.ndarray, list[str]]:

@@ -149,6 +149,18 @@ _VERBS = {
         "patch_namespaced_service",
         "delete_namespaced_service",
     ),
+    "ConfigMap": _Verbs(
+        "core",
+        "create_namespaced_config_map",
+        "patch_namespaced_config_map",
+        "delete_namespaced_config_map",
+    ),
+    "Secret": _Verbs(
+        "core",
+        "create_namespaced_secret",
+        "patch_namespaced_secret",
+        "delete_namespaced_secret",
+    ),
 }
 
 

@@ -92,7 +92,7 @@ def resolve_trace(cfg: DictConfig, choice: str) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says on the backend Hydra chose; the run's summary."""
     choices = HydraConfig.get().runtime.choices
-    usecase, backend = choices["usecase"], choices["backend"]
+    usecase, backend = choices["usecase"], cfg.backend.name  # `local` is a k8s map
     resolve_trace(cfg, usecase)
     typed: TrainConfig = OmegaConf.to_object(cfg)
     validate(typed)
@@ -114,7 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         return run_async_training(cfg, run_dir=run_dir)
     if backend != "sim":
-        raise ConfigError(f"backend={backend}: expected sim or k8s")
+        raise ConfigError(f"backend={choices['backend']}: expected sim, k8s or local")
     from hmk8s.train.anakin.sim_eval import sim_setup
 
     config = OmegaConf.to_container(cfg, resolve=True)

@@ -53,29 +53,44 @@ def available(scripts: Path | None = None) -> bool:
 def running(workdir: Path, scripts: Path | None = None) -> Iterator[ApiServer]:
     """Start a server whose files live in `workdir`; stop it (and drop etcd's data) on exit."""
     scripts = scripts or scripts_dir()
+    try:
+        yield start(workdir, scripts)
+    finally:
+        stop(workdir, scripts)
+
+
+def start(workdir: Path, scripts: Path | None = None, extra_args: str = "") -> ApiServer:
+    """Start kube-apiserver and etcd with their files in `workdir` (`extra_args` appended to the
+    server's flags); the caller stops them with `stop`, also when this raises."""
+    scripts = scripts or scripts_dir()
     if not available(scripts):
         raise ApiServerUnavailable(f"no kube-apiserver scripts in {scripts}")
     workdir.mkdir(parents=True, exist_ok=True)
-    try:
-        done = subprocess.run(
-            [str(scripts / "start-test-cluster.sh"), str(workdir)],
-            capture_output=True,
-            text=True,
-            timeout=START_TIMEOUT_S,
-            check=False,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"kube-apiserver did not start: {done.stderr.strip()[-500:]}")
-        server = ApiServer(verified_kubeconfig(workdir))
-        ensure_pod_metrics_api(server, scripts / "podmetrics-crd.yaml")
-        yield server
-    finally:
-        subprocess.run(
-            [str(scripts / "stop-test-cluster.sh"), str(workdir)],
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
+    env = {**os.environ, "HMK8S_APISERVER_ARGS": extra_args} if extra_args else None
+    done = subprocess.run(
+        [str(scripts / "start-test-cluster.sh"), str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=START_TIMEOUT_S,
+        check=False,
+        env=env,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"kube-apiserver did not start: {done.stderr.strip()[-500:]}")
+    server = ApiServer(verified_kubeconfig(workdir))
+    ensure_pod_metrics_api(server, scripts / "podmetrics-crd.yaml")
+    return server
+
+
+def stop(workdir: Path, scripts: Path | None = None) -> None:
+    """Stop what `start` started in `workdir` and drop etcd's data."""
+    scripts = scripts or scripts_dir()
+    subprocess.run(
+        [str(scripts / "stop-test-cluster.sh"), str(workdir)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def verified_kubeconfig(workdir: Path) -> Path:
