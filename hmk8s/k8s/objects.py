@@ -160,6 +160,48 @@ def deployment(
     }
 
 
+def autoscaler(
+    run_id: str,
+    function: int,
+    config: int,
+    target_utilisation: float,
+    max_replicas: int,
+    owner_uid: str,
+) -> dict:
+    """An `autoscaling/v2beta2` HorizontalPodAutoscaler on instance (f, c)'s Deployment, with the
+    CPU target of the simulator's `hpa` baseline, owned by the Deployment (garbage-collected
+    with it), so the real HPA controller can take the instance over."""
+    name = instance_name(function, config)
+    return {
+        "apiVersion": "autoscaling/v2beta2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": name,
+            "labels": instance_labels(run_id, function, config),
+            "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "Deployment", "name": name, "uid": owner_uid}
+            ],
+        },
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+            "minReplicas": 1,
+            "maxReplicas": max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": round(target_utilisation * 100),
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
 def service(cmap: ClusterMap, run_id: str, function: int, config: int) -> dict:
     """The ClusterIP Service proxies address the instance by."""
     name = instance_name(function, config)

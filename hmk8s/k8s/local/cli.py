@@ -87,13 +87,30 @@ def set_up_usecase(layout: node.Layout, usecase: UseCase, num_envs: int) -> list
     return lines + setup.env_lines(plan)
 
 
+def pods_running(layout: node.Layout) -> bool:
+    """Every pod of the node is Running (the proxies wait for a chain to be ready, not to run)."""
+    phases = node.run(
+        "kubectl",
+        "--kubeconfig",
+        layout.kubeconfig,
+        "get",
+        "pods",
+        "-A",
+        "-o",
+        "jsonpath={.items[*].status.phase}",
+        check=False,
+    ).stdout.split()
+    return bool(phases) and set(phases) == {"Running"}
+
+
 def up(args: argparse.Namespace) -> int:
     started = time.monotonic()
     usecase = load_usecase(args.usecase)
-    layout = node.up(args.dir, node_files=args.node_files)
+    layout = node.up(args.dir, node_files=args.node_files, hpa_sync_period=args.hpa_sync_period)
     try:
         names = images.build_and_import(layout, args.node_files or node.node_dir_default())
         lines = set_up_usecase(layout, usecase, args.num_envs)
+        node.wait_for("the proxies' pods Running", lambda: pods_running(layout), 90)
     except BaseException:
         node.down(layout.root)
         raise
@@ -126,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-envs", type=int, default=1, help="envs of the run to set up")
     parser.add_argument(
         "--node-files", type=Path, default=None, help="shared kube-node directory (binaries)"
+    )
+    parser.add_argument(
+        "--hpa-sync-period",
+        default=node.HPA_SYNC_PERIOD,
+        help="the HPA controller's sync period (kube-controller-manager's default: 15s)",
     )
     args = parser.parse_args(argv)
     try:

@@ -335,6 +335,8 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                     "imagefs.available": "1%",
                 },
                 "serializeImagePulls": False,
+                # how soon a chain ConfigMap's edit reaches the proxy's volume (default 1 min)
+                "syncFrequency": "5s",
                 "nodeStatusReportFrequency": "10s",
                 "volumeStatsAggPeriod": "0s",
             }

@@ -1,0 +1,264 @@
+"""A real one-machine node end to end: `scripts/local_cluster.py up`, the ML chain deployed by the
+backend, real pods of the data-plane images answering requests through proxy -> firewall ->
+encrypt, real kubelet CPU readings as PodMetrics, the real HPA controller acting, and `down`
+leaving nothing behind.
+
+It needs root, cgroups, Debian's containerd/runc/CNI plugins/iptables/umoci/etcd and
+`../shared/kube-node` (CI installs the packages); elsewhere it skips and says which is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from script_runs import SCRIPTS
+
+from hmk8s.k8s import objects
+from hmk8s.k8s.config import shipped_backend
+from hmk8s.k8s.emulated import apiserver
+from hmk8s.k8s.local import images, node
+from hmk8s.spaces import OP_DEPLOY, OP_REMOVE
+from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
+
+FIREWALL, ENCRYPT = FUNCTION_NAMES.index("firewall"), FUNCTION_NAMES.index("encrypt")
+SMALL = CONFIG_NAMES.index("small")
+PAYLOAD = b"patient record " * 34  # 510 bytes
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "a local node needs root"
+    if not (node.node_dir_default() / "kubelet-1.20.2.gz").is_file():
+        return f"no shared kube-node files in {node.node_dir_default()}"
+    if not apiserver.available():
+        return "no shared kube-apiserver scripts"
+    try:
+        node.preflight(node.node_dir_default())
+    except node.NodeError as err:
+        return str(err)
+    return None
+
+
+pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
+
+
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPTS / "local_cluster.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def kubectl(layout: node.Layout, *args: str) -> str:
+    done = subprocess.run(
+        ["kubectl", "--kubeconfig", str(layout.kubeconfig), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def wait_until(check, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(1)
+    raise AssertionError(f"{what} not within {timeout_s} s")
+
+
+@pytest.fixture(scope="module")
+def up(tmp_path_factory):
+    """The node, up once for the module; down (and checked empty) after it."""
+    root = tmp_path_factory.mktemp("node")
+    started = time.monotonic()
+    done = cli("up", str(root), "--usecase", "ml", "--hpa-sync-period", "5s")
+    assert done.returncode == 0, done.stderr
+    layout = node.Layout(root)
+    layout.up_seconds = time.monotonic() - started
+    try:
+        yield layout
+    finally:
+        down = cli("down", str(root))
+        state = node.NodeState.load(layout)
+        assert down.returncode == 0, down.stderr
+        assert node.leftovers(layout, state) == []
+
+
+def test_node_ready_with_proxies_running(up):
+    assert up.up_seconds < 240  # the node alone is Ready in about 40 s; images take the rest
+    ready = kubectl(up, "get", "node", node.NODE_NAME, "-o", "jsonpath={.status.conditions}")
+    assert {"type": "Ready", "status": "True"}.items() <= next(
+        c for c in json.loads(ready) if c["type"] == "Ready"
+    ).items()
+    pods = json.loads(kubectl(up, "get", "pods", "-A", "-o", "json"))["items"]
+    proxies = [p for p in pods if p["metadata"]["name"].startswith("proxy")]
+    assert len(proxies) == 3
+    assert all(p["status"]["phase"] == "Running" for p in proxies)
+    assert all(p["spec"]["containers"][0]["image"] == images.image_name("proxy") for p in proxies)
+    logs = kubectl(up, "-n", "hmk8s-0", "logs", "deploy/proxy0")
+    assert "listening on 0.0.0.0:8080" in logs
+
+
+def post_through(
+    layout: node.Layout, proxy: str, namespace: str, n: int
+) -> list[tuple[int, bytes]]:
+    ip = kubectl(layout, "-n", namespace, "get", "svc", proxy, "-o", "jsonpath={.spec.clusterIP}")
+    answers = []
+    for _ in range(n):
+        request = urllib.request.Request(f"http://{ip}:8080/records", data=PAYLOAD, method="POST")
+        try:
+            with urllib.request.urlopen(request, timeout=3) as answer:
+                answers.append((answer.status, answer.read()))
+        except urllib.error.HTTPError as err:
+            answers.append((err.code, b""))
+    return answers
+
+
+def test_chain_scales_serves_and_reads_real_cpu(up):
+    from hmk8s.k8s.env import KubernetesClusterEnv
+
+    backend = shipped_backend("local")
+    backend.update(kubeconfig=str(up.root / "run.kubeconfig"), step_seconds=4)
+    env = KubernetesClusterEnv("ml", backend_cfg=backend, start="minimal", episode_steps=50)
+    try:
+        _, info = env.reset(seed=0)
+        assert not info["not_ready"]
+        lay = env.params.layout
+        deploy = lay.encode(0, OP_DEPLOY, SMALL, FIREWALL, 0)
+        _, _, _, _, info = env.step(deploy)
+        assert not info["invalid"] and info["api_errors"] == []
+        name = objects.instance_name(FIREWALL, SMALL)
+        ready = wait_until(
+            lambda: kubectl(
+                up, "-n", "hmk8s-0", "get", "deploy", name, "-o", "jsonpath={.status.readyReplicas}"
+            ),
+            60,
+            "the scaled-up firewall pod ready",
+        )
+        assert ready == "1"
+
+        wait_until(
+            lambda: (
+                kubectl(
+                    up,
+                    "-n",
+                    "hmk8s-0",
+                    "get",
+                    "deploy",
+                    "proxy0",
+                    "-o",
+                    "jsonpath={.status.readyReplicas}",
+                )
+                == "1"
+            ),
+            60,
+            "proxy0 ready with its chain",
+        )
+        answers = post_through(up, "proxy0", "hmk8s-0", 60)
+        assert [s for s, _ in answers] == [200] * 60
+        # the chain ends at encrypt: AES-GCM output is nonce (12) + ciphertext + tag (16)
+        assert all(len(body) == len(PAYLOAD) + 28 and PAYLOAD not in body for _, body in answers)
+
+        noop = lay.noop_index
+        for _ in range(3):
+            _, _, _, _, info = env.step(noop)
+        assert info["assumed"]["cpu_pods"] == 0 and info["assumed"]["latency"] == 0
+        obs = env.structured_observation
+        assert np.isfinite(np.asarray(obs.instance_util)).all()
+        metrics = json.loads(
+            kubectl(up, "get", "pods.metrics.k8s.io", "-n", "hmk8s-0", "-o", "json")
+        )
+        firewall_cpu = [
+            m
+            for m in metrics["items"]
+            if m["metadata"]["labels"].get(objects.FUNCTION) == "firewall"
+        ]
+        assert firewall_cpu and all(
+            m["containers"][0]["usage"]["cpu"].endswith("n") for m in firewall_cpu
+        )
+
+        remove = lay.encode(0, OP_REMOVE, SMALL, FIREWALL, 0)
+        _, _, _, _, info = env.step(remove)
+        assert not info["invalid"] and info["api_errors"] == []
+        assert not kubectl(up, "-n", "hmk8s-0", "get", "deploy", "-o", "name").count(name)
+    finally:
+        env.close()
+    left = kubectl(up, "get", "deploy,svc,cm", "-A", "-l", objects.run_selector(None), "-o", "name")
+    assert left.strip() == ""
+
+
+def test_real_hpa_scales_a_loaded_deployment(up):
+    """An HPA with a low CPU target on the encrypt Deployment, under traffic, is scaled up by
+    kube-controller-manager from the PodMetrics the node writes."""
+    from hmk8s.k8s.env import KubernetesClusterEnv
+
+    backend = shipped_backend("local")
+    backend.update(kubeconfig=str(up.root / "run.kubeconfig"), step_seconds=2)
+    env = KubernetesClusterEnv("ml", backend_cfg=backend, start="minimal", episode_steps=50)
+    try:
+        env.reset(seed=0)
+        name = objects.instance_name(ENCRYPT, CONFIG_NAMES.index("medium"))
+        uid = kubectl(up, "-n", "hmk8s-0", "get", "deploy", name, "-o", "jsonpath={.metadata.uid}")
+        hpa = objects.autoscaler(env.run_id, ENCRYPT, CONFIG_NAMES.index("medium"), 0.05, 3, uid)
+        hpa["metadata"]["namespace"] = "hmk8s-0"
+        manifest = up.root / "hpa.json"
+        manifest.write_text(json.dumps(hpa))
+        kubectl(up, "apply", "-f", str(manifest))
+
+        def scaled() -> bool:
+            post_through(up, "proxy0", "hmk8s-0", 20)
+            return kubectl(
+                up, "-n", "hmk8s-0", "get", "deploy", name, "-o", "jsonpath={.spec.replicas}"
+            ) not in ("", "1")
+
+        wait_until(scaled, 90, "the HPA's scale-up")
+        status = json.loads(kubectl(up, "-n", "hmk8s-0", "get", "hpa", name, "-o", "json"))
+        assert status["status"]["desiredReplicas"] > 1
+    finally:
+        env.close()
+    # the HPA went with its Deployment (owner reference, the garbage collector)
+    wait_until(
+        lambda: kubectl(up, "-n", "hmk8s-0", "get", "hpa", "-o", "name").strip() == "",
+        30,
+        "the HPA garbage-collected",
+    )
+
+
+def test_refusals_are_one_line(up, tmp_path):
+    busy = cli("up", str(tmp_path / "second"))
+    assert busy.returncode == 2
+    assert busy.stderr.startswith("error: busy: network device hmk8s0 exists")
+    assert busy.stderr.count("\n") == 1
+    missing = cli("up", str(tmp_path / "third"), "--node-files", str(tmp_path / "nowhere"))
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"error: {tmp_path / 'nowhere'}: missing kubelet-1.20.2.gz")
+    assert not (tmp_path / "third").exists()
+
+
+def test_not_root_is_refused(tmp_path, monkeypatch, capsys):
+    from hmk8s.k8s.local import cli as local_cli
+
+    monkeypatch.setattr(node.os, "geteuid", lambda: 1000)
+    assert local_cli.main(["up", str(tmp_path / "n")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: a local node needs root (it runs containerd, the kubelet and iptables)\n"
+    assert not (tmp_path / "n").exists()
+
+
+def test_image_build_fails_clearly(tmp_path):
+    with pytest.raises(node.NodeError, match="no root filesystem"):
+        images.build_layout(tmp_path, tmp_path / "absent.tar.xz")
