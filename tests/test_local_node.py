@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +38,8 @@ def _why_not() -> str | None:
         return "a local node needs root"
     if not (node.node_dir_default() / "kubelet-1.20.2.gz").is_file():
         return f"no shared kube-node files in {node.node_dir_default()}"
+    if shutil.which("kubectl") is None:
+        return "no kubectl (the tests read the node as a user does)"
     if not apiserver.available():
         return "no shared kube-apiserver scripts"
     try:

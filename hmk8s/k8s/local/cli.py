@@ -89,18 +89,9 @@ def set_up_usecase(layout: node.Layout, usecase: UseCase, num_envs: int) -> list
 
 def pods_running(layout: node.Layout) -> bool:
     """Every pod of the node is Running (the proxies wait for a chain to be ready, not to run)."""
-    phases = node.run(
-        "kubectl",
-        "--kubeconfig",
-        layout.kubeconfig,
-        "get",
-        "pods",
-        "-A",
-        "-o",
-        "jsonpath={.items[*].status.phase}",
-        check=False,
-    ).stdout.split()
-    return bool(phases) and set(phases) == {"Running"}
+    with node.core_api(layout) as api:
+        phases = {p.status.phase for p in api.list_pod_for_all_namespaces().items}
+    return phases == {"Running"}
 
 
 def up(args: argparse.Namespace) -> int:

@@ -27,11 +27,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from hmk8s.k8s.client import new_api_client
 from hmk8s.k8s.emulated import apiserver
 
 BRIDGE = "hmk8s0"
@@ -491,19 +494,24 @@ def host_services_up(layout: Layout, state: NodeState, metrics_interval_s: float
     )
 
 
+@contextlib.contextmanager
+def core_api(layout: Layout) -> Iterator[Any]:
+    """The admin's CoreV1Api on the node's API server, closed after use."""
+    from kubernetes import client
+
+    with new_api_client(layout.kubeconfig, "admin") as api_client:
+        yield client.CoreV1Api(api_client)
+
+
 def node_ready(layout: Layout) -> bool:
-    done = run(
-        "kubectl",
-        "--kubeconfig",
-        layout.kubeconfig,
-        "get",
-        "node",
-        NODE_NAME,
-        "-o",
-        "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
-        check=False,
-    )
-    return done.stdout.strip() == "True"
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        with core_api(layout) as api:
+            conditions = api.read_node(NODE_NAME).status.conditions or []
+    except ApiException:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in conditions)
 
 
 def up(
