@@ -135,6 +135,12 @@ class KubernetesClusterEnv(gym.Env):
         _LIVE.add(self)
         install_exit_hooks()
 
+    @property
+    def mirror(self) -> EnvState | None:
+        """The env's picture of the clusters: the placement it applied and, after a step, the
+        `measurement` read from them (None before the first reset)."""
+        return self._mirror
+
     # -- gymnasium API -------------------------------------------------------------------------
 
     def reset(
