@@ -66,6 +66,14 @@ class FunctionConfig(_Frozen):
     cpu_limit: float = Field(gt=0, le=1024, description="cores a busy pod uses")
     mu: float = Field(gt=0, le=RATE_MAX, description="service rate per pod, requests/s")
     startup_s: float = Field(ge=0, le=3600, description="seconds from deploy to ready")
+    service_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=TIME_MS_MAX,
+        description="a request's service time on an idle pod; null: 1000 / mu (a pod that "
+        "serves one request at a time at its full rate). Calibrated on a real node, where a "
+        "pod's CPU quota lets a request run faster than the pod's throughput suggests",
+    )
 
     @model_validator(mode="after")
     def _limit_covers_request(self) -> FunctionConfig:

@@ -265,3 +265,38 @@ def test_not_root_is_refused(tmp_path, monkeypatch, capsys):
 def test_image_build_fails_clearly(tmp_path):
     with pytest.raises(node.NodeError, match="no root filesystem"):
         images.build_layout(tmp_path, tmp_path / "absent.tar.xz")
+
+
+def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
+    """`scripts/fidelity.py` at a tiny size: two 3-step episodes of ML's load on the node, then
+    the calibration (fit on one, checked on the other)."""
+    out = tmp_path / "fidelity"
+    script = str(SCRIPTS / "fidelity.py")
+    tiny = ["--episodes", "2", "--steps", "3", "--step-seconds", "3", "--out", str(out)]
+    measure = subprocess.run(
+        [sys.executable, script, "measure", str(up.root), "--usecase", "ml", *tiny],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert measure.returncode == 0, measure.stderr[-2000:]
+    recorded = json.loads((out / "episode-0.json").read_text())
+    assert np.asarray(recorded["sent"]).sum() > 0
+    assert 0 < recorded["load_scale"] <= 1
+    assert recorded["start_delays_s"]["medium"]  # measured, creation to Ready
+    calibrate = subprocess.run(
+        [sys.executable, script, "calibrate", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert calibrate.returncode == 0, calibrate.stderr[-2000:]
+    report = json.loads((out / "report.json").read_text())
+    check = report["held_out"]["episode-1.json"]
+    assert set(check) == {"before", "after"}
+    assert check["after"]["start_delay_s_sim"]["medium"] == pytest.approx(
+        report["fitted"]["startup_s"]["medium"]
+    )
+    assert (out / "ml-calibrated.yaml").is_file()

@@ -141,6 +141,18 @@ class KubernetesClusterEnv(gym.Env):
         `measurement` read from them (None before the first reset)."""
         return self._mirror
 
+    def adopt_replicas(self) -> None:
+        """Take the clusters' word for every instance's replica count (`spec.replicas`), as
+        when Kubernetes' own HPA scales the Deployments: the mirror and what counts as applied
+        follow, so the next step's reconcile changes nothing the HPA did."""
+        check_steppable(self._mirror is not None, self._ended)
+        replicas = self.observer.read_replicas()
+        ready = np.minimum(np.asarray(self._mirror.ready), replicas)
+        pending = np.zeros(np.asarray(self._mirror.pending).shape, np.int32)
+        pending[..., 0] = replicas - ready
+        self._mirror = self._mirror.replace(ready=jnp.asarray(ready), pending=jnp.asarray(pending))
+        self.reconciler.discover()
+
     # -- gymnasium API -------------------------------------------------------------------------
 
     def reset(

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmk8s.k8s import objects, readings
-from hmk8s.k8s.client import ClusterClient, api_errors
+from hmk8s.k8s.client import ClusterAccessError, ClusterClient, api_errors
 from hmk8s.k8s.config import ClusterMap
 from hmk8s.k8s.latency import make_source
 from hmk8s.observation import Measurement, Observation, build_observation
@@ -53,8 +53,23 @@ class ClusterObserver:
     def read_ready(self, mirror: EnvState) -> tuple[np.ndarray, list[str]]:
         """Ready replicas per instance from Deployment status (the mirror's on a failed read),
         never more than the mirror's replicas."""
+        ready, errors = self._read_deployments(np.asarray(mirror.ready), "ready")
+        return np.minimum(ready, np.asarray(mirror.replicas)).astype(np.int32), errors
+
+    def read_replicas(self) -> np.ndarray:
+        """`spec.replicas` per instance; a failed read raises (nothing to adopt then)."""
         lay = self.params.layout
-        ready = np.asarray(mirror.ready).copy()
+        replicas, errors = self._read_deployments(
+            np.zeros((lay.clusters, lay.functions, lay.configs), np.int32), "spec"
+        )
+        if errors:
+            raise ClusterAccessError(errors[0])
+        return replicas.astype(np.int32)
+
+    def _read_deployments(self, fallback: np.ndarray, field: str) -> tuple[np.ndarray, list[str]]:
+        """Per instance, each cluster's Deployments' `status.readyReplicas` (`field="ready"`) or
+        `spec.replicas` (`"spec"`); a cluster whose list fails keeps `fallback`'s values."""
+        counts = fallback.copy()
         errors = []
         selector = objects.run_selector(self.run_id)
         for k, client in enumerate(self.clients):
@@ -63,18 +78,17 @@ class ClusterObserver:
             except api_errors() as exc:
                 errors.append(f"read Deployments of cluster {k}: {exc}")
                 continue
-            ready[k] = 0
+            counts[k] = 0
             for d in found:
                 labels = d.metadata.labels or {}
                 f, c = labels.get(objects.FUNCTION), labels.get(objects.CONFIG)
                 if f in FUNCTION_NAMES and c in CONFIG_NAMES:
-                    status = d.status
-                    n = int((status.ready_replicas if status else 0) or 0)
-                    ready[k, FUNCTION_NAMES.index(f), CONFIG_NAMES.index(c)] = n
-        replicas = np.asarray(mirror.replicas)
-        return np.minimum(ready, replicas).astype(np.int32).reshape(
-            lay.clusters, lay.functions, lay.configs
-        ), errors
+                    if field == "spec":
+                        n = int(d.spec.replicas or 0)
+                    else:
+                        n = int((d.status.ready_replicas if d.status else 0) or 0)
+                    counts[k, FUNCTION_NAMES.index(f), CONFIG_NAMES.index(c)] = n
+        return counts, errors
 
     def read_cpu(self, ready: np.ndarray) -> tuple[readings.CpuReading, list[str]]:
         usage: dict = {}

@@ -79,8 +79,9 @@ def serve(
 
     capacity = ready * mu; backlog' = max(0, backlog + (load - capacity) * dt) while the
     instance has ready pods (with none, requests fail instead of queueing, and it is 0);
-    hop latency = 1 / mu (service) + rho_c / (1 - rho_c) / mu (stationary M/M/1 wait,
+    hop latency = s (service) + rho_c / (1 - rho_c) * s (stationary M/M/1 wait,
     rho_c = min(load / capacity, RHO_MAX)) + backlog' / capacity (drain time of the backlog),
+    with s = 1 / mu unless the use case gives a calibrated service time,
     or the timeout when no pod is ready.
     """
     mu = params.mu[None]
@@ -93,7 +94,8 @@ def serve(
     rho = load / safe_cap
     busy = jnp.where(serving, jnp.where(backlog_next > 0, 1.0, jnp.minimum(rho, 1.0)), 0.0)
     rho_c = jnp.minimum(rho, RHO_MAX)
-    latency = 1.0 / mu + rho_c / (1.0 - rho_c) / mu + backlog_next / safe_cap
+    rate = params.service_rate[None]
+    latency = 1.0 / rate + rho_c / (1.0 - rho_c) / rate + backlog_next / safe_cap
     return backlog_next, busy, jnp.where(serving, latency, params.timeout_s)
 
 

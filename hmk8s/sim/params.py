@@ -62,6 +62,7 @@ class EnvParams:
     default_config: int = struct.field(pytree_node=False)
     has_trace: bool = struct.field(pytree_node=False)
     mu: jax.Array
+    service_rate: jax.Array  # 1 / a request's service time on an idle pod (mu unless calibrated)
     cpu_request: jax.Array
     cpu_limit: jax.Array
     startup_steps: jax.Array
@@ -128,6 +129,13 @@ def params_from_usecase(usecase: UseCase, env_cfg: Mapping[str, Any] | None = No
         default_config=CONFIG_NAMES.index("medium"),
         has_trace=usecase.trace is not None,
         mu=jnp.asarray([[c.mu for c in row] for row in configs], jnp.float32),
+        service_rate=jnp.asarray(
+            [
+                [c.mu if c.service_ms is None else 1000.0 / c.service_ms for c in row]
+                for row in configs
+            ],
+            jnp.float32,
+        ),
         cpu_request=jnp.asarray([[c.cpu_request for c in row] for row in configs], jnp.float32),
         cpu_limit=jnp.asarray([[c.cpu_limit for c in row] for row in configs], jnp.float32),
         startup_steps=jnp.asarray(startup, jnp.int32),

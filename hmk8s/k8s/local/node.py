@@ -535,7 +535,14 @@ def up(
     try:
         unpack_binaries(layout, node_files)
         network_up(state, layout)
-        server = apiserver.start(layout.control_plane)
+        try:
+            server = apiserver.start(layout.control_plane)
+        except (RuntimeError, apiserver.ApiServerUnavailable) as err:
+            last = str(err).strip().splitlines()[-1:] or ["no output"]
+            raise NodeError(
+                f"kube-apiserver did not start ({last[0][:200]}; see "
+                f"{layout.control_plane / 'apiserver.log'})"
+            ) from None
         write_configs(layout, server.kubeconfig, reserved_cpu)
         containerd_up(layout, state, node_files)
         kube_up(layout, state, hpa_sync_period)

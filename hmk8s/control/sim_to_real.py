@@ -1,0 +1,208 @@
+"""Sim to real: a trained agent, the rulebook and Kubernetes' own HPA controller in charge of the
+same scaled load on the local node, each beside the simulator's prediction of the same episode.
+
+    python scripts/sim_to_real.py NODE_DIR --agent runs/<run> --usecase ml --episodes 5 \
+        --calibrated fidelity/ml/ml-calibrated.yaml --out sim-to-real/ml
+
+Per policy and episode (seed i: the use case's rates for seed i, scaled as
+`hmk8s.k8s.local.fidelity.default_load_scale` says, from the `minimal` start placement):
+- `agent`: the agent acts every step on the node's readings (the greedy policy it deploys with);
+- `rulebook`: the operator's rulebook (`hmk8s.policies.baselines.heuristic_policy`);
+- `hpa`: `autoscaling/v2beta2` HorizontalPodAutoscalers (CPU target `--hpa-target`, the
+  simulator's `hpa` default) on every function Deployment, acted on by kube-controller-manager;
+  the backend holds the placement and adopts the HPA's replica counts before each step.
+The simulator's prediction runs the same policy (for `hpa` the simulator's own `hpa` baseline)
+from the recorded start on the recorded rates, with the calibrated use case when given.
+Writes `episodes.json` (every recording and prediction) and `results.json` (means per policy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from hmk8s.control.agent import AgentError, load_agent
+from hmk8s.k8s import objects
+from hmk8s.k8s.local import fidelity
+from hmk8s.policies.baselines import heuristic_policy, hpa_policy
+from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
+
+HPA_TARGET = 0.8
+
+
+class PolicyPlayer(fidelity.Player):
+    """A `hmk8s.policies` Policy acting on the node's structured observation every step."""
+
+    def __init__(self, name: str, policy: Any) -> None:
+        self.name, self.policy = name, policy
+        self._act = jax.jit(policy.act)
+        self._pstate = None
+        self._t = 0
+
+    def on_reset(self, env: Any, api_client: Any) -> None:
+        self._pstate = self.policy.init(env.params)
+        self._t = 0
+
+    def choose(self, env: Any) -> int:
+        self._t += 1
+        action, self._pstate = self._act(
+            jax.random.PRNGKey(self._t), self._pstate, env.structured_observation, env.params
+        )
+        return int(action)
+
+
+class HpaPlayer(fidelity.Player):
+    """Kubernetes' HPA controller in charge: an HPA on every function Deployment of the run."""
+
+    name = "hpa"
+
+    def __init__(self, target: float) -> None:
+        self.target = target
+
+    def on_reset(self, env: Any, api_client: Any) -> None:
+        from kubernetes import client
+
+        apps = client.AppsV1Api(api_client)
+        scaling = client.AutoscalingV2beta2Api(api_client)
+        max_pods = int(env.params.max_pods)
+        for cluster in env.cmap.clusters:
+            ns = cluster.namespace
+            found = apps.list_namespaced_deployment(
+                ns, label_selector=objects.run_selector(env.run_id)
+            )
+            for d in found.items:
+                labels = d.metadata.labels
+                f = FUNCTION_NAMES.index(labels[objects.FUNCTION])
+                c = CONFIG_NAMES.index(labels[objects.CONFIG])
+                body = objects.autoscaler(env.run_id, f, c, self.target, max_pods, d.metadata.uid)
+                scaling.create_namespaced_horizontal_pod_autoscaler(ns, body)
+
+    def before_step(self, env: Any) -> None:
+        env.adopt_replicas()
+
+
+def prediction_policy(name: str, agent: Any, hpa_target: float) -> Any:
+    """The policy the simulator runs for a player: the same one, or its own `hpa` baseline."""
+    if name == "agent":
+        return agent.policy()
+    if name == "rulebook":
+        return heuristic_policy()
+    return hpa_policy(hpa_target)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from hmk8s.k8s.config import shipped_backend
+
+    usecase = load_usecase(args.usecase)
+    predicted_on: UseCase = load_usecase(args.calibrated) if args.calibrated else usecase
+    agent = load_agent(args.agent, usecase=usecase) if args.agent else None
+    backend = shipped_backend("local")
+    backend["kubeconfig"] = str(args.node / "run.kubeconfig")
+    players: list[fidelity.Player] = [
+        PolicyPlayer("rulebook", heuristic_policy()),
+        HpaPlayer(args.hpa_target),
+    ]
+    if agent is not None:
+        players.insert(0, PolicyPlayer("agent", agent.policy()))
+    episodes, results = [], {}
+    for player in players:
+        node, sim = [], []
+        for seed in range(args.episodes):
+            rec = fidelity.replay(
+                backend,
+                usecase,
+                args.node / "kubeconfig",
+                steps=args.steps,
+                step_seconds=args.step_seconds,
+                seed=seed,
+                player=player,
+            )
+            measured = fidelity.node_summary(rec)
+            predicted = fidelity.simulate(
+                predicted_on, rec, prediction_policy(player.name, agent, args.hpa_target)
+            )
+            node.append(measured)
+            sim.append(predicted)
+            episodes.append(
+                {
+                    "policy": player.name,
+                    "seed": seed,
+                    "node": measured,
+                    "sim": predicted,
+                    "recording": rec.to_json(),
+                }
+            )
+            print(f"{player.name} episode {seed}: node {measured} | sim {predicted}", flush=True)
+        results[player.name] = {
+            "node": {k: float(np.mean([e[k] for e in node])) for k in node[0]},
+            "sim": {k: float(np.mean([e[k] for e in sim])) for k in sim[0]},
+            "node_return_per_episode": [e["return"] for e in node],
+            "sim_return_per_episode": [e["return"] for e in sim],
+        }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "episodes.json").write_text(json.dumps(episodes))
+    summary = {
+        "usecase": usecase.name,
+        "agent": str(args.agent) if args.agent else None,
+        "predicted_with": str(args.calibrated or f"usecase={usecase.name}"),
+        "episodes": args.episodes,
+        "steps": args.steps,
+        "step_seconds": args.step_seconds,
+        "load_scale": episodes[0]["recording"]["load_scale"],
+        "results": results,
+    }
+    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def table(summary: dict) -> str:
+    """The results as a Markdown table: node beside simulator, per policy."""
+    rows = [
+        "| policy | return (node) | return (sim) | SLA violated (node) | (sim) "
+        "| pods (node) | (sim) | changes (node) | (sim) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, r in summary["results"].items():
+        n, s = r["node"], r["sim"]
+        rows.append(
+            f"| {name} | {n['return']:.2f} | {s['return']:.2f} | {n['sla_violation_rate']:.3f} | "
+            f"{s['sla_violation_rate']:.3f} | {n['pods_mean']:.2f} | {s['pods_mean']:.2f} | "
+            f"{n['changes']:.1f} | {s['changes']:.1f} |"
+        )
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "node", type=Path, help="the node's directory (scripts/local_cluster.py up)"
+    )
+    parser.add_argument("--usecase", default="ml")
+    parser.add_argument("--agent", type=Path, default=None, help="a training run or an export")
+    parser.add_argument("--calibrated", type=Path, default=None, help="calibrated use case YAML")
+    parser.add_argument("--episodes", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--step-seconds", type=float, default=10.0)
+    parser.add_argument("--hpa-target", type=float, default=HPA_TARGET)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.out.exists():
+        print(f"error: {args.out} exists; write into a new --out", file=sys.stderr)
+        return 2
+    try:
+        summary = run(args)
+    except (AgentError, UseCaseError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(table(summary))
+    return 0
+
+
+def entry() -> None:
+    raise SystemExit(main())

@@ -1,0 +1,503 @@
+"""Episodes on the local node beside the simulator's prediction of them.
+
+`replay` deploys a use case's start placement on the node through the Kubernetes backend,
+replays an episode of the use case's request rates (scaled by `load_scale`) through the proxies
+with the load generator while a `Player` runs the placement (by default nobody: the no-op), and
+records per step what the node reported (CPU utilisation from the kubelet's PodMetrics, the load
+generator's request latency through proxy -> functions, requests sent and answered, the reward,
+pods, SLA and replica changes) and how long the pods took to start.
+`predict` plays the recorded placement and rates in the simulator (its own dynamics,
+`hmk8s.sim.dynamics.measure`, without measurement or rate noise: the prediction is the mean);
+`simulate` plays a policy closed-loop in the simulator from the same start on the same rates.
+`fidelity` compares node and prediction; `calibrate` fits the simulator's service rates, network
+delay, start-up delays and noise to a recording and returns the calibrated use case.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats
+
+from hmk8s.k8s import objects
+from hmk8s.k8s.emulated.apiserver import REPO
+from hmk8s.observation import Measurement
+from hmk8s.sim.dynamics import measure
+from hmk8s.sim.env import ClusterEnv
+from hmk8s.sim.load_trace import rate_trace, trace_csv
+from hmk8s.sim.params import params_from_usecase
+from hmk8s.sim.state import EnvState
+from hmk8s.usecases import CONFIG_NAMES, UseCase
+
+LOADGEN = REPO / "deploy" / "images" / "loadgen.py"
+#: CPU cores the busiest step of the replayed load may take (the rest of a 2-core machine runs
+#: the control plane, the kubelet and the load generator)
+CPU_BUDGET = 1.2
+#: a request's service time as a multiple of 1 / mu, the values `calibrate` tries
+SERVICE_FACTORS = tuple(round(0.05 * i, 2) for i in range(1, 41))
+#: utilisation of the default placement's slowest hop at the busiest step of the replayed load
+PEAK_UTILISATION = 0.7
+#: measured CPU per request outside the model (HTTP in the proxy and each hop, Python), in
+#: core-seconds per request through a two-hop chain (docs/sim-to-real.md, "Scale")
+OVERHEAD_CPU_S = 0.004
+
+
+class Player:
+    """Who runs the placement during a replayed episode; this one holds it (the no-op)."""
+
+    name = "hold"
+
+    def on_reset(self, env: Any, api_client: Any) -> None:
+        """After the start placement is ready, before the first step."""
+
+    def before_step(self, env: Any) -> None:
+        """Before each step (e.g. adopt what another controller changed)."""
+
+    def choose(self, env: Any) -> int:
+        return env.params.layout.noop_index
+
+
+@dataclass
+class Recording:
+    """One episode on the node: inputs (placement, rates) and per-step readings."""
+
+    usecase: str
+    step_seconds: float
+    load_scale: float
+    rates: np.ndarray  # [T, P] requests/s the load generator was asked for
+    placement: dict[str, Any]  # ready, routes of the mirror after reset (lists)
+    node_util: np.ndarray  # [T, K, F, C] CPU usage / request of each instance
+    node_latency_s: np.ndarray  # [T, P] mean request latency through each proxy
+    sent: np.ndarray  # [T, P]
+    ok: np.ndarray  # [T, P]
+    start_delays_s: dict[str, list[float]]  # config -> pod creation to Ready, seconds
+    policy: str = Player.name
+    start: str = "minimal"
+    rewards: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] the env's reward
+    pods: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T]
+    sla_violated: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T]
+    changes: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] replicas +/-
+
+    def to_json(self) -> dict:
+        return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Recording:
+        arrays = {"rates", "node_util", "node_latency_s", "sent", "ok", "rewards", "pods"}
+        arrays |= {"sla_violated", "changes"}
+        return cls(**{k: np.asarray(v) if k in arrays else v for k, v in data.items()})
+
+
+def default_load_scale(usecase: UseCase, rates: np.ndarray, cpu_scale: float) -> float:
+    """The factor that keeps the busiest step of the default placement (`start=minimal`: one
+    medium pod per function) unsaturated (utilisation `PEAK_UTILISATION` at its slowest hop)
+    and within `CPU_BUDGET` cores: modelled CPU per request (each hop's cpu_limit * cpu_scale /
+    mu) plus the measured overhead, times the step's total rate."""
+    medium = CONFIG_NAMES.index("medium")
+    hops = [usecase.functions.ordered()[f].configs()[medium] for f in usecase.chain_indices]
+    per_request = OVERHEAD_CPU_S + sum(h.cpu_limit * cpu_scale / h.mu for h in hops)
+    peak = float(rates.sum(axis=1).max())
+    return min(
+        1.0, CPU_BUDGET / (peak * per_request), PEAK_UTILISATION * min(h.mu for h in hops) / peak
+    )
+
+
+def quiet(usecase: UseCase, rates: np.ndarray, step_seconds: float) -> UseCase:
+    """The use case replaying exactly `rates` at `step_seconds`, without rate or measurement
+    noise: the simulator's mean prediction for the recorded inputs."""
+    proxies = [p.model_copy(update={"noise": 0.0}) for p in usecase.proxies]
+    return usecase.model_copy(
+        update={
+            "trace": tuple(tuple(float(r) for r in row) for row in rates),
+            "proxies": tuple(proxies),
+            "measurement_noise": 0.0,
+            "step_seconds": step_seconds,
+        }
+    )
+
+
+def predict(usecase: UseCase, rec: Recording) -> dict[str, np.ndarray]:
+    """The simulator on the recorded placement and rates: utilisation and latency per step."""
+    params = params_from_usecase(quiet(usecase, rec.rates, rec.step_seconds))
+    state = start_state(params, rec)
+    utils, latencies = [], []
+    for t in range(rec.rates.shape[0]):
+        m, backlog, _, _ = _measure(jax.random.PRNGKey(t), state, params)
+        state = state.replace(backlog=backlog, time=state.time + 1)
+        utils.append(np.asarray(m.instance_util))
+        latencies.append(np.asarray(m.latency_s))
+    return {"util": np.stack(utils), "latency_s": np.stack(latencies)}
+
+
+def start_state(params: Any, rec: Recording) -> EnvState:
+    """The simulator's state at the recorded start placement (nothing pending or queued)."""
+    ready = jnp.asarray(rec.placement["ready"], jnp.int32)
+    k, f, c = ready.shape
+    num_proxies = rec.rates.shape[1]
+    return EnvState(
+        ready=ready,
+        pending=jnp.zeros((k, f, c, params.pending_depth), jnp.int32),
+        routes=jnp.asarray(rec.placement["routes"], jnp.int32),
+        backlog=jnp.zeros((k, f, c), jnp.float32),
+        burst_left=jnp.zeros(num_proxies, jnp.int32),
+        burst_level=jnp.ones(num_proxies, jnp.float32),
+        trace_offset=jnp.zeros((), jnp.int32),
+        time=jnp.zeros((), jnp.int32),
+        measurement=Measurement(
+            rates=jnp.asarray(rec.rates[0], jnp.float32),
+            instance_util=jnp.zeros((k, f, c), jnp.float32),
+            cluster_cpu=jnp.zeros(k, jnp.float32),
+            latency_s=jnp.zeros(num_proxies, jnp.float32),
+        ),
+    )
+
+
+def simulate(usecase: UseCase, rec: Recording, policy: Any) -> dict[str, float]:
+    """`policy` (a `hmk8s.policies` Policy: `init`, `act`) in charge in the simulator, from
+    the recorded start on the recorded rates: the simulator's prediction of the episode."""
+    params = params_from_usecase(
+        quiet(usecase, rec.rates, rec.step_seconds), {"episode_steps": len(rec.rates) + 1}
+    )
+    env = ClusterEnv()
+    state = start_state(params, rec)
+    obs = env.get_obs(state, params)
+    pstate = policy.init(params)
+    step = jax.jit(env.step_env)
+    act = jax.jit(policy.act)
+    rewards, sla, pods, replicas = [], [], [], []
+    for t in range(len(rec.rates)):
+        key = jax.random.PRNGKey(t)
+        action, pstate = act(key, pstate, obs, params)
+        obs, state, r, _, _, info = step(key, state, action, params)
+        rewards.append(float(r))
+        sla.append(bool(info["sla_violated"]))
+        pods.append(int(info["pods"]))
+        replicas.append(np.asarray(state.replicas))
+    initial = np.asarray(rec.placement["ready"])
+    return summary(
+        np.asarray(rewards),
+        np.asarray(sla),
+        np.asarray(pods),
+        replica_changes(initial, np.stack(replicas)),
+    )
+
+
+def summary(
+    rewards: np.ndarray, sla: np.ndarray, pods: np.ndarray, changes: np.ndarray
+) -> dict[str, float]:
+    return {
+        "return": float(rewards.sum()),
+        "sla_violation_rate": float(np.mean(sla)),
+        "pods_mean": float(np.mean(pods)),
+        "changes": float(np.sum(changes)),
+    }
+
+
+def node_summary(rec: Recording) -> dict[str, float]:
+    """What the node measured, in `simulate`'s terms."""
+    return summary(rec.rewards, rec.sla_violated, rec.pods, rec.changes)
+
+
+def sla_violated(latency_s: np.ndarray, weights: np.ndarray, sla_s: float) -> np.ndarray:
+    """Per step: the request-weighted latency over the SLA exceeds one (the reward's test)."""
+    total = np.maximum(weights.sum(axis=1), 1e-9)
+    return (latency_s * weights).sum(axis=1) / total / sla_s > 1.0
+
+
+def fidelity(usecase: UseCase, rec: Recording) -> dict[str, Any]:
+    """How far the simulator's prediction is from the node, on one recording."""
+    sim = predict(usecase, rec)
+    placed = np.asarray(rec.placement["ready"]) > 0
+    node_util, sim_util = rec.node_util[:, placed], sim["util"][:, placed]
+    served = rec.sent > 0
+    node_lat, sim_lat = rec.node_latency_s[served], sim["latency_s"][served]
+    sla_s = usecase.sla_ms / 1000
+    modelled = {
+        name: usecase.functions.ordered()[usecase.chain_indices[0]].configs()[i].startup_s
+        for i, name in enumerate(CONFIG_NAMES)
+    }
+    return {
+        "cpu_util_mae": float(np.abs(node_util - sim_util).mean()),
+        "cpu_util_node_mean": float(node_util.mean()),
+        "cpu_util_sim_mean": float(sim_util.mean()),
+        "latency_ks": float(stats.ks_2samp(node_lat, sim_lat).statistic),
+        "latency_ms_node_p50": float(np.median(node_lat) * 1000),
+        "latency_ms_sim_p50": float(np.median(sim_lat) * 1000),
+        "sla_violation_node": float(sla_violated(rec.node_latency_s, rec.sent, sla_s).mean()),
+        "sla_violation_sim": float(sla_violated(sim["latency_s"], rec.rates, sla_s).mean()),
+        "answered": float(rec.ok.sum() / max(rec.sent.sum(), 1)),
+        "start_delay_s_node": {c: float(np.median(v)) for c, v in rec.start_delays_s.items() if v},
+        "start_delay_s_sim": {c: modelled[c] for c, v in rec.start_delays_s.items() if v},
+    }
+
+
+def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]]:
+    """Fit the simulator to a recording; the calibrated use case and what was fitted.
+
+    - service rate: a pod that spends more CPU per request than modelled serves fewer; each
+      function's mu is divided by the least-squares factor between node and predicted
+      utilisation of its placed instances;
+    - service time: the multiple of 1 / mu (`service_ms`) whose predicted latency distribution
+      is closest to the node's (KS distance, then mean absolute error): a pod under a CPU quota
+      serves a request faster than 1 / mu;
+    - network delay: the median latency the calibrated hops still miss, spread over the
+      chain's network legs (one node: every pair of clusters alike);
+    - start-up: each config's median measured pod start;
+    - noise: the spread of log(node / predicted) utilisation;
+    - the node's conditions: its step length and the load scaled as it was replayed, so an
+      agent trained on the calibrated use case trains on the load the node will see.
+    """
+    sim = predict(usecase, rec)
+    placed = np.asarray(rec.placement["ready"]) > 0
+    functions = usecase.functions.model_dump()
+    fitted: dict[str, Any] = {"mu_factor": {}}
+    for f_index in usecase.chain_indices:
+        name = list(functions)[f_index]
+        mask = placed.copy()
+        mask[:, [i for i in range(mask.shape[1]) if i != f_index], :] = False
+        node, model = rec.node_util[:, mask].ravel(), sim["util"][:, mask].ravel()
+        if not model.any():
+            continue
+        factor = float((node * model).sum() / (model * model).sum())
+        fitted["mu_factor"][name] = factor
+        for config in functions[name].values():
+            config["mu"] = config["mu"] / factor
+    for config, delays in rec.start_delays_s.items():
+        if delays:
+            for name in functions:
+                functions[name][config]["startup_s"] = max(1.0, float(np.median(delays)))
+    served = rec.sent > 0
+
+    def with_service(factor: float) -> UseCase:
+        for name in functions:
+            for config in functions[name].values():
+                config["service_ms"] = factor * 1000.0 / config["mu"]
+        return usecase.model_copy(
+            update={"functions": type(usecase.functions).model_validate(functions)}
+        )
+
+    def latency_error(factor: float) -> tuple[float, float]:
+        """The latency distributions' KS distance, then the mean absolute error."""
+        predicted = predict(with_service(factor), rec)["latency_s"][served]
+        node = rec.node_latency_s[served]
+        return (
+            float(stats.ks_2samp(node, predicted).statistic),
+            float(np.abs(node - predicted).mean()),
+        )
+
+    factor = min(SERVICE_FACTORS, key=latency_error)
+    fitted["service_factor"] = factor
+    step_one = with_service(factor)
+    gap = np.median(rec.node_latency_s[served] - predict(step_one, rec)["latency_s"][served])
+    legs = len(usecase.chain) + 1
+    delay_ms = max(0.0, float(gap) * 1000 / legs)
+    count = usecase.clusters.count
+    clusters = usecase.clusters.model_copy(
+        update={
+            "network_delay_ms": tuple(tuple(delay_ms for _ in range(count)) for _ in range(count))
+        }
+    )
+    calibrated_util = predict(step_one, rec)["util"][:, placed]
+    node_util = rec.node_util[:, placed]
+    keep = (calibrated_util > 0.05) & (node_util > 0)
+    noise = float(np.std(np.log(node_util[keep] / calibrated_util[keep]))) if keep.any() else 0.0
+    fitted.update(network_delay_ms=delay_ms, measurement_noise=min(noise, 0.5))
+    fitted["startup_s"] = {c: float(np.median(v)) for c, v in rec.start_delays_s.items() if v}
+    proxies = tuple(
+        p.model_copy(update={"base_rate": p.base_rate * rec.load_scale}) for p in usecase.proxies
+    )
+    calibrated = step_one.model_copy(
+        update={
+            "clusters": clusters,
+            "measurement_noise": min(noise, 0.5),
+            "proxies": proxies,
+            "step_seconds": rec.step_seconds,
+        }
+    )
+    return UseCase.model_validate(calibrated.model_dump()), fitted
+
+
+def usecase_yaml(usecase: UseCase) -> dict:
+    """A use case as the YAML `load_usecase` reads (no trace)."""
+    data = usecase.model_dump(mode="json")
+    data.pop("trace", None)
+    return data
+
+
+def pod_start_delays(api: Any, namespaces: list[str], run_id: str) -> dict[str, list[float]]:
+    """Per config: seconds from each function pod's creation to its Ready condition."""
+    delays: dict[str, list[float]] = {c: [] for c in CONFIG_NAMES}
+    for ns in namespaces:
+        pods = api.list_namespaced_pod(ns, label_selector=objects.run_selector(run_id)).items
+        for pod in pods:
+            ready = next(
+                (
+                    c
+                    for c in pod.status.conditions or []
+                    if c.type == "Ready" and c.status == "True"
+                ),
+                None,
+            )
+            config = (pod.metadata.labels or {}).get(objects.CONFIG)
+            if ready is not None and config in delays:
+                delays[config].append(
+                    (ready.last_transition_time - pod.metadata.creation_timestamp).total_seconds()
+                )
+    return delays
+
+
+def proxy_urls(api: Any, env: Any) -> list[str]:
+    """Each proxy's Service address (ClusterIP), in proxy order."""
+    urls = []
+    for p, home in enumerate(env.homes):
+        ns = env.cmap.clusters[home].namespace
+        svc = api.read_namespaced_service(objects.proxy_name(env.cmap, p), ns)
+        urls.append(f"http://{svc.spec.cluster_ip}:{env.cmap.proxy_port}/records")
+    return urls
+
+
+def wait_proxies_ready(apps: Any, env: Any, timeout_s: float = 60.0) -> None:
+    """Until every proxy serves its chain (the kubelet refreshes a chain volume within its sync
+    period), so the first replayed step is not lost to a proxy without a chain."""
+    deadline = time.monotonic() + timeout_s
+    for p, home in enumerate(env.homes):
+        ns = env.cmap.clusters[home].namespace
+        name = objects.proxy_name(env.cmap, p)
+        while (apps.read_namespaced_deployment(name, ns).status.ready_replicas or 0) < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"proxy {name} not ready within {timeout_s:.0f} s")
+            time.sleep(0.5)
+
+
+def replay(
+    backend: dict[str, Any],
+    usecase: UseCase,
+    admin_kubeconfig: Path,
+    *,
+    steps: int,
+    step_seconds: float,
+    seed: int,
+    load_scale: float | None = None,
+    start: str = "minimal",
+    player: Player | None = None,
+) -> Recording:
+    """One episode of the use case's load on the node (see module doc), with `player` in charge
+    of the placement (the default holds it: every step the no-op)."""
+    from kubernetes import client
+
+    from hmk8s.k8s.client import new_api_client
+    from hmk8s.k8s.env import KubernetesClusterEnv
+
+    player = player or Player()
+    backend = {**backend, "step_seconds": step_seconds}
+    rates = rate_trace(usecase, steps, seed)
+    scale = load_scale or default_load_scale(usecase, rates, backend.get("cpu_scale", 1.0))
+    rates = rates * scale
+    env = KubernetesClusterEnv(usecase, backend_cfg=backend, start=start, episode_steps=steps + 1)
+    admin = new_api_client(admin_kubeconfig, "admin")
+    core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
+    try:
+        env.reset(seed=seed)
+        wait_proxies_ready(apps, env)
+        player.on_reset(env, admin)
+        namespaces = [c.namespace for c in env.cmap.clusters]
+        mirror = env.mirror
+        placement = {
+            "ready": np.asarray(mirror.ready).tolist(),
+            "routes": np.asarray(mirror.routes).tolist(),
+        }
+        with tempfile.TemporaryDirectory(prefix="hmk8s-replay-") as tmp:
+            trace = Path(tmp) / "rates.csv"
+            trace.write_text(trace_csv(usecase, rates))
+            targets = proxy_urls(core, env)
+            cmd = [
+                sys.executable,
+                str(LOADGEN),
+                "--rates",
+                str(trace),
+                "--step-seconds",
+                str(step_seconds),
+                "--steps",
+                str(steps),
+                "--seed",
+                str(seed),
+                "--timeout",
+                str(usecase.timeout_ms / 1000),
+            ]
+            for url in targets:
+                cmd += ["--target", url]
+            loadgen = subprocess.Popen(
+                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            utils, rewards, pods, sla, replicas = [], [], [], [], []
+            for _ in range(steps):
+                player.before_step(env)
+                _, r, _, _, info = env.step(player.choose(env))
+                utils.append(np.asarray(env.mirror.measurement.instance_util))
+                rewards.append(r)
+                pods.append(info["pods"])
+                sla.append(info["sla_violated"])
+                replicas.append(np.asarray(env.mirror.replicas))
+            out, err = loadgen.communicate(timeout=60)
+        if loadgen.returncode != 0:
+            raise RuntimeError(f"load generator failed: {err.strip()[-300:]}")
+        latency, sent, ok = loadgen_steps(out, targets, steps, usecase.timeout_ms / 1000)
+        delays = pod_start_delays(core, namespaces, env.run_id)
+    finally:
+        env.close()
+        admin.close()
+    before = np.asarray(placement["ready"])
+    return Recording(
+        usecase=usecase.name,
+        policy=player.name,
+        start=start,
+        step_seconds=step_seconds,
+        load_scale=scale,
+        rates=rates,
+        placement=placement,
+        node_util=np.stack(utils),
+        node_latency_s=latency,
+        sent=sent,
+        ok=ok,
+        start_delays_s=delays,
+        rewards=np.asarray(rewards),
+        pods=np.asarray(pods),
+        sla_violated=np.asarray(sla),
+        changes=replica_changes(before, np.stack(replicas)),
+    )
+
+
+_measure = jax.jit(measure)
+
+
+def replica_changes(initial: np.ndarray, replicas: np.ndarray) -> np.ndarray:
+    """Per step, replicas added or removed over all instances (routing changes not counted)."""
+    steps = np.concatenate([initial[None], replicas])
+    return np.abs(np.diff(steps, axis=0)).reshape(len(replicas), -1).sum(axis=1)
+
+
+def loadgen_steps(
+    out: str, targets: list[str], steps: int, timeout_s: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The load generator's per-step report: mean latency (an unanswered request counts as the
+    timeout, as the simulator counts it), requests sent and answered 2xx, [steps, proxies]."""
+    latency, sent, ok = (np.zeros((steps, len(targets))) for _ in range(3))
+    for line in (json.loads(x) for x in out.splitlines() if x.startswith("{")):
+        t, p = line["step"], targets.index(line["target"])
+        sent[t, p], ok[t, p] = line["sent"], line["ok"]
+        answered = line["ok"] + line["refused"]
+        mean_s = ((line.get("latency_ms") or {}).get("mean") or 0.0) / 1000
+        total = mean_s * answered + timeout_s * line["failed"]
+        latency[t, p] = total / line["sent"] if line["sent"] else math.nan
+    return latency, sent, ok

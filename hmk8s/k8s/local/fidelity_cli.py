@@ -1,0 +1,104 @@
+"""`scripts/fidelity.py`: record episodes on the local node, then compare and calibrate.
+
+    python scripts/fidelity.py measure DIR --usecase ml --episodes 2 --out fidelity/ml
+    python scripts/fidelity.py calibrate fidelity/ml
+
+`measure` needs a node from `scripts/local_cluster.py up DIR --usecase <the same>`; it writes
+`episode-<seed>.json` per episode. `calibrate` fits the simulator on the first episode, reports
+fidelity before and after calibration on the others (held out), and writes
+`<usecase>-calibrated.yaml` (a use case file: `usecase=<path>` trains on it) and `report.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from hmk8s.k8s.local import fidelity
+from hmk8s.usecases import UseCaseError, load_usecase
+
+
+def measure(args: argparse.Namespace) -> int:
+    from hmk8s.k8s.config import shipped_backend
+
+    usecase = load_usecase(args.usecase)
+    backend = shipped_backend("local")
+    backend["kubeconfig"] = str(args.node / "run.kubeconfig")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.episodes):
+        target = args.out / f"episode-{seed}.json"
+        if target.exists():
+            print(f"error: {target} exists; record into a new --out", file=sys.stderr)
+            return 2
+        rec = fidelity.replay(
+            backend,
+            usecase,
+            args.node / "kubeconfig",
+            steps=args.steps,
+            step_seconds=args.step_seconds,
+            seed=seed,
+            load_scale=args.load_scale,
+        )
+        target.write_text(json.dumps(rec.to_json()))
+        print(f"episode {seed}: {json.dumps(fidelity.fidelity(usecase, rec))}")
+    return 0
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    episodes = sorted(args.recordings.glob("episode-*.json"))
+    if len(episodes) < 2:
+        print(
+            f"error: {args.recordings}: needs two recorded episodes (fit, check)", file=sys.stderr
+        )
+        return 2
+    recs = [fidelity.Recording.from_json(json.loads(p.read_text())) for p in episodes]
+    usecase = load_usecase(recs[0].usecase)
+    calibrated, fitted = fidelity.calibrate(usecase, recs[0])
+    report = {
+        "fitted_on": episodes[0].name,
+        "fitted": fitted,
+        "load_scale": recs[0].load_scale,
+        "step_seconds": recs[0].step_seconds,
+        "held_out": {
+            p.name: {
+                "before": fidelity.fidelity(usecase, rec),
+                "after": fidelity.fidelity(calibrated, rec),
+            }
+            for p, rec in zip(episodes[1:], recs[1:], strict=True)
+        },
+    }
+    out = args.recordings / f"{usecase.name}-calibrated.yaml"
+    out.write_text(yaml.safe_dump(fidelity.usecase_yaml(calibrated), sort_keys=False))
+    (args.recordings / "report.json").write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    print(f"calibrated use case: {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="action", required=True)
+    m = sub.add_parser("measure", help="record episodes on the local node")
+    m.add_argument("node", type=Path, help="the node's directory (scripts/local_cluster.py up)")
+    m.add_argument("--usecase", default="ml")
+    m.add_argument("--episodes", type=int, default=2)
+    m.add_argument("--steps", type=int, default=20)
+    m.add_argument("--step-seconds", type=float, default=6.0)
+    m.add_argument("--load-scale", type=float, default=None, help="default: fit 1.2 cores")
+    m.add_argument("--out", type=Path, required=True)
+    c = sub.add_parser("calibrate", help="fit on the first episode, check on the others")
+    c.add_argument("recordings", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        return measure(args) if args.action == "measure" else calibrate(args)
+    except (UseCaseError, OSError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def entry() -> None:
+    raise SystemExit(main())
