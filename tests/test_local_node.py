@@ -299,4 +299,4 @@ def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
     assert check["after"]["start_delay_s_sim"]["medium"] == pytest.approx(
         report["fitted"]["startup_s"]["medium"]
     )
-    assert (out / "ml-calibrated.yaml").is_file()
+    assert (out / "usecase" / "ml-calibrated.yaml").is_file()

@@ -251,8 +251,8 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
     - service time: the multiple of 1 / mu (`service_ms`) whose predicted latency distribution
       is closest to the node's (KS distance, then mean absolute error): a pod under a CPU quota
       serves a request faster than 1 / mu;
-    - network delay: the median latency the calibrated hops still miss, spread over the
-      chain's network legs (one node: every pair of clusters alike);
+    - network delay: the use case's clusters share one node, so every pair is alike: the
+      median latency the calibrated hops still miss, spread over the chain's network legs;
     - start-up: each config's median measured pod start;
     - noise: the spread of log(node / predicted) utilisation;
     - the node's conditions: its step length and the load scaled as it was replayed, so an
@@ -279,12 +279,22 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
                 functions[name][config]["startup_s"] = max(1.0, float(np.median(delays)))
     served = rec.sent > 0
 
+    count = usecase.clusters.count
+
+    def one_node(delay_ms: float) -> Any:
+        """Every pair of clusters `delay_ms` apart: the use case's clusters share one node."""
+        row = tuple(delay_ms for _ in range(count))
+        return usecase.clusters.model_copy(update={"network_delay_ms": (row,) * count})
+
     def with_service(factor: float) -> UseCase:
         for name in functions:
             for config in functions[name].values():
                 config["service_ms"] = factor * 1000.0 / config["mu"]
         return usecase.model_copy(
-            update={"functions": type(usecase.functions).model_validate(functions)}
+            update={
+                "functions": type(usecase.functions).model_validate(functions),
+                "clusters": one_node(0.0),
+            }
         )
 
     def latency_error(factor: float) -> tuple[float, float]:
@@ -302,12 +312,7 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
     gap = np.median(rec.node_latency_s[served] - predict(step_one, rec)["latency_s"][served])
     legs = len(usecase.chain) + 1
     delay_ms = max(0.0, float(gap) * 1000 / legs)
-    count = usecase.clusters.count
-    clusters = usecase.clusters.model_copy(
-        update={
-            "network_delay_ms": tuple(tuple(delay_ms for _ in range(count)) for _ in range(count))
-        }
-    )
+    clusters = one_node(delay_ms)
     calibrated_util = predict(step_one, rec)["util"][:, placed]
     node_util = rec.node_util[:, placed]
     keep = (calibrated_util > 0.05) & (node_util > 0)

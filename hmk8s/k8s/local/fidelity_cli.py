@@ -5,8 +5,9 @@
 
 `measure` needs a node from `scripts/local_cluster.py up DIR --usecase <the same>`; it writes
 `episode-<seed>.json` per episode. `calibrate` fits the simulator on the first episode, reports
-fidelity before and after calibration on the others (held out), and writes
-`<usecase>-calibrated.yaml` (a use case file: `usecase=<path>` trains on it) and `report.json`.
+fidelity before and after calibration on the others (held out), and writes `report.json` and
+`usecase/<usecase>-calibrated.yaml`, which trains as
+`python scripts/train.py --config-dir <recordings> usecase=<usecase>-calibrated`.
 """
 
 from __future__ import annotations
@@ -71,11 +72,15 @@ def calibrate(args: argparse.Namespace) -> int:
             for p, rec in zip(episodes[1:], recs[1:], strict=True)
         },
     }
-    out = args.recordings / f"{usecase.name}-calibrated.yaml"
+    out = args.recordings / "usecase" / f"{usecase.name}-calibrated.yaml"
+    out.parent.mkdir(exist_ok=True)
     out.write_text(yaml.safe_dump(fidelity.usecase_yaml(calibrated), sort_keys=False))
     (args.recordings / "report.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
-    print(f"calibrated use case: {out}")
+    print(
+        f"calibrated use case: {out}; train on it with: python scripts/train.py "
+        f"--config-dir {args.recordings} usecase={out.stem}"
+    )
     return 0
 
 
