@@ -300,3 +300,25 @@ def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
         report["fitted"]["startup_s"]["medium"]
     )
     assert (out / "usecase" / "ml-calibrated.yaml").is_file()
+
+
+def test_sim_to_real_runs_the_rulebook_and_the_real_hpa(up, tmp_path):
+    """`scripts/sim_to_real.py` at a tiny size: the rulebook and Kubernetes' HPA each in charge
+    of one 2-step episode on the node, beside the simulator's prediction."""
+    out = tmp_path / "s2r"
+    tiny = ["--episodes", "1", "--steps", "2", "--step-seconds", "3", "--out", str(out)]
+    done = subprocess.run(
+        [sys.executable, str(SCRIPTS / "sim_to_real.py"), str(up.root), "--usecase", "ml", *tiny],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((out / "results.json").read_text())
+    assert set(summary["results"]) == {"rulebook", "hpa"}
+    for policy in summary["results"].values():
+        assert set(policy["node"]) == {"return", "sla_violation_rate", "pods_mean", "changes"}
+        assert policy["node"]["pods_mean"] >= 2  # the minimal start: a pod per chain function
+        assert policy["sim"]["pods_mean"] >= 2
+    assert "| hpa |" in done.stdout

@@ -4,7 +4,8 @@ The trace is the CSV the simulator replays (one row per step, one column per pro
 a header line and `#` comments allowed); `python scripts/load_trace.py --usecase ml` writes one
 from a use case's per-proxy load profile. Each step lasts --step-seconds; in it, proxy j gets
 requests at rate[step][j] * --scale, as a Poisson process (or evenly spaced, --arrivals
-uniform), each a POST of --payload-bytes random bytes. After each step one JSON line per proxy
+uniform), each a POST of --payload-bytes random bytes (sealed with AES-GCM under --seal-key's key
+for a chain that decrypts). After each step one JSON line per proxy
 reports what was sent and how it was answered:
 
     {"step": 0, "target": "...", "rate": 48.1, "sent": 731, "ok": 728, "refused": 0,
@@ -138,6 +139,7 @@ async def one_request(target: Target, payload: bytes, timeout_s: float, tally: T
 async def replay(args: argparse.Namespace, rates: list[list[float]], targets: list[Target]) -> None:
     """Send every step's requests on schedule; report a step once the next one has ended."""
     rng = random.Random(args.seed)
+    seal = sealer(args.seal_key)
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task] = set()
     tallies: list[list[tuple[Target, float, Tally]]] = []
@@ -159,7 +161,7 @@ async def replay(args: argparse.Namespace, rates: list[list[float]], targets: li
         )
         for offset, target, tally in plan:
             await asyncio.sleep(max(step_start + offset - loop.time(), 0.0))
-            payload = os.urandom(args.payload_bytes)
+            payload = seal(os.urandom(args.payload_bytes))
             task = asyncio.create_task(one_request(target, payload, args.timeout, tally))
             pending.add(task)
             task.add_done_callback(pending.discard)
@@ -169,6 +171,23 @@ async def replay(args: argparse.Namespace, rates: list[list[float]], targets: li
     if pending:
         await asyncio.wait(pending, timeout=args.timeout)
     emit(len(tallies) - 1, tallies[-1])
+
+
+def sealer(key_file: Path | None):
+    """Payloads as the chain expects them: plain, or (with --seal-key, for a chain that
+    decrypts) sealed as nonce + AES-GCM ciphertext under the functions' key, which is what the
+    encrypt function answers and the decrypt function accepts."""
+    if key_file is None:
+        return lambda payload: payload
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(bytes.fromhex(key_file.read_text().strip()))
+
+    def seal(payload: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + aead.encrypt(nonce, payload, None)
+
+    return seal
 
 
 def emit(step: int, tallies: list[tuple[Target, float, Tally]]) -> None:
@@ -188,6 +207,9 @@ def main() -> None:
     parser.add_argument("--payload-bytes", type=int, default=512)
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds per request")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seal-key", type=Path, default=None, help="hex AES key: send sealed payloads"
+    )
     args = parser.parse_args()
     try:
         rates = read_rates(args.rates)

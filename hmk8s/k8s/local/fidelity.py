@@ -362,6 +362,14 @@ def pod_start_delays(api: Any, namespaces: list[str], run_id: str) -> dict[str, 
     return delays
 
 
+def function_key(api: Any, namespace: str) -> str:
+    """The functions' AES-GCM key (hex), from the Secret their pods mount."""
+    import base64
+
+    secret = api.read_namespaced_secret(objects.KEY_SECRET, namespace)
+    return base64.b64decode(secret.data["key"]).decode()
+
+
 def proxy_urls(api: Any, env: Any) -> list[str]:
     """Each proxy's Service address (ClusterIP), in proxy order."""
     urls = []
@@ -442,6 +450,10 @@ def replay(
             ]
             for url in targets:
                 cmd += ["--target", url]
+            if "decrypt" in usecase.chain:  # requests must be ciphertexts the chain can open
+                key = Path(tmp) / "key"
+                key.write_text(function_key(core, env.cmap.clusters[0].namespace))
+                cmd += ["--seal-key", str(key)]
             loadgen = subprocess.Popen(
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
             )
