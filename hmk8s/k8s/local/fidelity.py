@@ -44,8 +44,9 @@ LOADGEN = REPO / "deploy" / "images" / "loadgen.py"
 #: CPU cores the busiest step of the replayed load may take (the rest of a 2-core machine runs
 #: the control plane, the kubelet and the load generator)
 CPU_BUDGET = 1.2
-#: a request's service time as a multiple of 1 / mu, the values `calibrate` tries
-SERVICE_FACTORS = tuple(round(0.05 * i, 2) for i in range(1, 41))
+#: a request's service time as a multiple of 1 / mu, the values `calibrate` tries: a pod's CPU
+#: quota can make one request faster than its throughput suggests, never slower
+SERVICE_FACTORS = tuple(round(0.05 * i, 2) for i in range(1, 21))
 #: utilisation of the default placement's slowest hop at the busiest step of the replayed load
 PEAK_UTILISATION = 0.7
 #: measured CPU per request outside the model (HTTP in the proxy and each hop, Python), in
@@ -247,18 +248,20 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
 
     - service rate: a pod that spends more CPU per request than modelled serves fewer; each
       function's mu is divided by the least-squares factor between node and predicted
-      utilisation of its placed instances;
+      utilisation of its placed instances, on the steps the model does not saturate them;
     - service time: the multiple of 1 / mu (`service_ms`) whose predicted latency distribution
       is closest to the node's (KS distance, then mean absolute error): a pod under a CPU quota
       serves a request faster than 1 / mu;
     - network delay: the use case's clusters share one node, so every pair is alike: the
-      median latency the calibrated hops still miss, spread over the chain's network legs;
+      median latency the calibrated hops still miss on steps where every request was
+      answered, spread over the chain's network legs;
     - start-up: each config's median measured pod start;
     - noise: the spread of log(node / predicted) utilisation;
     - the node's conditions: its step length and the load scaled as it was replayed, so an
       agent trained on the calibrated use case trains on the load the node will see.
     """
     sim = predict(usecase, rec)
+    params = params_from_usecase(usecase)
     placed = np.asarray(rec.placement["ready"]) > 0
     functions = usecase.functions.model_dump()
     fitted: dict[str, Any] = {"mu_factor": {}}
@@ -267,6 +270,10 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
         mask = placed.copy()
         mask[:, [i for i in range(mask.shape[1]) if i != f_index], :] = False
         node, model = rec.node_util[:, mask].ravel(), sim["util"][:, mask].ravel()
+        # a saturated pod's utilisation says nothing about its rate: fit where the model is not
+        cap = (np.asarray(params.cpu_limit) / np.asarray(params.cpu_request))[None, None]
+        unsaturated = (sim["util"] < 0.95 * cap)[:, mask].ravel()
+        node, model = node[unsaturated], model[unsaturated]
         if not model.any():
             continue
         factor = float((node * model).sum() / (model * model).sum())
@@ -309,7 +316,12 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
     factor = min(SERVICE_FACTORS, key=latency_error)
     fitted["service_factor"] = factor
     step_one = with_service(factor)
-    gap = np.median(rec.node_latency_s[served] - predict(step_one, rec)["latency_s"][served])
+    # what the hops still miss where every request was answered (a timeout is no network delay)
+    clean = served & (rec.ok == rec.sent)
+    if clean.any():
+        gap = np.median(rec.node_latency_s[clean] - predict(step_one, rec)["latency_s"][clean])
+    else:
+        gap = 0.0
     legs = len(usecase.chain) + 1
     delay_ms = max(0.0, float(gap) * 1000 / legs)
     clusters = one_node(delay_ms)
