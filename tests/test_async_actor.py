@@ -151,9 +151,7 @@ def test_slow_and_failing_envs_do_not_stall_the_others(fns4):
         envs,
         no_hint,
         fresh_state(fns4),
-        settings(
-            total_steps=150, max_env_failures=3, failure_backoff_s=0.01, allow_env_loss=True
-        ),
+        settings(total_steps=150, max_env_failures=3, failure_backoff_s=0.01, allow_env_loss=True),
         on_write=release_the_hung_env_when_only_its_step_is_missing,
     )
     gate.set()

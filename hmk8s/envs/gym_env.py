@@ -25,7 +25,6 @@ from hmk8s.encoders import get_encoder
 from hmk8s.observation import Observation
 from hmk8s.sim.env import check_steppable
 
-
 #: The process that imported hmk8s; another pid with the module already loaded is a fork of it.
 _IMPORTED_IN = os.getpid()
 
