@@ -130,10 +130,11 @@ def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, *
 
 
 class OneLineFormatter(logging.Formatter):
-    """A log record as the command line shows it: ``warning: <message>``, ``error: ...``."""
+    """A log record as the command line shows it: ``warning: <message>``, ``error: ...``, on
+    one line (an API error's text can hold line breaks)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
+        return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
 
 
 def lost_process(err: Exception) -> str:

@@ -117,17 +117,19 @@ class Actor:
                 continue
             self._lost.add(w.index)
             left = len(self.workers) - len(self._lost)
-            if not self.allow_env_loss and not self.signals.stop.is_set():
-                raise EnvLost(
-                    f"env {w.index} was lost ({w.error}); the run stops rather than train on "
-                    f"the {left} left (backend.allow_env_loss=true lets it go on)"
-                )
-            if left:
+            if not left:  # none left: `AllEnvsFailed` says so
+                return
+            if self.allow_env_loss:
                 log.warning(
                     "env %d was lost (%s); going on with %d envs (backend.allow_env_loss)",
                     w.index,
                     w.error,
                     left,
+                )
+            elif not self.signals.stop.is_set():
+                raise EnvLost(
+                    f"env {w.index} was lost ({w.error}); the run stops rather than train on "
+                    f"the {left} left (backend.allow_env_loss=true lets it go on)"
                 )
 
     def _handed(self) -> int:
