@@ -25,7 +25,7 @@ AS_HYDRA_DOES = textwrap.dedent(
     configure_log(cfg.hydra.job_logging)  # what Hydra does before it runs the task
     log = logging.getLogger("hmk8s.k8s.readings")
     log.info("an info line stays quiet")
-    log.warning("proxies without latency [0];\n  assuming the timeout")  # an API error's text
+    log.warning("proxies without latency [0];\\n  assuming the timeout")  # an API error's text
     logging.getLogger("hmk8s.train.actor_learner.k8s_run").error(
         "env 1: 3 objects left; remove them with python scripts/cleanup.py --run-id run-1"
     )
