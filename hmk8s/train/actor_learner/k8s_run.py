@@ -171,7 +171,9 @@ def run_async_training(
     holds the run; with ``cfg.resume`` set the newest checkpoint there is restored first.
     ``env_factory(i, cluster_map_data)`` builds env ``i`` (default: `KubernetesClusterEnv`).
     A Ctrl-C ends the run cleanly (checkpoint, cluster objects deleted) with ``"interrupted":
-    true`` in the summary; an env or learner error is raised after the same cleanup.
+    true`` in the summary; an env or learner error (a lost env: `EnvLost`, unless
+    ``backend.allow_env_loss``) is raised after the same cleanup. A fresh run refused before
+    any env is built (credentials, server, namespaces) leaves no folder behind.
     """
     tc, config = _train_config(cfg)
     validate(tc)
