@@ -5,18 +5,23 @@
 
 Each case runs `train.py` as a user would, in a scratch directory of its own, with a tiny
 budget. A case either expects a refusal (bad overrides, NaN or infinite use-case values, a
-malformed use-case file or trace, a run directory that cannot be resumed) or a recovery (a
-damaged newest checkpoint with an intact one before it). Outcomes:
+malformed use-case file or trace, a run directory that cannot be resumed, a Kubernetes backend
+that cannot be used) or a recovery (a damaged newest checkpoint with an intact one before it).
+Outcomes:
 
-- clear:     exit 2 and exactly one line on stderr, `error: ...` (the contract for bad input)
+- clear:     exit 2 and exactly one line on stderr, `error: ...` (the contract for bad input),
+             and nothing left in the case's directory that was not there before
 - recovered: exit 0 after a warning that names the damaged step (recovery cases)
+- leftover:  a clear refusal that left files or folders behind (a run directory that would
+             block the retry)
 - unclear:   a non-zero exit without a traceback, but not one clear line (or a refusal where a
              recovery was expected)
 - traceback: a Python traceback on stderr
 - silent:    exit 0 where an error was expected (or a recovery that said nothing)
 - hang:      still running at the timeout
 
-The script exits 1 when any case ends other than clear or recovered.
+The script exits 1 when any case ends other than clear or recovered. The same cases run in
+CI, in-process (`tests/test_reliability_matrix.py`).
 """
 
 from __future__ import annotations
@@ -148,6 +153,21 @@ def empty_run(work: Path, base: Path) -> None:
 CUSTOM = ("--config-dir", "{work}/conf", "usecase=own")
 RESUME = (f"total_steps={BASE_STEPS + 256}", "resume={work}/run")
 
+#: A kubeconfig whose API server refuses connections (loopback port 9: nothing listens there).
+REFUSING_KUBECONFIG = yaml.safe_dump(
+    {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "u", "user": {"token": "revoked"}}],
+        "contexts": [
+            {"name": f"hmk8s-{k}", "context": {"cluster": "c", "user": "u"}} for k in range(3)
+        ],
+        "current-context": "hmk8s-0",
+    }
+)
+K8S = ("backend=k8s", "num_envs=2", "run_dir={work}/run")
+
 CASES = (
     # overrides Hydra or the config schema refuse
     Case("unknown key", ("bogus=1",)),
@@ -218,6 +238,15 @@ CASES = (
     Case("ckpt newest flipped", RESUME, "recover", damaged_run(_flip, (BASE_STEPS,))),
     Case("ckpt newest truncated", RESUME, "recover", damaged_run(_truncate, (BASE_STEPS,))),
     Case("ckpt all flipped", RESUME, setup=damaged_run(_flip, (BASE_STEPS - 256, BASE_STEPS))),
+    # the Kubernetes backend: refused before any cluster object, and no run directory left
+    Case("k8s allow_env_loss not a boolean", (*K8S, "backend.allow_env_loss=maybe")),
+    Case("k8s missing kubeconfig", (*K8S, "backend.kubeconfig={work}/absent.kubeconfig")),
+    Case(
+        "k8s API server refusing connections",
+        (*K8S, "backend.kubeconfig={work}/refused.kubeconfig", "backend.api.max_attempts=1"),
+        setup=write("refused.kubeconfig", REFUSING_KUBECONFIG),
+    ),
+    Case("k8s agent.kind=pqn", (*K8S, "agent=pqn")),
 )
 
 
@@ -231,8 +260,9 @@ def with_budget(args: tuple[str, ...]) -> list[str]:
     return [*args, *(b for b in BUDGET if b.split("=", 1)[0] not in keys)]
 
 
-def verdict(expect: str, returncode: int | None, stderr: str) -> str:
-    """How a run ended, judged against what the case expects (see the module docstring)."""
+def verdict(expect: str, returncode: int | None, stderr: str, left: list[str]) -> str:
+    """How a run ended, judged against what the case expects (see the module docstring);
+    ``left``: what the run added to the case's directory."""
     lines = [line for line in stderr.splitlines() if line.strip()]
     if returncode is None:
         return "hang"
@@ -249,25 +279,43 @@ def verdict(expect: str, returncode: int | None, stderr: str) -> str:
     if returncode == 0:
         return "silent"
     if returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "):
-        return "clear"
+        return "leftover" if left else "clear"
     return "unclear"
 
 
+def contents(work: Path) -> set[str]:
+    """Every path under ``work``, relative to it."""
+    return {str(path.relative_to(work)) for path in work.rglob("*")}
+
+
+def first_message(stderr: str) -> str:
+    """The line of ``stderr`` that says what went wrong, for the table."""
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    message = next((line for line in lines if line.startswith("error: ")), "")
+    message = message or next((line for line in lines if "Error" in line), "")
+    return (message or (lines[0] if lines else "")).strip()
+
+
 def run_case(case: Case, work: Path, base: Path, env: dict[str, str], timeout: float) -> Outcome:
-    work.mkdir(parents=True)
-    if case.setup is not None:
-        case.setup(work, base)
-    args = [a.replace("{work}", str(work)) for a in with_budget(case.args)]
+    args = prepare(case, work, base)
+    before = contents(work)
     try:
         proc = _train(args, work, env, timeout)
         returncode, stderr = proc.returncode, proc.stderr
     except subprocess.TimeoutExpired as err:
         returncode, stderr = None, err.stderr.decode() if isinstance(err.stderr, bytes) else ""
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    message = next((line for line in lines if line.startswith("error: ")), "")
-    message = message or next((line for line in lines if "Error" in line), "")
-    message = message or (lines[0] if lines else "")
-    return Outcome(case, verdict(case.expect, returncode, stderr), returncode, message.strip())
+    left = sorted(contents(work) - before)
+    return Outcome(
+        case, verdict(case.expect, returncode, stderr, left), returncode, first_message(stderr)
+    )
+
+
+def prepare(case: Case, work: Path, base: Path) -> list[str]:
+    """Make the case's directory (and what its setup puts there); its ``train.py`` arguments."""
+    work.mkdir(parents=True)
+    if case.setup is not None:
+        case.setup(work, base)
+    return [a.replace("{work}", str(work)) for a in with_budget(case.args)]
 
 
 def _train(
@@ -304,7 +352,7 @@ def table(outcomes: list[Outcome]) -> str:
             f"{o.message[:110]}"
         )
     totals = Counter(o.verdict for o in outcomes)
-    order = ("clear", "recovered", "unclear", "traceback", "silent", "hang")
+    order = ("clear", "recovered", "leftover", "unclear", "traceback", "silent", "hang")
     rows.append("totals: " + ", ".join(f"{k} {totals[k]}" for k in order) + f" of {len(outcomes)}")
     return "\n".join(rows)
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 
 import jax
 import numpy as np
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization as keys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from flax import serialization
 from script_runs import run_script
 
 import hmk8s
 from hmk8s import sim
 from hmk8s.agents.config import AgentConfig, PqnConfig, deployed_bonus
+from hmk8s.control import agent as agent_module
 from hmk8s.control import cli
-from hmk8s.control.agent import MANIFEST, PARAMS, AgentError, export_agent
+from hmk8s.control.agent import MANIFEST, PARAMS, SIGNATURE, AgentError, export_agent
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
 from hmk8s.control.sim_backend import SimBackend
@@ -26,6 +31,7 @@ from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.config import TrainConfig
+from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -173,6 +179,135 @@ def test_bad_settings_are_one_line_and_exit_2(args, message, capsys, tmp_path):
     assert cli.main(agent + args) == cli.EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err, err
+
+
+def rewrite(export, change_params=None, **fields):
+    """An export whose parameters (``change_params`` of the leaves' dict) and manifest fields are
+    changed, with its digest recomputed: only the checks of the loader can refuse it."""
+    manifest = json.loads((export / MANIFEST).read_text())
+    if change_params is not None:
+        params = serialization.msgpack_restore((export / PARAMS).read_bytes())
+        params = change_params(params)
+        (export / PARAMS).write_bytes(serialization.msgpack_serialize(params))
+        manifest["params_sha256"] = params_sha256(params)
+    (export / MANIFEST).write_text(json.dumps({**manifest, **fields}))
+
+
+def first_kernel(change):
+    """A change of the parameters' first kernel."""
+
+    def apply(params):
+        layer = next(iter(params["params"]))
+        kernel = params["params"][layer]["kernel"]
+        params["params"][layer]["kernel"] = change(kernel)
+        return params
+
+    return apply
+
+
+def poisoned(kernel):
+    kernel = kernel.copy()
+    kernel[0, 0] = np.nan
+    return kernel
+
+
+@pytest.mark.parametrize(
+    ("tamper", "message"),
+    [
+        (lambda e: rewrite(e, first_kernel(poisoned)), "NaN or infinite weights"),
+        (lambda e: rewrite(e, first_kernel(lambda k: k * np.inf)), "NaN or infinite weights"),
+        (lambda e: rewrite(e, first_kernel(lambda k: k.astype(np.int8))), "'int8'"),
+        (lambda e: rewrite(e, first_kernel(lambda k: k > 0)), "'bool'"),
+        (lambda e: rewrite(e, first_kernel(lambda k: k[:, :3])), "do not fit the manifest's"),
+        (lambda e: rewrite(e, bonus=float("nan")), "bonus"),
+        (lambda e: rewrite(e, bonus="0.5"), "bonus"),
+        (lambda e: rewrite(e, hidden=[0]), "hidden.0"),
+        (lambda e: rewrite(e, hidden="16"), "hidden"),
+        (lambda e: rewrite(e, num_actions=True), "num_actions"),
+        (lambda e: rewrite(e, env={"encoder": "nope"}), "env.encoder='nope'"),
+        (lambda e: rewrite(e, usecase_config=[]), "usecase_config"),
+        (lambda e: rewrite(e, extra=1), "extra"),
+        (lambda e: rewrite(e, usecase_config={"trace": "/etc/passwd"}), "names a file"),
+        (lambda e: (e / PARAMS).unlink() or (e / PARAMS).symlink_to("/dev/zero"), "a symlink"),
+        (lambda e: (e / MANIFEST).unlink() or os.mkfifo(e / MANIFEST), "not a regular file"),
+        (lambda e: (e / PARAMS).write_bytes(bytes(1 << 20)), "more than"),
+    ],
+)
+def test_exports_are_checked_not_trusted(agent, tmp_path, capsys, tamper, message):
+    """Each damaged or hostile export is refused by the loader and, through `control.py`, in one
+    line with exit status 2 (no traceback, nothing hangs on a FIFO or /dev/zero)."""
+    export = export_agent(agent, tmp_path / "agent")
+    tamper(export)
+    with pytest.raises(AgentError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        hmk8s.load_agent(export)
+    assert cli.main([f"agent={export}", "backend=sim", "steps=1"]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and message in err, err
+
+
+def test_a_trace_travels_inside_the_export(trained, tmp_path, monkeypatch):
+    """A run on a trace file exports the trace's rows, so the controller reads no file (the
+    run's checkpoint is read as it is, its config given a trace file as `train.py` writes it)."""
+    rows = [[5.0, 7.0, 3.0], [9.0, 2.0, 4.0]]
+    trace = tmp_path / "rates.csv"
+    trace.write_text("\n".join(",".join(str(v) for v in row) for row in rows) + "\n")
+    read = agent_module.load_params
+
+    def with_trace(run_dir, step):
+        step, config, params = read(run_dir, step)
+        return step, {**config, "usecase": {**config["usecase"], "trace": str(trace)}}, params
+
+    monkeypatch.setattr(agent_module, "load_params", with_trace)
+    export = export_agent(hmk8s.load_agent(trained[0]), tmp_path / "agent")
+    trace.unlink()
+    exported = hmk8s.load_agent(export)
+    assert exported.manifest.usecase_config["trace"] == rows
+    assert [list(r) for r in exported.usecase.trace] == rows
+
+
+def hmac_key(path):
+    path.write_text(os.urandom(32).hex())
+    return path
+
+
+def ed25519_keys(folder):
+    private = Ed25519PrivateKey.generate()
+    pem = keys.PrivateFormat.PKCS8
+    (folder / "signer.pem").write_bytes(
+        private.private_bytes(keys.Encoding.PEM, pem, keys.NoEncryption())
+    )
+    public = private.public_key().public_bytes(
+        keys.Encoding.PEM, keys.PublicFormat.SubjectPublicKeyInfo
+    )
+    (folder / "signer.pub").write_bytes(public)
+    return folder / "signer.pem", folder / "signer.pub"
+
+
+@pytest.mark.parametrize("scheme", ["hmac-sha256", "ed25519"])
+def test_a_signed_export_proves_its_origin(trained, agent, tmp_path, capsys, scheme):
+    if scheme == "ed25519":
+        sign, verify = ed25519_keys(tmp_path)
+        (tmp_path / "other").mkdir()
+        _, other = ed25519_keys(tmp_path / "other")
+    else:
+        sign = verify = hmac_key(tmp_path / "secret")
+        other = hmac_key(tmp_path / "other-secret")
+    out = tmp_path / "agent"
+    done = cli.export_main([f"run={trained[0]}", f"out={out}", f"sign_key={sign}"])
+    assert done == 0 and json.loads((out / SIGNATURE).read_text())["scheme"] == scheme
+    assert hmk8s.load_agent(out, key=verify).manifest == agent.manifest
+    capsys.readouterr()
+    with pytest.raises(AgentError, match="does not verify"):
+        hmk8s.load_agent(out, key=other)
+    # a digest can be recomputed; the signature cannot
+    rewrite(out, first_kernel(lambda k: k * 2))
+    assert hmk8s.load_agent(out).manifest.bonus == agent.manifest.bonus  # integrity alone holds
+    assert cli.main([f"agent={out}", f"agent_key={verify}", "steps=1"]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("the signature does not verify with the key given") and "\n" not in err
+    unsigned = export_agent(agent, tmp_path / "unsigned")
+    with pytest.raises(AgentError, match="unsigned export"):
+        hmk8s.load_agent(unsigned, key=verify)
 
 
 def test_unguarded_on_the_simulator_it_is_the_evaluation_exactly(agent):

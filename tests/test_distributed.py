@@ -58,3 +58,27 @@ def test_unreachable_coordinator_is_one_clear_error(tmp_path):
     assert done.returncode == 2
     assert f"coordinator {address} not reachable within 2 s" in done.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("peer", ["missing", "stranger"])
+def test_a_process_left_alone_ends_with_one_line_not_an_abort(tmp_path, peer):
+    """Process 0 whose peer never starts, or process 1 whose coordinator port is held by
+    something else: JAX would abort with a C++ stack trace; the run says why in one line."""
+    stranger = socket.create_server(("127.0.0.1", 0))  # accepts, never speaks the protocol
+    port = stranger.getsockname()[1] if peer == "stranger" else closed_port()
+    try:
+        done = run_script(
+            "train.py",
+            tmp_path,
+            f"distributed.coordinator_address=127.0.0.1:{port}",
+            "distributed.num_processes=2",
+            f"distributed.process_id={0 if peer == 'missing' else 1}",
+            "distributed.timeout_s=2",
+            f"run_dir={tmp_path / 'run'}",
+        )
+    finally:
+        stranger.close()
+    assert done.returncode == 2, done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "did not all join at 127.0.0.1:" in lines[0], lines
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,9 @@ dispatch is cheaper here than compiling each env's reset and step.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import gymnasium as gym
 import jax
 import numpy as np
@@ -129,3 +132,32 @@ def test_seeded_resets_repeat():
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a_step[0], b_step[0])
     assert a_step[1] == b_step[1]
+
+
+FORKED_VECTOR = """
+import gymnasium as gym
+import hmk8s
+try:
+    gym.make_vec("hmk8s/ML-v0", num_envs=2, vectorization_mode="async",
+                 vector_kwargs={"context": "fork"})
+except Exception as err:
+    print(type(err).__name__, err)
+else:
+    print("built")
+"""
+
+
+def test_an_async_vector_env_that_forks_is_refused_not_hung(tmp_path):
+    """Forked workers of a process where JAX runs would hang at their first JAX call; they
+    refuse at once, naming the start methods that work (spawn and forkserver do). gymnasium
+    builds a worker's env outside its error channel, so the worker prints the refusal and the
+    parent raises a broken pipe or the refusal itself."""
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_VECTOR)
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.stdout.split()[0] in ("ForkedProcessError", "ConnectionResetError", "EOFError")
+    said = done.stdout + done.stderr
+    assert "ForkedProcessError: hmk8s envs cannot run in a process forked after JAX" in said
+    assert "vector_kwargs={'context': 'spawn'}" in said

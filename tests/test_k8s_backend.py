@@ -3,6 +3,8 @@ emulator and a real API server (127.0.0.1 only), the twin playing the clusters."
 
 from __future__ import annotations
 
+import socket
+
 import numpy as np
 import pytest
 import yaml
@@ -233,6 +235,29 @@ def test_a_dead_api_stops_the_env_after_max_failed_steps(emulated):
             emu.clusters.set_faults(0.0)
         _, _, _, _, info = env.step(noop)  # the API is back: the count starts again
         assert info["api_errors"] == []
+
+
+def test_a_reading_source_that_keeps_failing_stops_the_env(emulated):
+    """An unreachable Prometheus is not a latency at the timeout for the rest of the run: its
+    failed queries are errors of the step, and after `max_failed_steps` the env stops."""
+    emu = emulated
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    latency = emu.cmap.latency.model_copy(
+        update={"source": "prometheus", "prometheus_url": f"http://127.0.0.1:{closed}"}
+    )
+    api = emu.cmap.api.model_copy(update={"max_attempts": 1})
+    env = emu.make_env(api=api, latency=latency, max_failed_steps=2)
+    noop = env.params.layout.noop_index
+    with env:
+        env.reset(seed=7)
+        _, _, _, _, info = env.step(noop)
+        assert sum("prometheus query" in e for e in info["api_errors"]) == 6  # 3 proxies x 2
+        assert info["assumed"]["latency"] == 3
+        with pytest.raises(ClusterAccessError, match="failed on 2 steps in a row") as err:
+            env.step(noop)
+        assert err.value.fatal and "prometheus query" in str(err.value)
 
 
 def test_an_unparsable_answer_is_an_api_error(emulated):

@@ -77,9 +77,11 @@ class Program:
         return int(next(ln for ln in status.splitlines() if ln.startswith("VmRSS:")).split()[1])
 
     def stop(self) -> int:
+        """SIGTERM, then the exit code; what the program wrote on stderr is kept in `stderr`."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout=15)
+        self.stderr = self.proc.stderr.read()
         self.proc.stdout.close()
         self.proc.stderr.close()
         return code
@@ -530,6 +532,117 @@ def test_redirects_and_foreign_answers_are_failures(functions, proxy):
         imposter.server_close()
 
 
+# requests that could be read two ways
+
+DENIED_SPELLINGS = [
+    "/admin",
+    "//admin",
+    "///admin?x=1",
+    "/./admin",
+    "/x/../admin",
+    "/a/b/../../admin/users",
+    "/../admin",
+    "/admin/./",
+    "/%61dmin",
+    "/%61%64%6D%69%6E",
+    "/%2e/admin",
+    "/x/%2E%2E/admin",
+    "/x/.%2e/admin",
+]
+REFUSED_TARGETS = [
+    "/%2fadmin",  # an encoded slash
+    "/x%2F..%2Fadmin",
+    "/%5cadmin",  # an encoded backslash
+    "/\\admin",
+    "/%2561dmin",  # encoded twice: /%61dmin once decoded
+    "/%zzadmin",  # a malformed escape
+    "/%00admin",
+    "/%ff",  # not UTF-8 once decoded
+    "http://127.0.0.1/admin",  # absolute-form
+    "*",
+]
+
+
+def test_the_normal_path_of_every_spelling_is_the_path():
+    httpio = image_module("httpio")
+    normal = {t: httpio.normal_path(t) for t in DENIED_SPELLINGS}
+    assert normal == {
+        "/admin": "/admin",
+        "//admin": "/admin",
+        "///admin?x=1": "/admin",
+        "/./admin": "/admin",
+        "/x/../admin": "/admin",
+        "/a/b/../../admin/users": "/admin/users",
+        "/../admin": "/admin",
+        "/admin/./": "/admin/",
+        "/%61dmin": "/admin",
+        "/%61%64%6D%69%6E": "/admin",
+        "/%2e/admin": "/admin",
+        "/x/%2E%2E/admin": "/admin",
+        "/x/.%2e/admin": "/admin",
+    }
+    assert [httpio.normal_path(t) for t in ("/", "/a/..", "/a/b/", "/%25", "/caf%C3%A9")] == [
+        "/", "/", "/a/b/", "/%", "/café",
+    ]  # fmt: skip
+    for target in REFUSED_TARGETS:
+        with pytest.raises(httpio.HttpError) as refused:
+            httpio.normal_path(target)
+        assert refused.value.status == 400, target
+
+
+@pytest.mark.parametrize("target", DENIED_SPELLINGS)
+def test_every_spelling_of_a_denied_path_is_denied_through_the_proxy(functions, proxy, target):
+    program, chain = proxy
+    write_chain(chain, [("firewall", functions["firewall"].address)])
+    status, _, body = call(program.address, "GET", target)
+    assert status == 403 and json.loads(body)["rule"] == "no-admin", (target, body)
+    assert call(program.address, "GET", "/x/admin/..")[0] == 200  # "/x/": allowed
+
+
+@pytest.mark.parametrize("target", REFUSED_TARGETS)
+def test_a_target_that_could_be_read_two_ways_is_refused(functions, proxy, target):
+    program, chain = proxy
+    write_chain(chain, [("firewall", functions["firewall"].address)])
+    assert call(program.address, "GET", target)[0] == 400
+    assert call(functions["firewall"].address, "GET", target)[0] == 400
+
+
+def raw_exchange(port: int, request: bytes) -> bytes:
+    """Send bytes as they are and read the answer until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    return answer
+
+
+SMUGGLED_HEADS = [
+    (b"Content-Type: text/plain\nX-Injected: 1\r\n", 400),  # a bare LF inside a value
+    (b"Content-Type: text/plain\rX-Injected: 1\r\n", 400),  # a bare CR
+    (b"X-Note: a\x00b\r\n", 400),
+    (b"Content-Length: \xb2\r\n", 400),  # a superscript two: a digit to str.isdigit
+    (b"Content-Length: +1\r\n", 400),
+    (b"Content-Length: " + b"9" * 5000 + b"\r\n", 413),
+]
+
+
+def test_smuggled_headers_and_odd_lengths_get_400_and_no_traceback(functions, tmp_path):
+    chain = tmp_path / "chain.json"
+    write_chain(chain, [("firewall", functions["firewall"].address)])
+    program = Program("proxy", "--chain", str(chain), "--allow-loopback")
+    try:
+        for port in (program.port, functions["firewall"].port):
+            for header, status in SMUGGLED_HEADS:
+                request = b"POST /items HTTP/1.1\r\nHost: x\r\n" + header + b"\r\nx"
+                answer = raw_exchange(port, request)
+                assert answer.startswith(f"HTTP/1.1 {status} ".encode()), (header, answer[:80])
+        assert call(program.address, "POST", "/items", b"x")[0] == 200  # still serving
+    finally:
+        assert program.stop() == 0
+    assert program.stderr == ""
+
+
 # the load generator
 
 
@@ -572,3 +685,52 @@ def test_the_load_generator_refuses_targets_that_do_not_match_the_columns(tmp_pa
     rates.write_text("1,2\n3,4\n")
     out = run_loadgen("--rates", str(rates), "--target", "http://127.0.0.1:9/")
     assert out.returncode == 2 and out.stderr.strip() == "loadgen: 1 targets for 2 columns of rates"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--scale", "inf"), "--scale must be positive and finite"),
+        (("--scale", "1e9"), "a scaled rate of 3e+09/s exceeds --max-rate 5000"),
+        (("--step-seconds", "1e6"), "a step would send over 1000000 requests"),
+        (("--payload-bytes", "1e12"), "invalid int value"),
+        (("--payload-bytes", str(1 << 30)), "--payload-bytes in [0, 1048576]"),
+        (("--max-in-flight", "0"), "--max-in-flight must be positive"),
+    ],
+)
+def test_the_load_generator_bounds_its_rate_and_scale(tmp_path, args, message):
+    rates = tmp_path / "rates.csv"
+    rates.write_text("1\n3\n")
+    out = run_loadgen("--rates", str(rates), "--target", "http://127.0.0.1:9/", *args)
+    assert out.returncode == 2 and message in out.stderr and out.stdout == ""
+    assert len(out.stderr.strip().splitlines()) == 1 or "usage:" in out.stderr
+
+
+def test_the_load_generator_holds_at_most_max_in_flight_requests(tmp_path):
+    """A proxy that accepts connections and never answers: only --max-in-flight requests are
+    sent, the rest of the step counts as failed."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(silent.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    rates = tmp_path / "rates.csv"
+    rates.write_text("20\n")
+    try:
+        out = run_loadgen(
+            "--rates", str(rates), "--target", f"http://127.0.0.1:{silent.getsockname()[1]}/",
+            "--step-seconds", "0.5", "--arrivals", "uniform", "--timeout", "1",
+            "--max-in-flight", "3",
+        )  # fmt: skip
+    finally:
+        silent.close()
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert (report["sent"], report["ok"], report["failed"]) == (10, 0, 10)
+    assert len(held) == 3
+    for conn in held:
+        conn.close()

@@ -11,6 +11,12 @@ A server facing a cluster must bound what one client can make it hold, so this o
 - on SIGTERM stops accepting, answers `/readyz` 503, lets requests in flight finish (at most
   `drain_s`), closes idle connections and exits 0; as PID 1 a pod then stops at once.
 Bodies are sized by Content-Length; chunked transfer coding is refused with 501.
+
+What a rule sees must be what the program behind it sees, so a request is refused with 400
+when its head could be read two ways: a CR, LF or NUL inside a header line, a Content-Length
+that is not ASCII digits, or a target that is not a path (absolute-form, `*`) or hides its
+meaning (an encoded `/` or `\\`, a malformed or doubly encoded escape, a control character).
+`Request.path` is the normal path: escapes decoded once, `//` collapsed, `.` and `..` resolved.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
 import traceback
@@ -25,9 +32,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, fields
 from http import HTTPStatus
 from typing import NoReturn
+from urllib.parse import unquote_to_bytes
 
 LINGER_BYTES = 8 << 20  # at most this much of a refused body is read (and dropped) before closing
 LINGER_S = 2.0
+MAX_LENGTH_DIGITS = 18  # a Content-Length longer than this is over any limit (and int64)
+_DIGITS = re.compile(r"[0-9]+")
+_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})|%(2[Ff]|5[Cc]|00)")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]|%[0-9A-Fa-f]{2}")
 
 
 @dataclass(frozen=True)
@@ -54,7 +66,8 @@ class Request:
 
     @property
     def path(self) -> str:
-        return self.target.split("?", 1)[0]
+        """The normal path (`normal_path`); the target was checked when the request was read."""
+        return normal_path(self.target)
 
 
 @dataclass(frozen=True)
@@ -84,9 +97,45 @@ class HttpError(Exception):
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+def normal_path(target: str) -> str:
+    """The path of an origin-form target as a rule should match it: percent-escapes decoded
+    once, empty and `.` segments dropped, `..` resolved (never above the root), a trailing `/`
+    kept. HttpError 400 for a target that is not a path or whose path could be read two ways."""
+    if not target.startswith("/"):
+        raise HttpError(400, f"the target must be a path (origin-form), not {target[:80]!r}")
+    raw = target.partition("?")[0].partition("#")[0]
+    if "\\" in raw or _ESCAPE.search(raw):
+        raise HttpError(400, f"the path {raw[:80]!r} has an encoded / or \\ or a bad escape")
+    try:
+        path = unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise HttpError(400, f"the path {raw[:80]!r} is not UTF-8 once decoded") from None
+    if "\\" in path or _CONTROL.search(path):
+        raise HttpError(400, f"the path {raw[:80]!r} decodes to a control character or escape")
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment == "..":
+            if segments:
+                segments.pop()
+        elif segment not in ("", "."):
+            segments.append(segment)
+    last = path.rsplit("/", 1)[1]
+    trailing = "/" if segments and last in ("", ".", "..") else ""
+    return "/" + "/".join(segments) + trailing
+
+
+def ascii_digits(text: str) -> bool:
+    """Whether `text` is a decimal number in ASCII (`str.isdigit` accepts other scripts)."""
+    return _DIGITS.fullmatch(text) is not None
+
+
 def parse_head(head: bytes) -> tuple[list[str], dict[str, str]]:
-    """Start line (split in three) and headers of a request or response head."""
+    """Start line (split in three) and headers of a request or response head; a CR, LF or NUL
+    inside a line (a header smuggled into the next hop's request) is refused."""
     lines = head.decode("latin-1").split("\r\n")
+    for line in lines:
+        if "\r" in line or "\n" in line or "\x00" in line:
+            raise HttpError(400, f"a CR, LF or NUL inside the head line {line[:80]!r}")
     start = lines[0].split(" ", 2)
     if len(start) != 3:
         raise HttpError(400, f"malformed start line {lines[0][:80]!r}")
@@ -111,8 +160,10 @@ def body_length(headers: dict[str, str], max_body: int) -> int:
     if "transfer-encoding" in headers:
         raise HttpError(501, "transfer codings are not supported; send Content-Length")
     text = headers.get("content-length", "0")
-    if not text.isdigit():
+    if not ascii_digits(text):
         raise HttpError(400, f"malformed Content-Length {text[:40]!r}")
+    if len(text) > MAX_LENGTH_DIGITS:
+        raise HttpError(413, f"a body of {len(text)} digits exceeds the limit of {max_body}")
     length = int(text)
     if length > max_body:
         raise HttpError(413, f"body of {length} bytes exceeds the limit of {max_body}")
@@ -130,6 +181,7 @@ async def read_request(
     (method, target, version), headers = parse_head(head)
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise HttpError(505, f"unsupported version {version[:20]!r}")
+    normal_path(target)
     length = body_length(headers, limits.max_body)
     body = b""
     if length:
@@ -273,10 +325,12 @@ async def fetch(
 ) -> tuple[int, dict[str, str], bytes]:
     """One request on a fresh connection: (status, headers, body). Redirects are not followed.
     The caller bounds the time (asyncio.wait_for)."""
+    lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    if any(c in line for line in lines for c in "\r\n\x00"):
+        raise HttpError(400, "a CR, LF or NUL in the request line or a header")
     reader, writer = await asyncio.open_connection(host, port, limit=Limits.max_head)
     try:
-        lines = [f"{method} {target} HTTP/1.1", f"Host: {host}:{port}"]
-        lines += [f"{k}: {v}" for k, v in headers.items()]
         lines += [f"Content-Length: {len(body)}", "Connection: close"]
         writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
         await writer.drain()
@@ -285,7 +339,7 @@ async def fetch(
         except asyncio.LimitOverrunError:
             raise HttpError(502, "response head too large") from None
         (_, status, _), answer = parse_head(head)
-        if not status.isdigit():
+        if not ascii_digits(status):
             raise HttpError(502, f"malformed status {status[:20]!r}")
         if "content-length" in answer:
             data = await reader.readexactly(body_length(answer, max_body))

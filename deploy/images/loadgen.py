@@ -15,6 +15,12 @@ reports what was sent and how it was answered:
 within --timeout. Requests still in flight at the end of a step are reported with the step
 they were sent in. Standard library only.
 
+The load is bounded: a scaled rate above --max-rate (requests/s per proxy), a step of more than
+MAX_STEP_REQUESTS requests in all or a payload over MAX_PAYLOAD bytes is refused before
+anything is sent, and at most --max-in-flight requests wait for an answer at once (a request
+that would exceed it is not sent and counts as failed), so neither memory nor sockets grow
+without bound when the proxies slow down.
+
     python loadgen.py --rates ml.csv --target http://proxy0.hmk8s-0.svc.cluster.local:8080/ ...
 """
 
@@ -36,6 +42,8 @@ from urllib.parse import urlsplit
 from httpio import HttpError, fail, fetch
 
 MAX_ANSWER = 1 << 20
+MAX_PAYLOAD = 1 << 20  # the functions' default body limit
+MAX_STEP_REQUESTS = 1_000_000  # a step's schedule is held in memory
 
 
 def read_rates(path: Path) -> list[list[float]]:
@@ -139,7 +147,7 @@ async def one_request(target: Target, payload: bytes, timeout_s: float, tally: T
 async def replay(args: argparse.Namespace, rates: list[list[float]], targets: list[Target]) -> None:
     """Send every step's requests on schedule; report a step once the next one has ended."""
     rng = random.Random(args.seed)
-    seal = sealer(args.seal_key)
+    seal = args.seal
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task] = set()
     tallies: list[list[tuple[Target, float, Tally]]] = []
@@ -161,6 +169,10 @@ async def replay(args: argparse.Namespace, rates: list[list[float]], targets: li
         )
         for offset, target, tally in plan:
             await asyncio.sleep(max(step_start + offset - loop.time(), 0.0))
+            if len(pending) >= args.max_in_flight:
+                tally.sent += 1
+                tally.failed += 1
+                continue
             payload = seal(os.urandom(args.payload_bytes))
             task = asyncio.create_task(one_request(target, payload, args.timeout, tally))
             pending.add(task)
@@ -210,19 +222,29 @@ def main() -> None:
     parser.add_argument(
         "--seal-key", type=Path, default=None, help="hex AES key: send sealed payloads"
     )
+    parser.add_argument("--max-rate", type=float, default=5000.0, help="requests/s per proxy")
+    parser.add_argument("--max-in-flight", type=int, default=2000, help="requests awaiting answers")
     args = parser.parse_args()
     try:
         rates = read_rates(args.rates)
         targets = [Target.parse(url) for url in args.target]
+        args.seal = sealer(args.seal_key)
     except (OSError, ValueError) as err:
         fail("loadgen", str(err))
     if len(targets) != len(rates[0]):
         fail("loadgen", f"{len(targets)} targets for {len(rates[0])} columns of rates")
-    for flag in ("step_seconds", "scale", "timeout"):
-        if not getattr(args, flag) > 0:
-            fail("loadgen", f"--{flag.replace('_', '-')} must be positive")
-    if args.steps < 0 or args.payload_bytes < 0 or not 0 <= args.start_row < len(rates):
-        fail("loadgen", "--steps and --payload-bytes must be >= 0, --start-row a row of the trace")
+    for flag in ("step_seconds", "scale", "timeout", "max_rate", "max_in_flight"):
+        if not 0 < getattr(args, flag) < math.inf:
+            fail("loadgen", f"--{flag.replace('_', '-')} must be positive and finite")
+    peak = max(max(row) for row in rates) * args.scale
+    if peak > args.max_rate:
+        fail("loadgen", f"a scaled rate of {peak:.6g}/s exceeds --max-rate {args.max_rate:g}")
+    if peak * args.step_seconds * len(targets) > MAX_STEP_REQUESTS:
+        fail("loadgen", f"a step would send over {MAX_STEP_REQUESTS} requests; shorten it")
+    if args.steps < 0 or not 0 <= args.payload_bytes <= MAX_PAYLOAD:
+        fail("loadgen", f"--steps must be >= 0 and --payload-bytes in [0, {MAX_PAYLOAD}]")
+    if not 0 <= args.start_row < len(rates):
+        fail("loadgen", "--start-row must be a row of the trace")
     asyncio.run(replay(args, rates, targets))
 
 

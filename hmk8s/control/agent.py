@@ -7,23 +7,40 @@ policy `hmk8s.policies.q_policy.q_policy` evaluates). Loading never reads the re
 
 An export is a folder with ``agent.json`` (the manifest: use case, encoder, network shape,
 bonus, source run, step, ``params_sha256``) and ``params.msgpack`` (the parameters): all a
-controller host needs.
+controller host needs. A use case's trace travels inside the manifest as rows.
+
+An export is data from elsewhere, so loading one checks it rather than trusting it: both files
+must be regular files (no symlinks, FIFOs or devices) no larger than the manifest's network
+needs; every manifest field must have its type and range; the weights must be finite float32
+arrays of the network's shapes; the manifest may name no file (a trace given as a path is
+refused). The digest proves integrity only; ``agent.sig`` beside the manifest, an HMAC-SHA256
+or Ed25519 signature of the manifest's bytes (which hold the digest), proves origin when the
+loader is given the key.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization as keys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from flax import serialization
 from omegaconf import OmegaConf
+from pydantic import ConfigDict, Field, FiniteFloat, StringConstraints, ValidationError
+from pydantic.dataclasses import dataclass as checked_dataclass
 
 from hmk8s import sim
 from hmk8s.agents.config import HaqlConfig, deployed_bonus
@@ -33,37 +50,53 @@ from hmk8s.observation import Observation
 from hmk8s.policies.baselines import Policy
 from hmk8s.policies.heuristics import recommend
 from hmk8s.policies.q_policy import q_policy
-from hmk8s.sim.params import EnvParams
+from hmk8s.sim.params import EnvConfigError, EnvParams
 from hmk8s.spaces import OP_NAMES, ActionLayout
 from hmk8s.train.checkpoint import CheckpointError, load_params
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
+from hmk8s.usecases import (
+    CONFIG_NAMES,
+    FUNCTION_NAMES,
+    UseCase,
+    UseCaseError,
+    load_usecase,
+    validation_problems,
+)
 
 MANIFEST = "agent.json"
 PARAMS = "params.msgpack"
 FORMAT = "hmk8s-agent"
 FORMAT_VERSION = 1
+SIGNATURE = "agent.sig"
+MAX_MANIFEST_BYTES = 16 << 20  # a manifest with an inline trace of a few hundred thousand rows
+MAX_PARAMS_BYTES = 1 << 30
+MIN_HMAC_KEY_BYTES = 32
+#: What msgpack adds to the arrays' bytes (keys, headers), at most.
+PARAMS_OVERHEAD_BYTES = 64 << 10
+
+Count = Annotated[int, Field(ge=1, le=1 << 20)]
 
 
 class AgentError(ValueError):
     """An agent that cannot be loaded or does not fit: the message says which and why."""
 
 
-@dataclass(frozen=True)
+@checked_dataclass(frozen=True, config=ConfigDict(strict=True, extra="forbid"))
 class Manifest:
-    """What an agent is, beside its parameters; the JSON of an export."""
+    """What an agent is, beside its parameters; the JSON of an export. Every field is checked
+    for its type and range when one is made (pydantic, strict: no coercion)."""
 
     usecase: str
     usecase_config: dict[str, Any]
     env: dict[str, Any]
-    hidden: list[int]
-    num_actions: int
-    obs_dim: int
-    bonus: float
+    hidden: list[Count]
+    num_actions: Count
+    obs_dim: Count
+    bonus: FiniteFloat
     source_run: str
-    step: int
-    seed: int
-    params_sha256: str
+    step: Annotated[int, Field(ge=0)]
+    seed: Annotated[int, Field(ge=0)]
+    params_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     layer_norm: bool = False
     format: str = FORMAT
     version: int = FORMAT_VERSION
@@ -191,17 +224,21 @@ def load_agent(
     *,
     seed: int = 0,
     usecase: str | Path | Mapping[str, Any] | None = None,
+    key: str | Path | None = None,
 ) -> Agent:
     """The agent of a training run (its checkpoint at ``step``, the latest by default; seed
     ``seed`` of a multi-seed run) or of an export folder. With ``usecase`` (a name, YAML path or
     mapping), refuse an agent trained for another use case or another action/observation shape.
+    With ``key`` (a key file, `read_key`), refuse an export its holder did not sign.
     """
     path = Path(source)
-    if (path / MANIFEST).is_file():
+    if os.path.lexists(path / MANIFEST):
         if step is not None:
             raise AgentError(f"{path} is an export of one step; step={step} applies to runs")
-        agent = _load_export(path)
+        agent = _load_export(path, None if key is None else read_key(key, private=False))
     elif (path / "checkpoints").is_dir():
+        if key is not None:
+            raise AgentError(f"{path}: a training run is not signed; key= applies to exports")
         agent = _load_run(path, step, seed)
     elif path.exists():
         raise AgentError(f"{path}: neither a training run (no checkpoints/) nor an agent export")
@@ -242,11 +279,14 @@ def _template(hidden: list[int], num_actions: int, obs_dim: int, layer_norm: boo
     return jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((obs_dim,), jnp.float32))
 
 
-def _check_shapes(params: Any, template: Any, where: str) -> None:
-    got = jax.tree.map(lambda x: tuple(np.shape(x)), params)
-    want = jax.tree.map(lambda x: tuple(x.shape), template)
+def _check_weights(params: Any, template: Any, where: str) -> None:
+    """Refuse parameters that are not finite arrays of the network's shapes and dtype."""
+    got = jax.tree.map(lambda x: (tuple(np.shape(x)), str(np.asarray(x).dtype)), params)
+    want = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), template)
     if got != want:
         raise AgentError(f"{where}: parameters do not fit the manifest's network ({got} vs {want})")
+    if not all(np.isfinite(x).all() for x in jax.tree.leaves(params)):
+        raise AgentError(f"{where}: parameters hold NaN or infinite weights")
 
 
 def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
@@ -272,6 +312,8 @@ def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
     num_actions = env_params.layout.num_actions
     template = _template(hidden, num_actions, obs_dim, layer_norm)
     params = _one_seed(params, template, seed, where)
+    if usecase.trace is not None:  # the rows, not the path: an export names no file
+        usecase_config["trace"] = [list(row) for row in usecase.trace]
     manifest = Manifest(
         usecase=usecase.name,
         usecase_config=_plain(usecase_config),
@@ -305,7 +347,7 @@ def _one_seed(params: Any, template: Any, seed: int, where: str) -> Any:
     elif seed != 0:
         raise AgentError(f"{where}: the run has one seed; seed={seed} does not exist")
     params = jax.tree.map(np.asarray, params)
-    _check_shapes(params, template, where)
+    _check_weights(params, template, where)
     return params
 
 
@@ -322,42 +364,143 @@ def _plain(mapping: Mapping[str, Any]) -> dict[str, Any]:
 # -- export ----------------------------------------------------------------------------------
 
 
-def export_agent(agent: Agent, out: str | Path) -> Path:
-    """Write ``agent`` to the folder ``out`` (created; existing export files are replaced)."""
+def export_agent(agent: Agent, out: str | Path, sign_key: str | Path | None = None) -> Path:
+    """Write ``agent`` to the folder ``out`` (created; existing export files are replaced),
+    signed with the key in the file ``sign_key`` when given (`read_key`)."""
+    key = None if sign_key is None else read_key(sign_key, private=True)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     blob = serialization.msgpack_serialize(jax.tree.map(np.asarray, agent.q_params))
+    manifest = (json.dumps(asdict(agent.manifest), indent=2) + "\n").encode()
     (folder / PARAMS).write_bytes(blob)
-    (folder / MANIFEST).write_text(json.dumps(asdict(agent.manifest), indent=2) + "\n")
+    (folder / MANIFEST).write_bytes(manifest)
+    (folder / SIGNATURE).unlink(missing_ok=True)
+    if key is not None:
+        (folder / SIGNATURE).write_text(json.dumps(_sign(key, manifest)) + "\n")
     return folder
 
 
-def _load_export(folder: Path) -> Agent:
+Key = bytes | Ed25519PrivateKey | Ed25519PublicKey
+
+
+def read_key(path: str | Path, *, private: bool) -> Key:
+    """A signing key from a file: an Ed25519 key in PEM (the private key signs, the public one
+    verifies) or, for HMAC-SHA256, any other content of at least 32 bytes (the same file signs
+    and verifies). Bounded and regular, as export files are."""
+    data = _read_regular(Path(path), 1 << 16, "key")
+    if not data.lstrip().startswith(b"-----BEGIN"):
+        secret = data.strip()
+        if len(secret) < MIN_HMAC_KEY_BYTES:
+            raise AgentError(f"{path}: an HMAC key needs at least {MIN_HMAC_KEY_BYTES} bytes")
+        return secret
     try:
-        data = json.loads((folder / MANIFEST).read_text())
-    except (OSError, ValueError) as err:
-        raise AgentError(f"{folder / MANIFEST}: unreadable manifest ({err})") from None
+        if b"PRIVATE KEY" in data:
+            key: Any = keys.load_pem_private_key(data, password=None)
+            key = key if private else key.public_key()
+        else:
+            key = keys.load_pem_public_key(data)
+    except (ValueError, TypeError) as err:
+        raise AgentError(f"{path}: not a PEM key ({err})") from None
+    if not isinstance(key, Ed25519PrivateKey | Ed25519PublicKey):
+        raise AgentError(f"{path}: only Ed25519 keys are accepted")
+    if private and not isinstance(key, Ed25519PrivateKey):
+        raise AgentError(f"{path}: signing needs the private key")
+    return key
+
+
+def _sign(key: Key, manifest: bytes) -> dict[str, str]:
+    if isinstance(key, bytes):
+        mac = hmac.new(key, manifest, hashlib.sha256).hexdigest()
+        return {"scheme": "hmac-sha256", "signature": mac}
+    assert isinstance(key, Ed25519PrivateKey)
+    return {"scheme": "ed25519", "signature": key.sign(manifest).hex()}
+
+
+def _verify(key: Key, manifest: bytes, folder: Path) -> None:
+    """Refuse an export without a signature that ``key`` verifies over the manifest's bytes."""
+    where = folder / SIGNATURE
+    if not os.path.lexists(where):
+        raise AgentError(f"{folder}: unsigned export; a key was given, so a signature is required")
+    try:
+        doc = json.loads(_read_regular(where, 1 << 12, "signature"))
+        scheme, signature = doc["scheme"], bytes.fromhex(doc["signature"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise AgentError(f"{where}: not a signature ({err})") from None
+    if isinstance(key, bytes):
+        good = scheme == "hmac-sha256" and hmac.compare_digest(
+            hmac.new(key, manifest, hashlib.sha256).digest(), signature
+        )
+    else:
+        public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+        try:
+            good = scheme == "ed25519" and public.verify(signature, manifest) is None
+        except InvalidSignature:
+            good = False
+    if not good:
+        raise AgentError(f"{where}: the signature does not verify with the key given")
+
+
+def _read_regular(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes; a symlink, FIFO, device or larger
+    file is refused without blocking or reading past the limit."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as err:
+        reason = "a symlink" if os.path.islink(path) else err.strerror
+        raise AgentError(f"{path}: cannot read the {what} ({reason})") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise AgentError(f"{path}: the {what} is not a regular file")
+        if info.st_size > limit:
+            raise AgentError(f"{path}: the {what} has {info.st_size} bytes, more than {limit}")
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise AgentError(f"{path}: the {what} grew past {limit} bytes while read")
+    return data
+
+
+def _manifest(text: bytes, where: Path) -> Manifest:
+    """The manifest in ``text``, every field checked; a trace must travel inside it."""
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise AgentError(f"{where}: unreadable manifest ({err})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise AgentError(f"{folder / MANIFEST}: not an hmk8s agent manifest")
+        raise AgentError(f"{where}: not an hmk8s agent manifest")
     if data.get("version") != FORMAT_VERSION:
         raise AgentError(
-            f"{folder / MANIFEST}: format version {data.get('version')}, "
-            f"this reads {FORMAT_VERSION}"
+            f"{where}: format version {data.get('version')}, this reads {FORMAT_VERSION}"
         )
     try:
         manifest = Manifest(**data)
-    except TypeError as err:
-        raise AgentError(f"{folder / MANIFEST}: {err}") from None
-    try:
-        params = serialization.msgpack_restore((folder / PARAMS).read_bytes())
-    except OSError as err:
-        raise AgentError(f"{folder / PARAMS}: cannot read ({err.strerror})") from None
-    except Exception as err:
-        raise AgentError(f"{folder / PARAMS}: not a parameter file ({err})") from None
+    except ValidationError as err:
+        raise AgentError(f"{where}: {validation_problems(err)}") from None
+    if isinstance(manifest.usecase_config.get("trace"), str):
+        raise AgentError(f"{where}: usecase_config.trace names a file; an export holds its rows")
+    return manifest
+
+
+def _params_limit(template: Any) -> int:
+    """The most bytes a parameter file of the network ``template`` can take."""
+    size = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(template))
+    return min(size + PARAMS_OVERHEAD_BYTES, MAX_PARAMS_BYTES)
+
+
+def _load_export(folder: Path, key: Key | None = None) -> Agent:
+    text = _read_regular(folder / MANIFEST, MAX_MANIFEST_BYTES, "manifest")
+    if key is not None:
+        _verify(key, text, folder)
+    manifest = _manifest(text, folder / MANIFEST)
     template = _template(
         manifest.hidden, manifest.num_actions, manifest.obs_dim, manifest.layer_norm
     )
-    _check_shapes(params, template, str(folder / PARAMS))
+    blob = _read_regular(folder / PARAMS, _params_limit(template), "parameter file")
+    try:
+        params = serialization.msgpack_restore(blob)
+    except Exception as err:
+        raise AgentError(f"{folder / PARAMS}: not a parameter file ({err})") from None
+    _check_weights(params, template, str(folder / PARAMS))
     digest = params_sha256(params)
     if digest != manifest.params_sha256:
         raise AgentError(
@@ -367,6 +510,6 @@ def _load_export(folder: Path) -> Agent:
     agent = Agent(manifest, params)
     try:
         check_usecase(agent, manifest.usecase_config)
-    except AgentError as err:
+    except (AgentError, EnvConfigError) as err:
         raise AgentError(f"{folder / MANIFEST}: {err}") from None
     return agent

@@ -106,7 +106,7 @@ def _sinks(cfg: ControlConfig, agent: Agent, stack: ExitStack) -> list[Sink]:
 
 def control(cfg: ControlConfig) -> Summary:
     """Run the controller as ``cfg`` says until it is out of steps or stopped."""
-    agent = load_agent(cfg.agent, cfg.step, seed=cfg.seed, usecase=cfg.usecase)
+    agent = load_agent(cfg.agent, cfg.step, seed=cfg.seed, usecase=cfg.usecase, key=cfg.agent_key)
     with stop_on_signals() as stop, ExitStack() as stack:
         if cfg.backend == "sim":
             backend, steps = _sim_backend(cfg, agent)
@@ -122,11 +122,13 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     from hmk8s.control.cluster import AdoptError
     from hmk8s.k8s.client import ClusterAccessError
     from hmk8s.k8s.config import ClusterMapError
+    from hmk8s.sim.params import EnvConfigError
     from hmk8s.usecases import UseCaseError
 
     return (
         ControlConfigError,
         AgentError,
+        EnvConfigError,
         AdoptError,
         ClusterAccessError,
         ClusterMapError,
@@ -150,10 +152,10 @@ def export_main(argv: Sequence[str]) -> int:
     try:
         cfg = parse_settings(ExportConfig, argv)
         agent = load_agent(cfg.run, cfg.step, seed=cfg.seed, usecase=cfg.usecase)
+        folder = export_agent(agent, cfg.out, cfg.sign_key)
     except (ControlConfigError, AgentError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    folder = export_agent(agent, cfg.out)
     m: dict[str, Any] = {
         "out": str(folder),
         "usecase": agent.manifest.usecase,

@@ -56,6 +56,7 @@ class ControlConfig:
     """The settings of `scripts/control.py`."""
 
     agent: str = MISSING
+    agent_key: str | None = None
     backend: str = "sim"
     step: int | None = None
     seed: int = 0
@@ -83,6 +84,7 @@ class ExportConfig:
     step: int | None = None
     seed: int = 0
     usecase: str | None = None
+    sign_key: str | None = None
 
 
 def parse_settings(schema: type[T], args: Sequence[str]) -> T:

@@ -3,10 +3,16 @@
 The observation is the encoded vector the Q-network reads; `info` carries `action_mask`,
 `latency_ratio`, `pods`, `sla_violated` and `invalid`, and the structured observation is
 kept in `structured_observation` for policies that read it (the baselines, the heuristic).
+
+JAX's threads do not survive `fork`: a process forked from one where hmk8s (and JAX) runs hangs
+at its first JAX call. `gym.make_vec(..., vectorization_mode="async")` forks by default on
+Linux, so an env refuses to start in a forked child, naming the start methods that work
+(``vector_kwargs={"context": "spawn"}`` or ``"forkserver"``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +24,23 @@ from hmk8s import sim
 from hmk8s.encoders import get_encoder
 from hmk8s.observation import Observation
 from hmk8s.sim.env import check_steppable
+
+#: The process that imported hmk8s; another pid with the module already loaded is a fork of it.
+_IMPORTED_IN = os.getpid()
+
+
+class ForkedProcessError(RuntimeError):
+    """An env asked for in a process forked from one where JAX runs (it would hang)."""
+
+
+def check_not_forked() -> None:
+    """Refuse to build an env in a forked child of the process that imported hmk8s."""
+    if os.getpid() != _IMPORTED_IN:
+        raise ForkedProcessError(
+            "hmk8s envs cannot run in a process forked after JAX started (JAX would hang); "
+            "use gym.make_vec(..., vectorization_mode='async', "
+            "vector_kwargs={'context': 'spawn'}) or 'forkserver', or vectorization_mode='sync'"
+        )
 
 
 def _host_info(info: Mapping[str, Any]) -> dict[str, Any]:
@@ -89,6 +112,7 @@ class SimClusterEnv(gym.Env):
 
 def make_env(usecase: str = "ml", backend: str = "sim", **kwargs: Any) -> gym.Env:
     """Entry point of the registered ids: the same env class family for both backends."""
+    check_not_forked()
     if backend == "sim":
         return SimClusterEnv(usecase=usecase, **kwargs)
     if backend == "k8s":

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from hmk8s.configs import CONFIG_DIR
 from hmk8s.usecases import CONFIG_NAMES, UseCase, validation_problems
@@ -119,7 +119,12 @@ class ClusterMap(_Frozen):
     ready_timeout_s: float = Field(default=120.0, gt=0)
     poll_interval_s: float = Field(default=1.0, gt=0)
     max_failed_steps: int = Field(
-        default=5, ge=1, description="steps in a row with API errors before the run stops"
+        default=5,
+        ge=1,
+        description="steps in a row with failed API calls or readings before the env stops",
+    )
+    allow_env_loss: StrictBool = Field(
+        default=False, description="a training run goes on when one of its envs is lost"
     )
     api: Api = Api()
     latency: Latency = Latency()

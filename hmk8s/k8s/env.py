@@ -75,8 +75,8 @@ class KubernetesClusterEnv(gym.Env):
     """`hmk8s/<USECASE>-v0` with `backend="k8s"`: the simulator's env, acted out on clusters.
 
     `reset`/`step` return what `SimClusterEnv` returns; `info` also carries `api_errors` (the
-    step's failed operations, retried next step), `api` (attempts, retries, waits) and
-    `assumed` (readings filled conservatively).
+    step's failed operations, retried next step, and failed readings), `api` (attempts,
+    retries, waits) and `assumed` (readings filled conservatively).
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012
@@ -215,13 +215,15 @@ class KubernetesClusterEnv(gym.Env):
         return np.asarray(self._encode(obs), np.float32), float(r), False, truncated, info
 
     def _check_api(self, errors: list[str]) -> None:
-        """Stop rather than train on filled-in readings once the API has failed on
-        ``max_failed_steps`` steps in a row (a dead or unreachable API server)."""
+        """Stop rather than train on filled-in readings once the API or a reading source (probes,
+        Prometheus, the metrics API) has failed on ``max_failed_steps`` steps in a row (a dead
+        API server, an unreachable Prometheus, a namespace deleted under the run)."""
         self._failed_steps = self._failed_steps + 1 if errors else 0
         if self._failed_steps >= self.cmap.max_failed_steps:
             raise ClusterAccessError(
-                f"run {self.run_id}: the Kubernetes API failed on {self._failed_steps} steps in "
-                f"a row (last: {errors[-1]}); stopping (backend.max_failed_steps)"
+                f"run {self.run_id}: the Kubernetes API or a reading failed on "
+                f"{self._failed_steps} steps in a row (last: {errors[-1]}); stopping "
+                "(backend.max_failed_steps)"
             )
 
     def close(self) -> CleanupReport | None:
@@ -338,7 +340,13 @@ def _close_all() -> None:
         try:
             env.close()
         except Exception as exc:
-            log.error("cleanup of run %s failed: %s; run scripts/cleanup.py", env.run_id, exc)
+            log.error(
+                "cleanup of run %s failed: %s; remove its objects with python scripts/cleanup.py "
+                "--run-id %s",
+                env.run_id,
+                exc,
+                env.run_id,
+            )
 
 
 def install_exit_hooks() -> None:

@@ -1,7 +1,9 @@
 """Per-proxy latency and request rate: timed probes through each proxy, or Prometheus queries.
 
-Both return NaN for what they could not read; `readings.fill_proxy_readings` decides what a
-missing value means.
+Both return NaN for what they could not read, and say why: a probe or query that failed is an
+error of the step, as a failed API call is, so a source that keeps failing stops the run after
+`max_failed_steps` (`KubernetesClusterEnv`) instead of training on readings it never had.
+`readings.fill_proxy_readings` decides what a missing value means for the one step.
 """
 
 from __future__ import annotations
@@ -26,9 +28,12 @@ from hmk8s.k8s.config import ClusterMap
 log = logging.getLogger(__name__)
 
 
+Readings = tuple[np.ndarray, np.ndarray, list[str]]
+
+
 class ProxySource(Protocol):
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
-        """(latency in seconds, requests/s) per proxy; NaN where unknown."""
+    def read(self) -> Readings:
+        """(latency in seconds, requests/s) per proxy, NaN where unknown, and the failed reads."""
         ...
 
 
@@ -48,9 +53,10 @@ class ProbeSource:
     ) -> None:
         self.clients, self.cmap, self.homes, self.timeout_s = clients, cmap, homes, timeout_s
 
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
+    def read(self) -> Readings:
         latency = np.full(len(self.homes), np.nan)
         rates = np.full(len(self.homes), np.nan)
+        errors = []
         for p, home in enumerate(self.homes):
             client = self.clients[home]
             service = f"{objects.proxy_name(self.cmap, p)}:{self.cmap.proxy_port}"
@@ -67,9 +73,10 @@ class ProbeSource:
                     rates[p] = float(answer.get("rate", math.nan))
             except (*api_errors(), ValueError, AttributeError) as exc:
                 log.warning("probe of %s failed: %s", service, exc)
+                errors.append(f"probe of {service}: {exc}")
                 continue
             latency[p] = statistics.median(times) if ok else self.timeout_s
-        return latency, rates
+        return latency, rates, errors
 
 
 class PrometheusSource:
@@ -97,22 +104,25 @@ class PrometheusSource:
             Template(lat.rate_query).safe_substitute(values),
         )
 
-    def read(self) -> tuple[np.ndarray, np.ndarray]:
+    def read(self) -> Readings:
         latency = np.full(len(self.homes), np.nan)
         rates = np.full(len(self.homes), np.nan)
+        errors: list[str] = []
         for p, home in enumerate(self.homes):
             lat_q, rate_q = self.queries(p)
-            latency[p] = self._instant(home, lat_q)
-            rates[p] = self._instant(home, rate_q)
-        return latency, rates
+            latency[p] = self._instant(home, lat_q, errors)
+            rates[p] = self._instant(home, rate_q, errors)
+        return latency, rates, errors
 
-    def _instant(self, cluster: int, query: str) -> float:
+    def _instant(self, cluster: int, query: str, errors: list[str]) -> float:
+        """The query's value; NaN when it has none, and NaN with an error when it failed."""
         try:
             body = self._get(cluster, query)
             result = json.loads(body)["data"]["result"]
             return float(result[0]["value"][1]) if result else math.nan
         except (*api_errors(), ValueError, KeyError, IndexError, TypeError) as exc:
             log.warning("prometheus query %r failed: %s", query, exc)
+            errors.append(f"prometheus query {query!r}: {exc}")
             return math.nan
 
     def _get(self, cluster: int, query: str) -> str:

@@ -2,6 +2,7 @@
 
 Ready replicas come from Deployment status, CPU from PodMetrics, latency and request rate per
 proxy from the latency source; `readings` fills what is missing and counts what it assumed.
+A read that failed (an API call, a probe, a Prometheus query) is an error of the reading.
 The placement itself (replicas, routes) is the caller's mirror: what it asked the clusters for.
 """
 
@@ -106,7 +107,7 @@ class ClusterObserver:
         ready when it began (`served`, None at the first reading) and still ready."""
         ready, read_errors = self.read_ready(mirror)
         cpu, cpu_errors = self.read_cpu(ready if served is None else np.minimum(served, ready))
-        latency, rates = self.proxies.read()
+        latency, rates, proxy_errors = self.proxies.read()
         proxies = readings.fill_proxy_readings(
             latency, rates, self._last_rates, float(self.params.timeout_s)
         )
@@ -127,7 +128,7 @@ class ClusterObserver:
             "latency": proxies.assumed_latency,
             "rates": proxies.assumed_rates,
         }
-        return Sensed(mirror, obs, read_errors + cpu_errors, assumed)
+        return Sensed(mirror, obs, read_errors + cpu_errors + proxy_errors, assumed)
 
 
 def with_observed(mirror: EnvState, ready: np.ndarray, m: Measurement) -> EnvState:

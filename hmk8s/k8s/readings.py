@@ -75,7 +75,8 @@ def cpu_utilisation(
         missing = n - len(samples)
         if missing:
             log.warning(
-                "cluster %d %s: %d of %d ready pods lack CPU metrics; assuming 100 %%",
+                "cluster %d %s: %d of %d ready pods lack CPU metrics; assuming 100 %% of the "
+                "request (kubectl top pods shows what metrics-server has)",
                 k,
                 objects.instance_name(f, c),
                 missing,
@@ -108,7 +109,8 @@ def fill_proxy_readings(
     rate_missing = ~np.isfinite(rates) | (rates < 0)
     if lat_missing.any() or rate_missing.any():
         log.warning(
-            "proxies without latency %s, without rate %s",
+            "proxies without latency %s, without rate %s; assuming the timeout and the last "
+            "rate (check backend.latency and the proxies' /probe)",
             np.flatnonzero(lat_missing).tolist(),
             np.flatnonzero(rate_missing).tolist(),
         )

@@ -4,6 +4,7 @@ expected failure into one clear line and a non-zero exit."""
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -23,7 +24,7 @@ from hmk8s.configs import SEARCH_PATH
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
 from hmk8s.sim.params import EnvConfigError
-from hmk8s.train.actor_learner.actor import AllEnvsFailed
+from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import CheckpointError
@@ -47,7 +48,7 @@ BAD_INPUT = (
     ClusterAccessError,
 )
 #: A run that started and then failed in a known way: one line and exit code 1.
-RUN_FAILED = (NonFiniteError, CleanupError, AllEnvsFailed)
+RUN_FAILED = (NonFiniteError, CleanupError, EnvLost)
 
 
 def register_schema() -> None:
@@ -126,6 +127,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
     """A warning as the command line shows it: ``warning: <message>``, without the source."""
     return f"warning: {message}\n"
+
+
+class OneLineFormatter(logging.Formatter):
+    """A log record as the command line shows it: ``warning: <message>``, ``error: ...``, on
+    one line (an API error's text can hold line breaks)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
 
 
 def lost_process(err: Exception) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -89,19 +91,51 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
             time.sleep(0.2)
 
 
+#: JAX's own deadline is this much later than the run's, so that the run's comes first.
+JAX_GRACE_S = 10
+EXIT_BAD_INPUT = 2
+
+
 def initialize(cfg: DistributedConfig) -> None:
-    """Join the processes of a multi-process run (once per process); nothing on one process."""
+    """Join the processes of a multi-process run (once per process); nothing on one process.
+
+    JAX aborts the whole process (SIGABRT and a C++ stack trace) when the processes do not all
+    register in time, and that cannot be caught. So a watchdog ends the process first, at
+    ``timeout_s``, with one line and exit status 2; nothing has been written by then."""
     settings = process_settings(cfg)
     if settings is None or jax.distributed.is_initialized():
         return
     if settings.process_id != 0:
         wait_for_coordinator(settings.coordinator_address, settings.timeout_s)
-    jax.distributed.initialize(
-        settings.coordinator_address,
-        num_processes=settings.num_processes,
-        process_id=settings.process_id,
-        initialization_timeout=settings.timeout_s,
+    joined = threading.Event()
+    threading.Thread(
+        target=_give_up_unless, args=(joined, settings), name="join-watchdog", daemon=True
+    ).start()
+    try:
+        jax.distributed.initialize(
+            settings.coordinator_address,
+            num_processes=settings.num_processes,
+            process_id=settings.process_id,
+            initialization_timeout=settings.timeout_s + JAX_GRACE_S,
+        )
+    finally:
+        joined.set()
+
+
+def _give_up_unless(joined: threading.Event, settings: DistributedConfig) -> None:
+    """After ``timeout_s`` without every process registered: one line, exit 2 (see
+    `initialize`)."""
+    if joined.wait(settings.timeout_s):
+        return
+    print(
+        f"error: process {settings.process_id} of {settings.num_processes}: the run's processes "
+        f"did not all join at {settings.coordinator_address} within {settings.timeout_s} s "
+        "(start every process with the same distributed.* settings, or raise "
+        "distributed.timeout_s)",
+        file=sys.stderr,
+        flush=True,
     )
+    os._exit(EXIT_BAD_INPUT)  # JAX's pending abort and exit barrier would follow otherwise
 
 
 def resolve_devices(

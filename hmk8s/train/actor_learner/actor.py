@@ -5,10 +5,15 @@ is ready (waiting at most ``batch_window_s`` for more), pads it to ``num_envs`` 
 jitted epsilon-greedy / HAQL policy once on the device with the latest published parameters,
 and hands each env its action. It never waits for a particular env, so a slow or failed env
 holds up nobody. It stops once ``budget`` env steps have reached the learner's queue.
+
+An env whose worker retired (its clusters unreachable, its namespace gone) ends the run with
+`EnvLost`: training on the envs left would quietly change what the run learns from. Only with
+``allow_env_loss`` does it go on without that env, and it says so once per env.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from dataclasses import dataclass
@@ -20,8 +25,14 @@ from hmk8s.train.actor_learner.core import AsyncFns
 from hmk8s.train.actor_learner.env_worker import POLL_S, EnvWorker, Ready, Signals
 from hmk8s.train.actor_learner.learner import ParamsBox
 
+log = logging.getLogger(__name__)
 
-class AllEnvsFailed(RuntimeError):
+
+class EnvLost(RuntimeError):
+    """An env worker retired, and the run may not go on without it."""
+
+
+class AllEnvsFailed(EnvLost):
     """Every env worker has retired; nothing is left to act on."""
 
 
@@ -54,6 +65,7 @@ class Actor:
         num_actions: int,
         env_steps: int = 0,
         batch_window_s: float = 0.005,
+        allow_env_loss: bool = False,
     ) -> None:
         self.fns = fns
         self.workers = workers
@@ -65,7 +77,9 @@ class Actor:
         self.num_actions = num_actions
         self.env_steps = env_steps
         self.batch_window_s = batch_window_s
+        self.allow_env_loss = allow_env_loss
         self.stats = ActorStats()
+        self._lost: set[int] = set()
 
     def run(self, budget: int, deadline: float | None = None) -> int:
         """Act until ``budget`` env steps have been handed to the learner; stops early on
@@ -83,6 +97,7 @@ class Actor:
             if handed >= budget:
                 break
             waiting += self._gather()
+            self._check_lost()
             allowed = budget - handed - in_flight
             if not waiting or allowed <= 0:
                 if not any(w.alive for w in self.workers) and not self.signals.stop.is_set():
@@ -94,6 +109,28 @@ class Actor:
                 self.workers[row.env].give(int(action))
             dispatched += len(batch)
         return dispatched
+
+    def _check_lost(self) -> None:
+        """Raise `EnvLost` for a newly retired env, or (``allow_env_loss``) warn about it."""
+        for w in self.workers:
+            if w.index in self._lost or w.error is None or w.alive:
+                continue
+            self._lost.add(w.index)
+            left = len(self.workers) - len(self._lost)
+            if not left:  # none left: `AllEnvsFailed` says so
+                return
+            if self.allow_env_loss:
+                log.warning(
+                    "env %d was lost (%s); going on with %d envs (backend.allow_env_loss)",
+                    w.index,
+                    w.error,
+                    left,
+                )
+            elif not self.signals.stop.is_set():
+                raise EnvLost(
+                    f"env {w.index} was lost ({w.error}); the run stops rather than train on "
+                    f"the {left} left (backend.allow_env_loss=true lets it go on)"
+                )
 
     def _handed(self) -> int:
         return sum(w.steps for w in self.workers)

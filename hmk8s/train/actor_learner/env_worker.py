@@ -163,7 +163,13 @@ class EnvWorker:
                 log.warning("env %d failed (%d in a row): %r", self.index, consecutive, exc)
                 if consecutive >= self.max_failures or getattr(exc, "fatal", False):
                     self.error = exc
-                    log.error("env %d retired after %d failures in a row", self.index, consecutive)
+                    log.error(
+                        "env %d retired after %d failures in a row (last: %r); resume= continues "
+                        "the run from its last checkpoint once its clusters are back",
+                        self.index,
+                        consecutive,
+                        exc,
+                    )
                     return
                 self.signals.stop.wait(min(self.backoff_s * 2 ** (consecutive - 1), 30.0))
                 needs_reset = True

@@ -15,6 +15,7 @@ to every namespace (when ``num_envs > 1``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -33,7 +34,7 @@ from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
 from hmk8s.train.actor_learner.history import HistoryWriter
 from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_async
 from hmk8s.train.config import ConfigError, TrainConfig, validate
-from hmk8s.train.run import open_run, resolve_run_dir
+from hmk8s.train.run import holds_run, open_run, resolve_run_dir
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import UseCase, load_usecase
 
@@ -105,15 +106,26 @@ def close_envs(envs: Sequence[BlockingEnv], timeout_s: float) -> list[str]:
         try:
             report = future.result(timeout=max(0.1, deadline - time.monotonic()))
         except Exception as exc:
-            errors.append(f"env {i}: close failed: {exc!r}")
+            errors.append(f"env {i}: close failed: {exc!r}; {cleanup_command(envs, i)}")
             continue
         if report is not None and not report.clean:
-            problems = "; ".join(report.errors) or "deletes did not finish in time"
-            errors.append(f"env {i}: {report.remaining} objects left ({problems})")
+            problems = ", ".join(report.errors) or "deletes did not finish in time"
+            errors.append(
+                f"env {i}: {report.remaining} objects left ({problems}); {cleanup_command(envs, i)}"
+            )
     pool.shutdown(wait=False, cancel_futures=True)
+    errors = [" ".join(message.split()) for message in errors]  # one line each
     for message in errors:
-        log.error("%s; run scripts/cleanup.py", message)
+        log.error("%s", message)
     return errors
+
+
+def cleanup_command(envs: Sequence[BlockingEnv], index: int) -> str:
+    """What removes env ``index``'s leftovers: `scripts/cleanup.py` with its run id."""
+    run_id = getattr(envs[index], "run_id", None)
+    which = f"--run-id {run_id}" if run_id else "--all"
+    spread = f" --envs {len(envs)}" if len(envs) > 1 else ""
+    return f"remove them with python scripts/cleanup.py {which}{spread}"
 
 
 def _train_config(cfg: Any) -> tuple[TrainConfig, dict[str, Any]]:
@@ -125,9 +137,14 @@ def _train_config(cfg: Any) -> tuple[TrainConfig, dict[str, Any]]:
 
 
 def _without_actor(config: dict[str, Any]) -> dict[str, Any]:
-    """The config minus ``backend.actor``: how the actor runs (timeouts, cluster sets) may
-    change between a run and its resume; every env starts a fresh episode anyway."""
-    backend = {k: v for k, v in dict(config.get("backend") or {}).items() if k != "actor"}
+    """The config minus ``backend.actor`` and ``backend.allow_env_loss``: how the actor runs
+    (timeouts, cluster sets, whether it may lose an env) may change between a run and its
+    resume; every env starts a fresh episode anyway."""
+    backend = {
+        k: v
+        for k, v in dict(config.get("backend") or {}).items()
+        if k not in ("actor", "allow_env_loss")
+    }
     return {**config, "backend": backend}
 
 
@@ -154,7 +171,9 @@ def run_async_training(
     holds the run; with ``cfg.resume`` set the newest checkpoint there is restored first.
     ``env_factory(i, cluster_map_data)`` builds env ``i`` (default: `KubernetesClusterEnv`).
     A Ctrl-C ends the run cleanly (checkpoint, cluster objects deleted) with ``"interrupted":
-    true`` in the summary; an env or learner error is raised after the same cleanup.
+    true`` in the summary; an env or learner error (a lost env: `EnvLost`, unless
+    ``backend.allow_env_loss``) is raised after the same cleanup. A fresh run refused before
+    any env is built (credentials, server, namespaces) leaves no folder behind.
     """
     tc, config = _train_config(cfg)
     validate(tc)
@@ -167,72 +186,90 @@ def run_async_training(
     directory = Path(run_dir) if run_dir is not None else resolve_run_dir(tc, usecase.name)
     factory = env_factory or _k8s_factory(usecase, env_cfg)
     close_timeout = float(actor.get("close_timeout_s", 300.0))
-    with open_run(tc, config, directory, resume_view=_without_actor) as run:
-        envs: list[BlockingEnv] = []
-        history: HistoryWriter | None = None
-        try:
-            envs = build_envs(factory, maps)
-            probe = envs[0]
-            fns = make_async_fns(
-                int(probe.action_space.n), tc.agent, tc.num_envs, tc.haql if tc.heuristic else None
-            )
-            obs_dim = int(probe.observation_space.shape[0])
-            state = run.restore(
-                fns.init(jax.random.PRNGKey(tc.seed), np.zeros((obs_dim,), np.float32))
-            )
-            books = host_books(state.env_state)
-            history = HistoryWriter(directory / "history", books.env_steps, action_namer(probe))
-            runlog = run.start_log(tc.total_steps, int(books.env_steps.sum()))
-            meta = {"backend": "k8s", "num_envs": tc.num_envs, "usecase": usecase.name}
+    fresh = tc.resume is None and not holds_run(directory)
+    created = not directory.exists()
+    built = False
+    try:
+        with open_run(tc, config, directory, resume_view=_without_actor) as run:
+            envs: list[BlockingEnv] = []
+            history: HistoryWriter | None = None
+            try:
+                envs = build_envs(factory, maps)
+                built = True
+                probe = envs[0]
+                fns = make_async_fns(
+                    int(probe.action_space.n),
+                    tc.agent,
+                    tc.num_envs,
+                    tc.haql if tc.heuristic else None,
+                )
+                obs_dim = int(probe.observation_space.shape[0])
+                state = run.restore(
+                    fns.init(jax.random.PRNGKey(tc.seed), np.zeros((obs_dim,), np.float32))
+                )
+                books = host_books(state.env_state)
+                history = HistoryWriter(directory / "history", books.env_steps, action_namer(probe))
+                runlog = run.start_log(tc.total_steps, int(books.env_steps.sum()))
+                meta = {"backend": "k8s", "num_envs": tc.num_envs, "usecase": usecase.name}
 
-            def save(s: Any) -> None:
-                run.check_finite(s.learner.params)
-                run.save(int(np.asarray(s.env_steps)), s, meta)
+                def save(s: Any) -> None:
+                    run.check_finite(s.learner.params)
+                    run.save(int(np.asarray(s.env_steps)), s, meta)
 
-            settings = AsyncSettings(
-                total_steps=tc.total_steps,
-                ratio=tc.agent.updates_per_step,
-                seed=tc.seed,
-                **{
-                    "checkpoint_every": tc.chunk_steps * tc.checkpoint.every_chunks,
-                    "log_every": min(tc.chunk_steps, 100),
+                settings = AsyncSettings(
+                    total_steps=tc.total_steps,
+                    ratio=tc.agent.updates_per_step,
+                    seed=tc.seed,
                     **{
-                        k: v
-                        for k, v in actor.items()
-                        if k not in ("cluster_sets", "close_timeout_s")
+                        "checkpoint_every": tc.chunk_steps * tc.checkpoint.every_chunks,
+                        "log_every": min(tc.chunk_steps, 100),
+                        **{
+                            k: v
+                            for k, v in actor.items()
+                            if k not in ("cluster_sets", "close_timeout_s")
+                        },
                     },
-                },
-            )
-            started = time.monotonic()
-            result = train_async(
-                fns,
-                envs,
-                heuristic_hint if tc.heuristic else no_hint,
-                state,
-                settings,
-                on_write=history.write,
-                on_checkpoint=save,
-                on_log=lambda row: runlog.log_chunk([row]),
-            )
-            wall = time.monotonic() - started
-            if result.state is not None:
-                save(result.state)
-        finally:
-            if history is not None:
-                history.close()
-            close_errors = close_envs(envs, close_timeout)
-        summary = _summary(tc, usecase, result, wall)
-        summary["cleanup_errors"] = close_errors
-        run.finish(summary)
+                    allow_env_loss=data.get("allow_env_loss") is True,
+                )
+                started = time.monotonic()
+                result = train_async(
+                    fns,
+                    envs,
+                    heuristic_hint if tc.heuristic else no_hint,
+                    state,
+                    settings,
+                    on_write=history.write,
+                    on_checkpoint=save,
+                    on_log=lambda row: runlog.log_chunk([row]),
+                )
+                wall = time.monotonic() - started
+                if result.state is not None:
+                    save(result.state)
+            finally:
+                if history is not None:
+                    history.close()
+                close_errors = close_envs(envs, close_timeout)
+            summary = _summary(tc, usecase, result, wall)
+            summary["cleanup_errors"] = close_errors
+            run.finish(summary)
+    except BaseException:
+        if fresh and not built:
+            _remove_empty(directory, created)
+        raise
     if result.error is not None:
         raise result.error
     if close_errors:
-        raise CleanupError(
-            "cluster objects were left behind:\n  "
-            + "\n  ".join(close_errors)
-            + "\nremove them with scripts/cleanup.py"
-        )
+        raise CleanupError("cluster objects were left behind: " + " | ".join(close_errors))
     return summary
+
+
+def _remove_empty(directory: Path, created: bool) -> None:
+    """Undo the folders a fresh run made before any env was built (a refused credential, a
+    missing namespace), so that its retry is not refused as a run over a run. Only empty
+    folders go: a folder holding anything is left as it is."""
+    for folder in (directory / "checkpoints", directory / "history", *([directory] * created)):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def _summary(tc: TrainConfig, usecase: UseCase, result: AsyncResult, wall: float) -> dict:

@@ -45,7 +45,8 @@ class AsyncSettings:
     learner before env workers block (0: four per env); ``batch_window_s``: how long the actor
     waits for more ready envs before a policy call; ``burst``: updates between parameter
     publications; ``checkpoint_every`` / ``log_every``: env steps between checkpoints / log
-    rows (0: never); ``max_seconds``: wall-clock bound of the acting phase (None: none).
+    rows (0: never); ``max_seconds``: wall-clock bound of the acting phase (None: none);
+    ``allow_env_loss``: go on when an env retires (by default the run stops with `EnvLost`).
     """
 
     total_steps: int
@@ -60,6 +61,7 @@ class AsyncSettings:
     checkpoint_every: int = 0
     log_every: int = 0
     max_seconds: float | None = None
+    allow_env_loss: bool = False
 
 
 @dataclass
@@ -148,6 +150,7 @@ def train_async(
         num_actions=int(state.mask.shape[-1]),
         env_steps=start_steps,
         batch_window_s=settings.batch_window_s,
+        allow_env_loss=settings.allow_env_loss,
     )
     started = time.monotonic()
     deadline = None if settings.max_seconds is None else started + settings.max_seconds
