@@ -52,9 +52,9 @@ def _why_not() -> str | None:
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 
 
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPTS / "local_cluster.py"), *args],
+        [sys.executable, str(SCRIPTS / name), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -88,14 +88,14 @@ def up(tmp_path_factory):
     """The node, up once for the module; down (and checked empty) after it."""
     root = tmp_path_factory.mktemp("node")
     started = time.monotonic()
-    done = cli("up", str(root), "--usecase", "ml", "--hpa-sync-period", "5s")
+    done = script("local_cluster.py", "up", str(root), "--usecase", "ml", "--hpa-sync-period", "5s")
     assert done.returncode == 0, done.stderr
     layout = node.Layout(root)
     layout.up_seconds = time.monotonic() - started
     try:
         yield layout
     finally:
-        down = cli("down", str(root))
+        down = script("local_cluster.py", "down", str(root))
         state = node.NodeState.load(layout)
         assert down.returncode == 0, down.stderr
         assert node.leftovers(layout, state) == []
@@ -242,11 +242,13 @@ def test_real_hpa_scales_a_loaded_deployment(up):
 
 
 def test_refusals_are_one_line(up, tmp_path):
-    busy = cli("up", str(tmp_path / "second"))
+    busy = script("local_cluster.py", "up", str(tmp_path / "second"))
     assert busy.returncode == 2
     assert busy.stderr.startswith("error: busy: network device hmk8s0 exists")
     assert busy.stderr.count("\n") == 1
-    missing = cli("up", str(tmp_path / "third"), "--node-files", str(tmp_path / "nowhere"))
+    missing = script(
+        "local_cluster.py", "up", str(tmp_path / "third"), "--node-files", str(tmp_path / "nowhere")
+    )
     assert missing.returncode == 2
     assert missing.stderr.startswith(f"error: {tmp_path / 'nowhere'}: missing kubelet-1.20.2.gz")
     assert not (tmp_path / "third").exists()
@@ -271,27 +273,14 @@ def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
     """`scripts/fidelity.py` at a tiny size: two 3-step episodes of ML's load on the node, then
     the calibration (fit on one, checked on the other)."""
     out = tmp_path / "fidelity"
-    script = str(SCRIPTS / "fidelity.py")
     tiny = ["--episodes", "2", "--steps", "3", "--step-seconds", "3", "--out", str(out)]
-    measure = subprocess.run(
-        [sys.executable, script, "measure", str(up.root), "--usecase", "ml", *tiny],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    measure = script("fidelity.py", "measure", str(up.root), "--usecase", "ml", *tiny)
     assert measure.returncode == 0, measure.stderr[-2000:]
     recorded = json.loads((out / "episode-0.json").read_text())
     assert np.asarray(recorded["sent"]).sum() > 0
     assert 0 < recorded["load_scale"] <= 1
     assert recorded["start_delays_s"]["medium"]  # measured, creation to Ready
-    calibrate = subprocess.run(
-        [sys.executable, script, "calibrate", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    calibrate = script("fidelity.py", "calibrate", str(out))
     assert calibrate.returncode == 0, calibrate.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     check = report["held_out"]["episode-1.json"]
@@ -307,13 +296,7 @@ def test_sim_to_real_runs_the_rulebook_and_the_real_hpa(up, tmp_path):
     of one 2-step episode on the node, beside the simulator's prediction."""
     out = tmp_path / "s2r"
     tiny = ["--episodes", "1", "--steps", "2", "--step-seconds", "3", "--out", str(out)]
-    done = subprocess.run(
-        [sys.executable, str(SCRIPTS / "sim_to_real.py"), str(up.root), "--usecase", "ml", *tiny],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    done = script("sim_to_real.py", str(up.root), "--usecase", "ml", *tiny)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["results"]) == {"rulebook", "hpa"}

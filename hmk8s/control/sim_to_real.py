@@ -97,13 +97,9 @@ def prediction_policy(name: str, agent: Any, hpa_target: float) -> Any:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from hmk8s.k8s.config import shipped_backend
-
     usecase = load_usecase(args.usecase)
     predicted_on: UseCase = load_usecase(args.calibrated) if args.calibrated else usecase
     agent = load_agent(args.agent, usecase=usecase) if args.agent else None
-    backend = shipped_backend("local")
-    backend["kubeconfig"] = str(args.node / "run.kubeconfig")
     players: list[fidelity.Player] = [
         PolicyPlayer("rulebook", heuristic_policy()),
         HpaPlayer(args.hpa_target),
@@ -115,9 +111,8 @@ def run(args: argparse.Namespace) -> dict:
         node, sim = [], []
         for seed in range(args.episodes):
             rec = fidelity.replay(
-                backend,
+                args.node,
                 usecase,
-                args.node / "kubeconfig",
                 steps=args.steps,
                 step_seconds=args.step_seconds,
                 seed=seed,

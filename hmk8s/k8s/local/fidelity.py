@@ -406,9 +406,8 @@ def wait_proxies_ready(apps: Any, env: Any, timeout_s: float = 60.0) -> None:
 
 
 def replay(
-    backend: dict[str, Any],
+    node_dir: Path,
     usecase: UseCase,
-    admin_kubeconfig: Path,
     *,
     steps: int,
     step_seconds: float,
@@ -417,20 +416,23 @@ def replay(
     start: str = "minimal",
     player: Player | None = None,
 ) -> Recording:
-    """One episode of the use case's load on the node (see module doc), with `player` in charge
-    of the placement (the default holds it: every step the no-op)."""
+    """One episode of the use case's load on the node of `node_dir` (`scripts/local_cluster.py
+    up`; see the module doc), with `player` in charge of the placement (the default holds it:
+    every step the no-op)."""
     from kubernetes import client
 
     from hmk8s.k8s.client import new_api_client
+    from hmk8s.k8s.config import shipped_backend
     from hmk8s.k8s.env import KubernetesClusterEnv
 
     player = player or Player()
-    backend = {**backend, "step_seconds": step_seconds}
+    backend = shipped_backend("local")
+    backend.update(kubeconfig=str(node_dir / "run.kubeconfig"), step_seconds=step_seconds)
     rates = rate_trace(usecase, steps, seed)
     scale = load_scale or default_load_scale(usecase, rates, backend.get("cpu_scale", 1.0))
     rates = rates * scale
     env = KubernetesClusterEnv(usecase, backend_cfg=backend, start=start, episode_steps=steps + 1)
-    admin = new_api_client(admin_kubeconfig, "admin")
+    admin = new_api_client(node_dir / "kubeconfig", "admin")
     core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
     try:
         env.reset(seed=seed)

@@ -24,11 +24,7 @@ from hmk8s.usecases import UseCaseError, load_usecase
 
 
 def measure(args: argparse.Namespace) -> int:
-    from hmk8s.k8s.config import shipped_backend
-
     usecase = load_usecase(args.usecase)
-    backend = shipped_backend("local")
-    backend["kubeconfig"] = str(args.node / "run.kubeconfig")
     args.out.mkdir(parents=True, exist_ok=True)
     for seed in range(args.episodes):
         target = args.out / f"episode-{seed}.json"
@@ -36,9 +32,8 @@ def measure(args: argparse.Namespace) -> int:
             print(f"error: {target} exists; record into a new --out", file=sys.stderr)
             return 2
         rec = fidelity.replay(
-            backend,
+            args.node,
             usecase,
-            args.node / "kubeconfig",
             steps=args.steps,
             step_seconds=args.step_seconds,
             seed=seed,

@@ -83,47 +83,16 @@ class Layout:
 
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
-
-    @property
-    def state(self) -> Path:
-        return self.root / "node.json"
-
-    @property
-    def bin(self) -> Path:
-        return self.root / "bin"
-
-    @property
-    def logs(self) -> Path:
-        return self.root / "logs"
-
-    @property
-    def control_plane(self) -> Path:
-        return self.root / "control-plane"
-
-    @property
-    def containerd(self) -> Path:
-        return self.root / "containerd"
-
-    @property
-    def socket(self) -> Path:
-        return self.containerd / "containerd.sock"
-
-    @property
-    def runc_root(self) -> Path:
-        return self.containerd / "runc"
-
-    @property
-    def cni(self) -> Path:
-        return self.root / "cni"
-
-    @property
-    def kubelet(self) -> Path:
-        return self.root / "kubelet"
-
-    @property
-    def kubeconfig(self) -> Path:
-        """The admin kubeconfig users and hmk8s act through (`KUBECONFIG=...`)."""
-        return self.root / "kubeconfig"
+        self.state = self.root / "node.json"
+        self.bin = self.root / "bin"
+        self.logs = self.root / "logs"
+        self.control_plane = self.root / "control-plane"
+        self.containerd = self.root / "containerd"
+        self.socket = self.containerd / "containerd.sock"
+        self.runc_root = self.containerd / "runc"
+        self.cni = self.root / "cni"
+        self.kubelet = self.root / "kubelet"
+        self.kubeconfig = self.root / "kubeconfig"  # the admin's, what users act through
 
 
 @dataclass
@@ -385,6 +354,15 @@ def kube_up(layout: Layout, state: NodeState, hpa_sync_period: str) -> None:
     one-machine test node: the components share the admin token rather than one identity each)."""
     kubeconfig = layout.kubeconfig
     certs = layout.control_plane / "certs"
+    # one replica each, serving nothing: no leader election, no ports
+    controller_flags = [
+        "--kubeconfig",
+        kubeconfig,
+        "--leader-elect=false",
+        "--port=0",
+        "--bind-address=127.0.0.1",
+        "--secure-port=0",
+    ]
     start_process(
         layout,
         state,
@@ -429,12 +407,7 @@ def kube_up(layout: Layout, state: NodeState, hpa_sync_period: str) -> None:
         "kube-controller-manager",
         [
             layout.bin / "kube-controller-manager",
-            "--kubeconfig",
-            kubeconfig,
-            "--leader-elect=false",
-            "--port=0",
-            "--bind-address=127.0.0.1",
-            "--secure-port=0",
+            *controller_flags,
             f"--service-account-private-key-file={layout.control_plane / 'sa.key'}",
             f"--root-ca-file={certs / 'apiserver.crt'}",
             "--controllers=*,-nodeipam,-csrsigning",
@@ -446,16 +419,7 @@ def kube_up(layout: Layout, state: NodeState, hpa_sync_period: str) -> None:
         layout,
         state,
         "kube-scheduler",
-        [
-            layout.bin / "kube-scheduler",
-            "--kubeconfig",
-            kubeconfig,
-            "--leader-elect=false",
-            "--port=0",
-            "--bind-address=127.0.0.1",
-            "--secure-port=0",
-            "--v=1",
-        ],
+        [layout.bin / "kube-scheduler", *controller_flags, "--v=1"],
     )
 
 
