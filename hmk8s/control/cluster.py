@@ -232,6 +232,10 @@ class ClusterBackend:
         self.conflicts = found
         return [str(c) for c in found], repairing, live.errors
 
+    def read_now(self) -> None:
+        """Let the next `observe` read at once instead of waiting out the step."""
+        self._step_started = None
+
     def observe(self) -> Reading:
         """Wait out the rest of the step (not before the first reading), then read."""
         first = self._step_started is None
@@ -261,10 +265,12 @@ class ClusterBackend:
     def apply(self, action: int) -> Outcome:
         """Plan the action on the mirror and reconcile the clusters to it; failed calls stay in
         the reconciler's diff and are retried next step. A dry run keeps neither. Without the
-        Lease nothing is written."""
+        Lease, or while a chain adopted unreadable is unknown, nothing is written."""
         started = time.perf_counter()
         if self.leading is not None and not self.leading():
             return Outcome(False, [], [NOT_LEADING], dry_run=self.dry_run)
+        if self.reconciler.unreadable:  # a chain it could not read: its routes are unknown
+            return Outcome(False, [], dry_run=self.dry_run)
         before = self.mirror
         self._key, k_action = jax.random.split(self._key)
         mirror, invalid = after_action(k_action, self.mirror, action, self.params)

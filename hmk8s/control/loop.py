@@ -159,11 +159,19 @@ class Controller:
     ) -> None:
         self.agent = agent
         self.params = agent.env_params
-        self.guard = guard
         self.sinks = list(sinks)
         self.summary = Summary()
         self._reading: Reading | None = None
-        self._window: deque[bool] = deque(maxlen=max(guard.window_steps - 1, 0))
+        self._window: deque[bool] = deque()
+        self.configure(guard, fallback)
+
+    def configure(self, guard: GuardConfig, fallback: str) -> None:
+        """Take new guard settings and fallback between steps (a ChainController edited),
+        keeping the change window and, for the same fallback, its state."""
+        self.guard = guard
+        self._window = deque(self._window, maxlen=max(guard.window_steps - 1, 0))
+        if getattr(self, "fallback_name", None) == fallback:
+            return
         self.fallback_name = fallback
         self._fallback: Policy | None = (
             FALLBACK_POLICIES[fallback]() if fallback in FALLBACK_POLICIES else None
@@ -172,6 +180,10 @@ class Controller:
         if self._fallback is not None:
             self._fallback_state = self._fallback.init(self.params)
             self._fallback_act = jax.jit(self._fallback.act)
+
+    def forget_reading(self) -> None:
+        """Decide the next step on a fresh reading (the settings it was taken under changed)."""
+        self._reading = None
 
     @property
     def noop(self) -> int:

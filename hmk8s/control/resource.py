@@ -150,7 +150,8 @@ def set_condition(
     generation: int,
     now: str,
 ) -> list[dict[str, Any]]:
-    """`metav1.Condition` semantics: ``lastTransitionTime`` moves only when the status does."""
+    """`metav1.Condition` semantics: ``lastTransitionTime`` moves only when the status does.
+    Messages are never empty (the 1.20 server this is tested on stores "" as null)."""
     value = "True" if status else "False"
     old = next((c for c in conditions if c.get("type") == kind), None)
     since = old["lastTransitionTime"] if old and old.get("status") == value else now
@@ -158,7 +159,7 @@ def set_condition(
         "type": kind,
         "status": value,
         "reason": reason,
-        "message": message[:1024],
+        "message": (message or reason)[:1024],
         "observedGeneration": generation,
         "lastTransitionTime": since,
     }
@@ -201,7 +202,7 @@ def step_status(
     )
     hold = hold_of(decision)
     if hold is None:
-        conds = set_condition(conds, "Holding", False, "Acting", "", generation, now)
+        conds = set_condition(conds, "Holding", False, "Acting", "no hold", generation, now)
     else:
         conds = set_condition(conds, "Holding", True, hold[0], hold[1], generation, now)
     problems = [*outcome.errors, *decision.reading.health.api_errors]
@@ -211,19 +212,19 @@ def step_status(
         detail = decision.reading.health.conflicts[0]
         conds = set_condition(conds, "Degraded", True, "Conflict", detail, generation, now)
     else:
-        conds = set_condition(conds, "Degraded", False, "AsExpected", "", generation, now)
+        conds = set_condition(conds, "Degraded", False, "AsExpected", "no errors", generation, now)
     verdict = decision.verdict
     return {
         "observedGeneration": generation,
         "mode": mode(spec),
         "leader": leader,
-        "holding": "" if hold is None else hold[0],
+        "holding": "No" if hold is None else hold[0],
         "lastDecision": {
             "step": decision.step,
             "time": now,
             "action": action_text,
             "source": decision.source,
-            "reason": "" if verdict.allowed else str(verdict.reason),
+            "refused": None if verdict.allowed else str(verdict.reason),
             "changes": [str(c) for c in outcome.changes][:8],
         },
         "counters": {
