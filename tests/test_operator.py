@@ -14,7 +14,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import re
+import select
 import signal
 import threading
 import time
@@ -232,6 +234,16 @@ def record_writes(op: Operator, log: list) -> None:
     op.api_client.call_api = call
 
 
+def cut_off(op: Operator) -> None:
+    """From now on every request of ``op`` fails before it leaves (a dead process, a
+    partition): it cannot renew, release or write."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        raise OSError("cut off")
+
+    op.api_client.call_api = call
+
+
 def remove_encrypt(agent) -> int:
     return int(agent.env_params.layout.encode(0, OP_REMOVE, MEDIUM, ENCRYPT, 0))
 
@@ -270,6 +282,14 @@ def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
         assert status["mode"] == "DryRun" and status["leader"] == "replica-a"
         assert status["lastDecision"]["source"] in ("agent", "fallback", "hold")
         assert cluster.objects() == before  # a dry run changes nothing
+        # `kubectl get chaincontrollers`: the server's table, from the CRD's printer columns
+        table = cluster.custom.list_namespaced_custom_object(
+            *cluster._args(), _headers={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"}
+        )
+        columns = [c["name"] for c in table["columnDefinitions"]]
+        row = dict(zip(columns, table["rows"][0]["cells"], strict=True))
+        assert row["Mode"] == "DryRun" and row["Ready"] == "True"
+        assert row["Last Action"] and row["Holding"] and row["Source"]
         assert http_get(probes.port, "/readyz")[0] == http_get(probes.port, "/healthz")[0] == 200
 
         flipped = time.monotonic()
@@ -373,8 +393,7 @@ def test_two_replicas_one_leader_and_a_hand_over_when_it_is_killed(cluster, tmp_
     uids = {k: o.uid for k, o in stored(cluster.clients).items() if k[1] == "Deployment"}
 
     killed = time.monotonic()
-    leader.kill()  # no release: the standby must wait the lease out
-    cluster.threads[cluster.replicas.index(leader)].join(10)
+    cut_off(leader)  # as if its process died: no renewal, no release, no write gets through
     took_over = eventually(
         lambda: cluster.status("ml").get("leader") == standby.identity and time.monotonic(),
         20,
@@ -548,6 +567,40 @@ def test_sigterm_stops_control_py_with_143_and_one_line(cluster, tmp_path):
     )
     assert "Traceback" not in err
     assert not holder()  # the Lease is released on the way out
+
+
+def output_matching(proc: Any, pattern: str, timeout: float) -> re.Match:
+    """Read ``proc``'s stderr, unbuffered, until ``pattern`` shows (or fail with it)."""
+    text, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if select.select([proc.stderr], [], [], 0.5)[0]:
+            text += os.read(proc.stderr.fileno(), 65536).decode(errors="replace")
+            if found := re.search(pattern, text):
+                return found
+    proc.kill()
+    raise AssertionError(f"no {pattern!r} in: {text[-3000:]}")
+
+
+def test_chain_operator_py_serves_its_probes_and_stops_with_143(cluster, tmp_path):
+    """The operator as `scripts/chain_operator.py` runs it: ready once it has listed its
+    ChainController (none here: it stands by), metrics served, SIGTERM ends it in one line."""
+    context = cluster.emu.cmap.clusters[0].context
+    args = ["name=absent", f"namespace={cluster.ns}", f"kubeconfig={cluster.emu.kubeconfig}"]
+    args += [f"context={context}", "metrics_port=0", "health_port=0", "identity=smoke"]
+    proc = start_script("chain_operator.py", tmp_path, *args)
+    try:
+        found = output_matching(proc, r"metrics on :(\d+)/metrics, probes on :(\d+)/", 120)
+        metrics_port, probes_port = (int(p) for p in found.groups())
+        eventually(lambda: http_get(probes_port, "/readyz")[0] == 200, 30, "/readyz")
+        assert http_get(probes_port, "/healthz") == (200, "ok")
+        assert "controller_runtime_reconcile_total" in http_get(metrics_port, "/metrics")[1]
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143
+    assert err.strip().splitlines()[-1] == "stopped by SIGTERM; the Lease is released"
+    assert "Traceback" not in err
 
 
 def test_settings_are_checked_and_live_off_works():

@@ -8,6 +8,7 @@ log, the live view) see every step's decision, what applying it did and the read
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -143,6 +144,14 @@ def _score(obs: Observation, params: EnvParams) -> tuple[jax.Array, jax.Array]:
     return r, ratio
 
 
+@functools.cache
+def compiled_fallback(name: str) -> tuple[Policy, Any]:
+    """The fallback policy and its jitted ``act``, one per process: a new controller (a
+    leader taking over) reuses what an earlier one compiled."""
+    policy = FALLBACK_POLICIES[name]()
+    return policy, jax.jit(policy.act)
+
+
 def is_change(action: int, params: EnvParams) -> bool:
     return action >= 0 and action != params.layout.noop_index
 
@@ -173,13 +182,11 @@ class Controller:
         if getattr(self, "fallback_name", None) == fallback:
             return
         self.fallback_name = fallback
-        self._fallback: Policy | None = (
-            FALLBACK_POLICIES[fallback]() if fallback in FALLBACK_POLICIES else None
-        )
+        self._fallback: Policy | None = None
         self._fallback_state: Any = None
-        if self._fallback is not None:
+        if fallback in FALLBACK_POLICIES:
+            self._fallback, self._fallback_act = compiled_fallback(fallback)
             self._fallback_state = self._fallback.init(self.params)
-            self._fallback_act = jax.jit(self._fallback.act)
 
     def forget_reading(self) -> None:
         """Decide the next step on a fresh reading (the settings it was taken under changed)."""

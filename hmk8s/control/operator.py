@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -36,13 +37,14 @@ import jax
 from omegaconf import MISSING
 from prometheus_client import Counter, Gauge
 
+from hmk8s import sim
 from hmk8s.control import resource
 from hmk8s.control.agent import PARAMS, Agent, AgentError, action_text, load_agent
 from hmk8s.control.cli import EXIT_BAD_INPUT, stop_on_signals
 from hmk8s.control.config import ControlConfigError, parse_settings
 from hmk8s.control.events import DecisionEvents, EventRecorder, ObjectRef, RateLimit
 from hmk8s.control.lease import LeaderElector, LeaseTiming, lease_name, lease_namespace
-from hmk8s.control.loop import Controller, Decision, Outcome, Reading
+from hmk8s.control.loop import Controller, Decision, Outcome, Reading, step_score
 from hmk8s.control.observe import ControllerMetrics
 from hmk8s.control.serving import Endpoints
 
@@ -206,7 +208,6 @@ class Operator:
         self._agents: dict[resource.AgentSource, Agent] = {}
         self.synced = False
         self.heartbeat = time.monotonic()
-        self.killed = False
 
     # -- probes ----------------------------------------------------------------------------------
 
@@ -257,7 +258,13 @@ class Operator:
                         break
                     self._seen(None if event["type"] == "DELETED" else event["object"])
                 backoff = 0.5
-            except (ApiException, OSError, ValueError) as exc:
+            except ApiException as exc:
+                log.warning(
+                    "watch of ChainController %s: HTTP %s; re-listing", self.cfg.name, exc.status
+                )
+                self.stop.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+            except (OSError, ValueError) as exc:
                 log.warning("watch of ChainController %s: %s; re-listing", self.cfg.name, exc)
                 self.stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
@@ -295,13 +302,6 @@ class Operator:
         self.stop.set()
         self.wake.set()
 
-    def kill(self) -> None:
-        """Stop as a killed process would: no release, no more writes (tests)."""
-        self.killed = True
-        if self.elector is not None:
-            self.elector.release = lambda: None  # type: ignore[method-assign]
-        self.shutdown()
-
     def run(self) -> None:
         watcher = threading.Thread(target=self._watch, name="watch", daemon=True)
         watcher.start()
@@ -318,6 +318,7 @@ class Operator:
                 self.leader_gauge.labels(self.elector.name).set(float(leading))
                 if not leading:
                     self._end_term("standing by: the Lease is held elsewhere")
+                    self._prepare(self.spec)
                     self.wake.wait(self.timing.retry_period_s)
                     continue
                 if self.term is None and not self._start_term(self.spec):
@@ -409,6 +410,23 @@ class Operator:
             self.leader_gauge.labels(self.elector.name).set(0.0)
         self.elector = None
 
+    def _prepare(self, spec: resource.Spec) -> None:
+        """A standby loads and compiles the agent ahead, so a hand-over costs the Lease's
+        expiry and the adoption, not a compilation. An agent that cannot load is left for
+        the leader to report."""
+        if spec.agent in self._agents:
+            return
+        try:
+            agent = self._agent(spec.agent)
+        except AgentError as err:
+            log.debug("standby: the agent does not load (%s)", err)
+            return
+        obs, _ = sim.ClusterEnv().reset(jax.random.PRNGKey(0), agent.env_params)
+        obs = jax.device_get(obs)
+        s = spec.settings
+        Controller(agent, s.guard, s.fallback).decide(Reading(obs))
+        step_score(obs, agent.env_params)
+
     def _agent(self, source: resource.AgentSource) -> Agent:
         if source not in self._agents:
             self._agents[source] = self._load_agent(source)
@@ -469,7 +487,7 @@ class Operator:
                 step_seconds=s.step_seconds,
                 seed=s.seed,
                 on_conflict=s.guard.on_conflict,
-                leading=lambda: elector.leading and not self.killed,
+                leading=lambda: elector.leading,
             )
         except bad_input_errors() as err:
             self._not_ready(START_ERRORS.get(type(err).__name__, type(err).__name__), str(err))
@@ -526,7 +544,9 @@ def _count_requests(api_client: Any, counter: Counter) -> None:
 def main(argv: Sequence[str]) -> int:
     """`scripts/chain_operator.py name=<ChainController> [namespace=…] [kubeconfig=…]`: run one
     replica until SIGTERM or Ctrl-C (exit 143 or 130)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", force=True
+    )
     from hmk8s.k8s.client import ClusterAccessError
 
     try:
@@ -537,6 +557,12 @@ def main(argv: Sequence[str]) -> int:
         return EXIT_BAD_INPUT
     metrics = Endpoints(cfg.metrics_port, registry=op.metrics.registry)
     probes = Endpoints(cfg.health_port, checks={"/healthz": op.healthz, "/readyz": op.readyz})
+    log.info(
+        "%s: metrics on :%d/metrics, probes on :%d/healthz and /readyz",
+        op.identity,
+        metrics.port,
+        probes.port,
+    )
     with stop_on_signals() as stop:
         threading.Thread(target=lambda: (stop.wait(), op.shutdown()), daemon=True).start()
         try:
@@ -545,7 +571,8 @@ def main(argv: Sequence[str]) -> int:
             metrics.close()
             probes.close()
     if stop.signum is not None:
-        print(f"stopped by signal {stop.signum}; the Lease is released", file=sys.stderr)
+        name = signal.Signals(stop.signum).name
+        print(f"stopped by {name}; the Lease is released", file=sys.stderr)
         return 128 + stop.signum
     return 0
 
