@@ -587,6 +587,7 @@ def test_chain_operator_py_serves_its_probes_and_stops_with_143(cluster, tmp_pat
     context = cluster.emu.cmap.clusters[0].context
     args = ["name=absent", f"namespace={cluster.ns}", f"kubeconfig={cluster.emu.kubeconfig}"]
     args += [f"context={context}", "metrics_port=0", "health_port=0", "identity=smoke"]
+    args += ["bind_address=127.0.0.1"]
     proc = start_script("chain_operator.py", tmp_path, *args)
     try:
         found = output_matching(proc, r"metrics on :(\d+)/metrics, probes on :(\d+)/", 120)

@@ -77,6 +77,7 @@ class OperatorConfig:
     identity: str | None = None  # None: $POD_NAME, else <host>_<pid>
     metrics_port: int = 8080
     health_port: int = 8081
+    bind_address: str = "0.0.0.0"  # a pod's probes come from the kubelet; 127.0.0.1 elsewhere
     lease: LeaseSettings = field(default_factory=LeaseSettings)
     events_burst: int = 25
     events_refill_s: float = 300.0
@@ -325,10 +326,22 @@ class Operator:
                     self.wake.wait(max(self._spec_period(), self.timing.retry_period_s))
                     continue
                 if self.term is not None:
-                    self.term.controller.run(self.term.backend, 1)
+                    self._step(self.term)
         finally:
             self._end_term("stopping")
             self._stop_lease()
+
+    def _step(self, term: Term) -> None:
+        """One step; clusters that cannot be used any more (a namespace gone, credentials
+        revoked) end the term with Ready=False, and the next turn adopts afresh."""
+        from hmk8s.control.cli import bad_input_errors
+
+        try:
+            term.controller.run(term.backend, 1)
+        except bad_input_errors() as err:
+            self._end_term(str(err))
+            self._not_ready(START_ERRORS.get(type(err).__name__, type(err).__name__), str(err))
+            self.wake.wait(max(self._spec_period(), self.timing.retry_period_s))
 
     def _spec_period(self) -> float:
         s = self.spec.settings.step_seconds if self.spec else None
@@ -447,10 +460,14 @@ class Operator:
     def _agent_from_configmap(self, name: str) -> Agent:
         from kubernetes.client.exceptions import ApiException
 
+        from hmk8s.k8s.client import api_errors
+
         try:
             cm = self.core.read_namespaced_config_map(name, self.cfg.namespace)
         except ApiException as exc:
             raise AgentError(f"ConfigMap {name}: cannot read (HTTP {exc.status})") from None
+        except api_errors() as exc:
+            raise AgentError(f"ConfigMap {name}: cannot read ({exc})") from None
         data, binary = cm.data or {}, cm.binary_data or {}
         if "agent.json" not in data or PARAMS not in binary:
             raise AgentError(f"ConfigMap {name}: needs data agent.json and binaryData {PARAMS}")
@@ -555,8 +572,9 @@ def main(argv: Sequence[str]) -> int:
     except (ControlConfigError, ClusterAccessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    metrics = Endpoints(cfg.metrics_port, registry=op.metrics.registry)
-    probes = Endpoints(cfg.health_port, checks={"/healthz": op.healthz, "/readyz": op.readyz})
+    metrics = Endpoints(cfg.metrics_port, registry=op.metrics.registry, addr=cfg.bind_address)
+    checks = {"/healthz": op.healthz, "/readyz": op.readyz}
+    probes = Endpoints(cfg.health_port, checks=checks, addr=cfg.bind_address)
     log.info(
         "%s: metrics on :%d/metrics, probes on :%d/healthz and /readyz",
         op.identity,
