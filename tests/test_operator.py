@@ -47,6 +47,7 @@ from hmk8s.control import cli
 from hmk8s.control.agent import export_agent
 from hmk8s.control.cluster import ClusterBackend, switch_says_paused
 from hmk8s.control.config import ControlConfigError, GuardConfig, parse
+from hmk8s.control.events import RateLimit
 from hmk8s.control.lease import LeaderElector, lease_name, lease_namespace
 from hmk8s.control.loop import Controller
 from hmk8s.control.operator import LeaseSettings, Operator, OperatorConfig
@@ -300,6 +301,27 @@ def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
         eventually(lambda: cluster.status("ml").get("mode") == "Live", 10, "mode Live")
         assert op.term is not None and op.term.backend.created == []  # no restart, no re-adoption
 
+        # someone scales a managed Deployment: a Conflict Event on it, and it is scaled back
+        name = "hmk8s-encrypt-medium"
+        scaled = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}}
+        want = cluster.clients[0].read("Deployment", name).spec.replicas
+        cluster.clients[0].apply({**scaled, "spec": {"replicas": want + 4}})
+        conflict = eventually(
+            lambda: next((e for e in cluster.events() if e.reason == "Conflict"), None),
+            10,
+            "a Conflict Event",
+        )
+        assert (conflict.involved_object.kind, conflict.involved_object.name) == (
+            "Deployment",
+            name,
+        )
+        assert f"applied {want}, found {want + 4} (repairing)" in conflict.message
+        eventually(
+            lambda: cluster.clients[0].read("Deployment", name).spec.replicas == want,
+            10,
+            "scaled back",
+        )
+
         cluster.patch("ml", {"paused": True})
         held = eventually(
             lambda: (
@@ -503,6 +525,41 @@ def test_a_second_control_py_refuses_while_the_lease_is_held(cluster, tmp_path, 
     err = capsys.readouterr().err.strip()
     assert "held by the-other-controller" in err and "\n" not in err
     assert cluster.objects() == before
+
+
+def test_the_lease_follows_client_gos_timing(crd):
+    """Defaults 15 s / 10 s / 2 s, on the server with clocks the test moves: the holder leads
+    for the renew deadline after its last renewal; a candidate may take over only once the
+    Lease has not changed for a whole duration as it observed it."""
+    now = {"a": 0.0, "b": 0.0}
+    where = ("default", f"hmk8s-controller-test-{time.monotonic_ns()}")
+    a = LeaderElector(crd, *where, "a", clock=lambda: now["a"])
+    b = LeaderElector(crd, *where, "b", clock=lambda: now["b"])
+    assert a.try_acquire_or_renew() and a.leading
+    assert not b.try_acquire_or_renew()  # observed at b's 0
+    now["a"] = 9.9
+    assert a.leading
+    now["a"] = 10.0
+    assert not a.leading  # a stops acting at its renew deadline...
+    now["b"] = 14.9
+    assert not b.try_acquire_or_renew()  # ...before b may take over
+    now["b"] = 15.0
+    assert b.try_acquire_or_renew() and b.leading and b.transitions == 1
+    now["a"] = 11.0
+    assert not a.try_acquire_or_renew()  # a sees b's record: it is a candidate again
+    b.release()
+    assert a.try_acquire_or_renew()  # released: taken at once
+
+
+def test_events_are_rate_limited_per_object_and_reason():
+    t = [0.0]
+    limit = RateLimit(burst=3, refill_s=10.0, clock=lambda: t[0])
+    assert [limit.allow("k") for _ in range(5)] == [True, True, True, False, False]
+    assert limit.allow("other") and limit.suppressed == {"k": 2}
+    t[0] = 9.9
+    assert not limit.allow("k")
+    t[0] = 20.0  # one token back per 10 s: 0.99 at 9.9 s, 2 at 20 s
+    assert [limit.allow("k") for _ in range(3)] == [True, True, False]
 
 
 @pytest.mark.parametrize(

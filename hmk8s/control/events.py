@@ -147,8 +147,8 @@ class DecisionEvents:
         top = e.top[0].text if e.top else action_text(layout, e.action)
         why = f"{decision.source}: {action_text(layout, decision.action)}; agent's top: {top}"
         post = self.recorder.post
-        for c in self.conflicts():
-            verb = "repairing" if decision.reading.health.repairing else "holding"
+        for c in self.conflicts():  # found in the reading after the step
+            verb = "repairing" if after.health.repairing else "holding"
             post(self._ref(c.cluster, c.kind, c.name), WARNING, "Conflict", f"{c} ({verb})")
         for change in outcome.changes:
             if change.kind and not outcome.errors:

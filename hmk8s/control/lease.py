@@ -171,7 +171,7 @@ class LeaderElector:
         if not ours:
             log.info("%s: %s took the lead", self.where, self.identity)
         self._renewed_at = self.clock()
-        self.holder = self.identity
+        self.holder, self.transitions = self.identity, spec["leaseTransitions"]
         return True
 
     def acquire_or_refuse(self, wait: Callable[[float], object] = time.sleep) -> None:
