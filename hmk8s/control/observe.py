@@ -121,6 +121,7 @@ def observation_summary(reading: Reading) -> dict[str, Any]:
         "paused": h.paused,
         "assumed": list(h.assumed),
         "api_errors": list(h.api_errors),
+        "conflicts": list(h.conflicts),
     }
     if obs is None:
         return out
