@@ -27,7 +27,7 @@ PREFIX = "hmk8s-controller-"
 
 
 class LeaseHeldError(RuntimeError):
-    """Another controller holds the Lease of these namespaces."""
+    """The Lease of these namespaces is held by another controller, or cannot be taken."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class LeaderElector:
         self.renew_time: dt.datetime | None = None
         self.transitions = 0
         self._was_leading: bool | None = None
+        self.problem: str | None = None  # why the last attempt could not even ask
 
     @property
     def where(self) -> str:
@@ -115,10 +116,12 @@ class LeaderElector:
             lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=5)
         except ApiException as exc:
             if exc.status != 404:
-                log.warning("%s: read failed (HTTP %s)", self.where, exc.status)
+                self.problem = f"HTTP {exc.status}"
+                log.warning("%s: read failed (%s)", self.where, self.problem)
                 return False
             return self._write(None, now)
         except OSError as exc:
+            self.problem = str(exc)
             log.warning("%s: read failed (%s)", self.where, exc)
             return False
         spec = lease.spec
@@ -166,11 +169,12 @@ class LeaderElector:
         except (ApiException, OSError) as exc:
             status = getattr(exc, "status", None)
             if status != 409:
-                log.warning("%s: update failed (%s)", self.where, status or exc)
+                self.problem = f"HTTP {status}" if status else str(exc)
+                log.warning("%s: update failed (%s)", self.where, self.problem)
             return False
         if not ours:
             log.info("%s: %s took the lead", self.where, self.identity)
-        self._renewed_at = self.clock()
+        self._renewed_at, self.problem = self.clock(), None
         self.holder, self.transitions = self.identity, spec["leaseTransitions"]
         return True
 
@@ -185,6 +189,11 @@ class LeaderElector:
             wait(self.timing.duration_s + self.timing.retry_period_s)
             if self.try_acquire_or_renew():
                 return
+        if not self.holder or self.holder == self.identity:
+            raise LeaseHeldError(
+                f"{self.where}: cannot take it ({self.problem}); the controller needs get, "
+                "create and update on leases (deploy/rbac.yaml)"
+            )
         age = "" if self.renew_time is None else f", renewed {_age(self.renew_time):.0f} s ago"
         raise LeaseHeldError(
             f"{self.where} is held by {self.holder}{age}: another controller drives these "
