@@ -55,10 +55,11 @@ class AdoptError(RuntimeError):
 
 
 class StopClock:
-    """Wall-clock steps that end early when ``stop`` is set (Ctrl-C, SIGTERM)."""
+    """Wall-clock steps that end early when ``stop`` is set (Ctrl-C, SIGTERM; the operator's
+    wake-up on an edit); ``tick`` runs after each wait (tests advance their cluster twin)."""
 
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
+    def __init__(self, stop: threading.Event, tick: Callable[[], None] | None = None) -> None:
+        self.stop, self.tick = stop, tick
 
     def reset(self, key: jax.Array) -> None:
         del key
@@ -67,6 +68,8 @@ class StopClock:
         del key
         if seconds > 0:
             self.stop.wait(seconds)
+        if self.tick is not None:
+            self.tick()
 
 
 def find_run(clients: Sequence[ClusterClient], run_id: str | None) -> str | None:

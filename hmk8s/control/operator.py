@@ -23,7 +23,6 @@ import base64
 import logging
 import os
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -40,7 +39,7 @@ from prometheus_client import Counter, Gauge
 from hmk8s import sim
 from hmk8s.control import resource
 from hmk8s.control.agent import PARAMS, Agent, AgentError, action_text, load_agent
-from hmk8s.control.cli import EXIT_BAD_INPUT, stop_on_signals
+from hmk8s.control.cli import EXIT_BAD_INPUT, controller_identity, stop_on_signals
 from hmk8s.control.config import ControlConfigError, parse_settings
 from hmk8s.control.events import DecisionEvents, EventRecorder, ObjectRef, RateLimit
 from hmk8s.control.lease import LeaderElector, LeaseTiming, lease_name, lease_namespace
@@ -105,24 +104,6 @@ def connect_api(cfg: OperatorConfig) -> Any:
     return new_api_client(path, cfg.context)
 
 
-class WakeClock:
-    """Wall-clock steps that end early when the operator is woken (an edit, a stop);
-    ``tick`` runs after each wait (tests advance their cluster twin there)."""
-
-    def __init__(self, wake: threading.Event, tick: Callable[[], None] | None = None) -> None:
-        self.wake, self.tick = wake, tick
-
-    def reset(self, key: jax.Array) -> None:
-        del key
-
-    def step(self, key: jax.Array, seconds: float) -> None:
-        del key
-        if seconds > 0:
-            self.wake.wait(seconds)
-        if self.tick is not None:
-            self.tick()
-
-
 class StatusWriter:
     """A controller sink: the ChainController's status after each step (only the leader has
     one)."""
@@ -174,10 +155,18 @@ class Operator:
         from kubernetes import client
 
         timing = LeaseTiming(**vars(cfg.lease))
-        if timing.problems():
-            raise ControlConfigError("; ".join(timing.problems()))
+        problems = timing.problems()
+        for port in ("metrics_port", "health_port"):
+            if not 0 <= getattr(cfg, port) <= 65535:
+                problems.append(f"{port} must be in [0, 65535], got {getattr(cfg, port)}")
+        if cfg.events_burst < 1 or not (0 < cfg.events_refill_s < float("inf")):
+            problems.append("events_burst must be >= 1 and events_refill_s finite and > 0")
+        if cfg.watch_timeout_s < 1:
+            problems.append(f"watch_timeout_s must be >= 1, got {cfg.watch_timeout_s}")
+        if problems:
+            raise ControlConfigError("; ".join(problems))
         self.cfg, self.api_client, self.timing, self.tick = cfg, api_client, timing, tick
-        self.identity = cfg.identity or os.environ.get("POD_NAME") or _identity()
+        self.identity = cfg.identity or os.environ.get("POD_NAME") or controller_identity()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.stop, self.wake = threading.Event(), threading.Event()
@@ -479,7 +468,7 @@ class Operator:
     def _start_term(self, spec: resource.Spec) -> bool:
         """Adopt the clusters as the new leader; a failure is Ready=False and a retry."""
         from hmk8s.control.cli import bad_input_errors
-        from hmk8s.control.cluster import ClusterBackend
+        from hmk8s.control.cluster import ClusterBackend, StopClock
         from hmk8s.k8s.client import ClusterClient
         from hmk8s.k8s.config import load_cluster_map
 
@@ -500,7 +489,7 @@ class Operator:
                 run_id=s.run_id,
                 bootstrap=s.bootstrap,
                 dry_run=s.dry_run,
-                clock=WakeClock(self.wake, self.tick),
+                clock=StopClock(self.wake, self.tick),
                 step_seconds=s.step_seconds,
                 seed=s.seed,
                 on_conflict=s.guard.on_conflict,
@@ -535,10 +524,6 @@ class Operator:
                 "%s ends its term over ChainController %s: %s", self.identity, self.cfg.name, why
             )
             self.term = None
-
-
-def _identity() -> str:
-    return f"{socket.gethostname()}_{os.getpid()}"
 
 
 def _count_requests(api_client: Any, counter: Counter) -> None:
