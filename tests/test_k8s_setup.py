@@ -177,6 +177,9 @@ def test_role_grants_only_what_the_backend_uses():
     used = {("apps", "deployments", v) for v in crud}
     used |= {("", r, v) for r in ("services", "configmaps") for v in crud}
     used |= {("", "services/proxy", "get"), ("metrics.k8s.io", "pods", "list")}
+    used |= {
+        ("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")
+    }  # control.py
     assert granted == used
     binding = next(d for _, d in _manifests() if d["kind"] == "RoleBinding")
     assert binding["roleRef"]["kind"] == "Role"  # namespace-scoped, no ClusterRole

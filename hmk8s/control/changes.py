@@ -27,12 +27,15 @@ DEFAULT_CHAIN_CONFIGMAP = "proxy{p}-chain"
 @dataclass(frozen=True)
 class Change:
     """One field of one object: ``cluster 1 Deployment hmk8s-encrypt-medium spec.replicas:
-    1 -> 2``."""
+    1 -> 2``; ``cluster``, ``kind`` and ``name`` say which object (for its Events)."""
 
     object: str
     field: str
     old: str
     new: str
+    cluster: int = -1
+    kind: str = ""
+    name: str = ""
 
     def __str__(self) -> str:
         return f"{self.object} {self.field}: {self.old} → {self.new}"
@@ -89,19 +92,32 @@ def describe(
     out: list[Change] = []
     for op in ops:
         if op.kind == "chain":
-            obj = f"cluster {op.cluster} ConfigMap {chain_configmap.format(p=op.proxy)}"
+            name = chain_configmap.format(p=op.proxy)
+            obj = f"cluster {op.cluster} ConfigMap {name}"
             before = {h.function: h for h in applied.chains.get(op.proxy, ())}
             for hop in op.hops:
                 old = before.get(hop.function)
                 if old != hop:
                     field = f"hop {FUNCTION_NAMES[hop.function]}"
-                    out.append(Change(obj, field, _hop_text(old), _hop_text(hop)))
+                    out.append(
+                        Change(
+                            obj,
+                            field,
+                            _hop_text(old),
+                            _hop_text(hop),
+                            op.cluster,
+                            "ConfigMap",
+                            name,
+                        )
+                    )
             continue
         k, f, c = op.instance
-        obj = f"cluster {k} Deployment {instance_name(f, c)}"
+        name = instance_name(f, c)
+        obj = f"cluster {k} Deployment {name}"
         old = applied.replicas.get(op.instance)
         new = "deleted" if op.kind == "delete" else str(op.replicas)
-        out.append(Change(obj, "spec.replicas", "absent" if old is None else str(old), new))
+        shown = "absent" if old is None else str(old)
+        out.append(Change(obj, "spec.replicas", shown, new, k, "Deployment", name))
     return out
 
 

@@ -31,16 +31,28 @@ from hmk8s.sim.params import START_MODES
 EXIT_BAD_INPUT = 2
 
 
+class Stop(threading.Event):
+    """Set by Ctrl-C or SIGTERM (the loop then ends after the current step); ``signum`` says
+    which, for the exit status 128 + signum."""
+
+    signum: int | None = None
+
+
 @contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event that Ctrl-C or SIGTERM sets (the loop then ends after the current step)."""
-    stop = threading.Event()
+def stop_on_signals() -> Iterator[Stop]:
+    """A `Stop` that Ctrl-C or SIGTERM sets."""
+    stop = Stop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, frame: object) -> None:
+        stop.signum = signum
+        stop.set()
+
     for sig in previous:
-        signal.signal(sig, lambda signum, frame: stop.set())
+        signal.signal(sig, handler)
     try:
         yield stop
     finally:
@@ -62,7 +74,9 @@ def _sim_backend(cfg: ControlConfig, agent: Agent) -> tuple[Backend, int]:
     return SimBackend(params, key, dry_run=cfg.dry_run), params.episode_steps
 
 
-def _k8s_backend(cfg: ControlConfig, agent: Agent, stop: threading.Event) -> Backend:
+def _k8s_backend(
+    cfg: ControlConfig, agent: Agent, stop: threading.Event, stack: ExitStack
+) -> Backend:
     from hmk8s.control.cluster import ClusterBackend, StopClock
     from hmk8s.k8s.client import connect
     from hmk8s.k8s.config import load_cluster_map
@@ -70,6 +84,7 @@ def _k8s_backend(cfg: ControlConfig, agent: Agent, stop: threading.Event) -> Bac
     cmap = load_cluster_map(cfg.cluster_map)
     cmap.check_against(agent.usecase)
     clients = connect(cmap, check_metrics=False)
+    elector = hold_lease(clients, stack, stop)
     return ClusterBackend(
         agent.env_params,
         agent.usecase,
@@ -81,7 +96,36 @@ def _k8s_backend(cfg: ControlConfig, agent: Agent, stop: threading.Event) -> Bac
         clock=StopClock(stop),
         step_seconds=cfg.step_seconds,
         seed=cfg.seed,
+        on_conflict=cfg.guard.on_conflict,
+        leading=lambda: elector.leading,
     )
+
+
+def hold_lease(clients: Sequence[Any], stack: ExitStack, stop: threading.Event) -> Any:
+    """Take the namespaces' Lease or refuse (`LeaseHeldError`), renew it in the background
+    while the controller runs, and release it on exit."""
+    from hmk8s.control.lease import LeaderElector, lease_name, lease_namespace
+
+    namespaces = [c.namespace for c in clients]
+    home = next(c for c in clients if c.namespace == lease_namespace(namespaces))
+    elector = LeaderElector(
+        home.api_client, home.namespace, lease_name(namespaces), controller_identity()
+    )
+    elector.acquire_or_refuse(stop.wait)
+    done = threading.Event()
+    renewer = threading.Thread(target=elector.run, args=(done,), name="lease", daemon=True)
+    renewer.start()
+    stack.callback(renewer.join)
+    stack.callback(done.set)
+    return elector
+
+
+def controller_identity() -> str:
+    """`<host>_<pid>`: unique per process, readable in the Lease and in Events."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}_{os.getpid()}"
 
 
 def _sinks(cfg: ControlConfig, agent: Agent, stack: ExitStack) -> list[Sink]:
@@ -104,15 +148,16 @@ def _sinks(cfg: ControlConfig, agent: Agent, stack: ExitStack) -> list[Sink]:
     return sinks
 
 
-def control(cfg: ControlConfig) -> Summary:
-    """Run the controller as ``cfg`` says until it is out of steps or stopped."""
+def control(cfg: ControlConfig, stop: Stop | None = None) -> Summary:
+    """Run the controller as ``cfg`` says until it is out of steps or ``stop`` is set."""
     agent = load_agent(cfg.agent, cfg.step, seed=cfg.seed, usecase=cfg.usecase, key=cfg.agent_key)
-    with stop_on_signals() as stop, ExitStack() as stack:
+    stop = stop or Stop()
+    with ExitStack() as stack:
         if cfg.backend == "sim":
             backend, steps = _sim_backend(cfg, agent)
             stack.callback(backend.close)
         else:
-            backend, steps = _k8s_backend(cfg, agent, stop), cfg.steps
+            backend, steps = _k8s_backend(cfg, agent, stop, stack), cfg.steps
         controller = Controller(agent, cfg.guard, cfg.fallback, _sinks(cfg, agent, stack))
         return controller.run(backend, steps, stop)
 
@@ -120,6 +165,7 @@ def control(cfg: ControlConfig) -> Summary:
 def bad_input_errors() -> tuple[type[BaseException], ...]:
     """The failures that mean the input is wrong, not the program."""
     from hmk8s.control.cluster import AdoptError
+    from hmk8s.control.lease import LeaseHeldError
     from hmk8s.k8s.client import ClusterAccessError
     from hmk8s.k8s.config import ClusterMapError
     from hmk8s.sim.params import EnvConfigError
@@ -133,17 +179,27 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
         ClusterAccessError,
         ClusterMapError,
         UseCaseError,
+        LeaseHeldError,
     )
 
 
 def main(argv: Sequence[str]) -> int:
-    """`scripts/control.py`: control, then print the run's summary as one JSON line."""
-    try:
-        summary = control(parse(argv))
-    except bad_input_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    """`scripts/control.py`: control, then print the run's summary as one JSON line; stopped by
+    a signal, also one line on stderr and exit status 128 + its number (130, 143)."""
+    with stop_on_signals() as stop:
+        try:
+            summary = control(parse(argv), stop)
+        except bad_input_errors() as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     print(json.dumps(summary.as_dict()))
+    if stop.signum is not None:
+        name = signal.Signals(stop.signum).name
+        print(
+            f"stopped by {name} after {summary.steps} steps; the placement is left as it is",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     return 0
 
 

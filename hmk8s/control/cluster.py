@@ -7,8 +7,11 @@ anything. With ``bootstrap`` it writes the simulator's ``minimal`` placement whe
 none. Each step it applies the domain's `apply_action` to the mirror and brings the clusters
 to it with the env's `Reconciler` (a dry run sends the same calls with ``dryRun=All`` and
 keeps nothing), waits out the step, and reads the clusters back with the env's
-`ClusterObserver`. A ConfigMap ``hmk8s-controller`` with ``paused: "true"`` in any of the
-namespaces pauses every change. Nothing is deleted on exit: the placement keeps serving.
+`ClusterObserver`, and checks the managed objects against what it applied (`drift`): a
+conflict is repaired or held, never overwritten silently. A ConfigMap ``hmk8s-controller``
+in any of the namespaces whose ``paused`` is not a YAML ``false`` pauses every change. Writes
+happen only while ``leading()`` says this controller holds the namespaces' Lease. Nothing is
+deleted on exit: the placement keeps serving.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from hmk8s import sim
 from hmk8s.control.changes import Change, after_action, describe, mirror_placement
+from hmk8s.control.drift import Conflict, conflicts, read_live, repaired
 from hmk8s.control.guard import Health
 from hmk8s.control.loop import Outcome, Reading, step_score
 from hmk8s.k8s.cleanup import runs_present
@@ -42,6 +47,7 @@ log = logging.getLogger(__name__)
 SWITCH = "hmk8s-controller"
 PAUSED_KEY = "paused"
 DEFAULT_RUN_ID = "hmk8s-live"
+NOT_LEADING = "not written: this controller does not hold the namespaces' Lease"
 
 
 class AdoptError(RuntimeError):
@@ -49,10 +55,11 @@ class AdoptError(RuntimeError):
 
 
 class StopClock:
-    """Wall-clock steps that end early when ``stop`` is set (Ctrl-C, SIGTERM)."""
+    """Wall-clock steps that end early when ``stop`` is set (Ctrl-C, SIGTERM; the operator's
+    wake-up on an edit); ``tick`` runs after each wait (tests advance their cluster twin)."""
 
-    def __init__(self, stop: threading.Event) -> None:
-        self.stop = stop
+    def __init__(self, stop: threading.Event, tick: Callable[[], None] | None = None) -> None:
+        self.stop, self.tick = stop, tick
 
     def reset(self, key: jax.Array) -> None:
         del key
@@ -61,6 +68,8 @@ class StopClock:
         del key
         if seconds > 0:
             self.stop.wait(seconds)
+        if self.tick is not None:
+            self.tick()
 
 
 def find_run(clients: Sequence[ClusterClient], run_id: str | None) -> str | None:
@@ -104,10 +113,15 @@ class ClusterBackend:
         clock: ClusterClock | None = None,
         step_seconds: float | None = None,
         seed: int = 0,
+        on_conflict: str = "repair",
+        leading: Callable[[], bool] | None = None,
     ) -> None:
         cmap.check_against(usecase)
         self.params, self.usecase, self.cmap, self.clients = params, usecase, cmap, clients
         self.dry_run = dry_run
+        self.on_conflict = on_conflict
+        self.leading = leading
+        self.spec_paused = False  # the operator's `paused` field, beside the ConfigMap switch
         self.clock: ClusterClock = clock or StopClock(threading.Event())
         self.step_seconds = cmap.step_duration(usecase) if step_seconds is None else step_seconds
         self.homes = [p.home for p in usecase.proxies]
@@ -129,6 +143,7 @@ class ClusterBackend:
         if found is None:
             self._bootstrap()
         self._errors: list[str] = []
+        self.conflicts: list[Conflict] = []
         self._served: np.ndarray | None = None
         self._step_started: float | None = None
 
@@ -185,7 +200,10 @@ class ClusterBackend:
             client.retrier.stats = RetryStats()
 
     def paused(self) -> tuple[bool, list[str]]:
-        """Whether the kill switch is on in any namespace; one it cannot read counts as on."""
+        """Whether the kill switch is on: the spec's, or the ConfigMap in any namespace. A
+        switch that cannot be read, or whose ``paused`` is not a YAML boolean, counts as on."""
+        if self.spec_paused:
+            return True, []
         errors = []
         for client in self.clients:
             try:
@@ -193,10 +211,33 @@ class ClusterBackend:
             except api_errors() as exc:
                 errors.append(f"read {client.namespace}/{SWITCH}: {exc}")
                 continue
-            value = ((switch.data or {}).get(PAUSED_KEY, "") if switch else "").strip().lower()
-            if value == "true":
+            if switch is not None and switch_says_paused((switch.data or {}).get(PAUSED_KEY)):
                 return True, errors
         return bool(errors), errors
+
+    def _check(self, paused: bool) -> tuple[list[str], bool, list[str]]:
+        """Compare the managed objects with what was applied: (conflicts, repairing, read
+        errors). Repairing tells the reconciler the live values, so this step's plan writes
+        the applied ones back; an unreadable chain, a pause or ``on_conflict=hold`` holds."""
+        if self.reconciler.unreadable:  # adopted with a chain it could not read: try again
+            self.reconciler.discover()
+            self.mirror = self._adopt()
+        live = read_live(self.clients, self.cmap, self.homes, self.run_id)
+        found = conflicts(
+            self.reconciler.applied, live, self.cmap, self.homes, self.reconciler.unreadable
+        )
+        for c in found:
+            log.warning("conflict: %s", c)
+        repairing = bool(found) and self.on_conflict == "repair" and not paused
+        repairing = repairing and all(c.readable for c in found) and not self.reconciler.unreadable
+        if repairing:
+            self.reconciler.applied = repaired(self.reconciler.applied, found, self.cmap)
+        self.conflicts = found
+        return [str(c) for c in found], repairing, live.errors
+
+    def read_now(self) -> None:
+        """Let the next `observe` read at once instead of waiting out the step."""
+        self._step_started = None
 
     def observe(self) -> Reading:
         """Wait out the rest of the step (not before the first reading), then read."""
@@ -209,10 +250,13 @@ class ClusterBackend:
         sensed = self.observer.observe(self.mirror, self._served)
         self.mirror = sensed.mirror
         paused, switch_errors = self.paused()
+        found, repairing, live_errors = self._check(paused)
         health = Health(
             paused=paused,
             assumed=tuple(f"{k} {v}" for k, v in sensed.assumed.items() if v),
-            api_errors=tuple(self._errors + sensed.errors + switch_errors),
+            api_errors=tuple(self._errors + sensed.errors + switch_errors + live_errors),
+            conflicts=tuple(found),
+            repairing=repairing,
         )
         obs = jax.device_get(sensed.obs)
         self._step_started = time.monotonic()
@@ -223,8 +267,13 @@ class ClusterBackend:
 
     def apply(self, action: int) -> Outcome:
         """Plan the action on the mirror and reconcile the clusters to it; failed calls stay in
-        the reconciler's diff and are retried next step. A dry run keeps neither."""
+        the reconciler's diff and are retried next step. A dry run keeps neither. Without the
+        Lease, or while a chain adopted unreadable is unknown, nothing is written."""
         started = time.perf_counter()
+        if self.leading is not None and not self.leading():
+            return Outcome(False, [], [NOT_LEADING], dry_run=self.dry_run)
+        if self.reconciler.unreadable:  # a chain it could not read: its routes are unknown
+            return Outcome(False, [], dry_run=self.dry_run)
         before = self.mirror
         self._key, k_action = jax.random.split(self._key)
         mirror, invalid = after_action(k_action, self.mirror, action, self.params)
@@ -244,6 +293,16 @@ class ClusterBackend:
             dry_run=self.dry_run,
             seconds=time.perf_counter() - started,
         )
+
+
+def switch_says_paused(value: object) -> bool:
+    """The ConfigMap switch's ``paused`` value: YAML's false (false, no, off) runs, YAML's true
+    pauses, and so does anything else (a typo, a missing key), so a switch never fails open."""
+    try:
+        parsed = yaml.safe_load(value) if isinstance(value, str) else None
+    except yaml.YAMLError:
+        return True
+    return parsed is not False
 
 
 _sim_reset = jax.jit(lambda key, params: sim.ClusterEnv().reset(key, params))

@@ -7,14 +7,16 @@ Both surface as one `ControlConfigError` line.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 BACKENDS = ("sim", "k8s")
+ON_CONFLICT = ("repair", "hold")
 FALLBACKS = ("heuristic", "hpa", "none")
 LIVE_MODES = ("auto", "on", "off")
 T = TypeVar("T")
@@ -32,6 +34,8 @@ class GuardConfig:
     ``max_changes`` per ``window_steps``: at most that many applied changes in any window.
     ``hold_on_stale``: no changes while readings are assumed (metrics or latency unreadable)
     or API calls fail.
+    ``on_conflict``: when a managed object differs from what was applied (scaled or edited by
+    someone else), ``repair`` writes the applied value back, ``hold`` leaves it and holds.
     """
 
     enabled: bool = True
@@ -41,6 +45,7 @@ class GuardConfig:
     max_changes: int = 6
     window_steps: int = 10
     hold_on_stale: bool = True
+    on_conflict: str = "repair"
 
 
 @dataclass
@@ -72,7 +77,7 @@ class ControlConfig:
     sim: SimConfig = field(default_factory=SimConfig)
     metrics_port: int | None = None
     log: str | None = None
-    live: str = "auto"
+    live: Any = "auto"  # YAML reads on/off as booleans; `validate` takes them back
 
 
 @dataclass
@@ -93,7 +98,16 @@ def parse_settings(schema: type[T], args: Sequence[str]) -> T:
     if bad:
         raise ControlConfigError(f"expected key=value arguments, got {bad[0]!r}")
     try:
-        node = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_dotlist(list(args)))
+        return settings_from(schema, OmegaConf.from_dotlist(list(args)))
+    except OmegaConfBaseException as err:
+        raise ControlConfigError(_one_line(err)) from None
+
+
+def settings_from(schema: type[T], mapping: Any) -> T:
+    """A mapping (nested, snake_case keys) onto the dataclass ``schema``: unknown keys and
+    wrong types are a `ControlConfigError`."""
+    try:
+        node = OmegaConf.merge(OmegaConf.structured(schema), mapping)
         return OmegaConf.to_object(node)
     except OmegaConfBaseException as err:
         raise ControlConfigError(_one_line(err)) from None
@@ -123,6 +137,8 @@ def validate(cfg: ControlConfig) -> None:
         errors.append(f"backend must be one of {BACKENDS}, got {cfg.backend!r}")
     if cfg.fallback not in FALLBACKS:
         errors.append(f"fallback must be one of {FALLBACKS}, got {cfg.fallback!r}")
+    if isinstance(cfg.live, bool):
+        cfg.live = "on" if cfg.live else "off"
     if cfg.live not in LIVE_MODES:
         errors.append(f"live must be one of {LIVE_MODES}, got {cfg.live!r}")
     g = cfg.guard
@@ -134,10 +150,14 @@ def validate(cfg: ControlConfig) -> None:
         errors.append(f"guard.max_changes must be >= 0, got {g.max_changes}")
     if g.window_steps < 1:
         errors.append(f"guard.window_steps must be >= 1, got {g.window_steps}")
+    if g.on_conflict not in ON_CONFLICT:
+        errors.append(f"guard.on_conflict must be one of {ON_CONFLICT}, got {g.on_conflict!r}")
     if cfg.steps is not None and cfg.steps < 1:
         errors.append(f"steps must be >= 1 or null, got {cfg.steps}")
-    if cfg.step_seconds is not None and cfg.step_seconds < 0:
-        errors.append(f"step_seconds must be >= 0, got {cfg.step_seconds}")
+    if cfg.step_seconds is not None and not (
+        math.isfinite(cfg.step_seconds) and cfg.step_seconds >= 0
+    ):
+        errors.append(f"step_seconds must be finite and >= 0, got {cfg.step_seconds}")
     if cfg.seed < 0 or (cfg.step is not None and cfg.step < 0):
         errors.append("seed and step must be >= 0")
     if cfg.metrics_port is not None and not 0 <= cfg.metrics_port <= 65535:

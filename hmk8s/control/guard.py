@@ -25,16 +25,21 @@ RATE_LIMIT = "rate_limit"
 BREAKS_CHAIN = "breaks_chain"
 CLUSTER_CAP = "cluster_cap"
 TOTAL_CAP = "total_cap"
-REASONS = (PAUSED, STALE, API_FAILING, RATE_LIMIT, BREAKS_CHAIN, CLUSTER_CAP, TOTAL_CAP)
+CONFLICT = "conflict"
+REASONS = (PAUSED, CONFLICT, STALE, API_FAILING, RATE_LIMIT, BREAKS_CHAIN, CLUSTER_CAP, TOTAL_CAP)
 
 
 @dataclass(frozen=True)
 class Health:
-    """How far this step's readings can be trusted, and whether the operator paused changes."""
+    """How far this step's readings can be trusted, whether the operator paused changes, and
+    which managed objects differ from what was applied (``repairing``: this step writes the
+    applied values back, and nothing else)."""
 
     paused: bool = False
     assumed: tuple[str, ...] = ()
     api_errors: tuple[str, ...] = ()
+    conflicts: tuple[str, ...] = ()
+    repairing: bool = False
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,14 @@ ALLOWED = Verdict(True)
 
 
 def hold_reason(health: Health, cfg: GuardConfig) -> Verdict | None:
-    """The hold this step's health imposes, if any. The kill switch holds even unguarded."""
+    """The hold this step's health imposes, if any. The kill switch and conflicts hold even
+    unguarded: no change is made on a picture that was not checked."""
     if health.paused:
-        return Verdict(False, PAUSED, "the hmk8s-controller ConfigMap says paused", hold=True)
+        return Verdict(False, PAUSED, "the kill switch says paused", hold=True)
+    if health.conflicts:
+        what = "repairing" if health.repairing else "holding on"
+        more = f" (+{len(health.conflicts) - 1} more)" if len(health.conflicts) > 1 else ""
+        return Verdict(False, CONFLICT, f"{what} {health.conflicts[0]}{more}", hold=True)
     if not (cfg.enabled and cfg.hold_on_stale):
         return None
     if health.assumed:

@@ -8,6 +8,7 @@ log, the live view) see every step's decision, what applying it did and the read
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import Counter, deque
 from collections.abc import Sequence
@@ -143,6 +144,14 @@ def _score(obs: Observation, params: EnvParams) -> tuple[jax.Array, jax.Array]:
     return r, ratio
 
 
+@functools.cache
+def compiled_fallback(name: str) -> tuple[Policy, Any]:
+    """The fallback policy and its jitted ``act``, one per process: a new controller (a
+    leader taking over) reuses what an earlier one compiled."""
+    policy = FALLBACK_POLICIES[name]()
+    return policy, jax.jit(policy.act)
+
+
 def is_change(action: int, params: EnvParams) -> bool:
     return action >= 0 and action != params.layout.noop_index
 
@@ -159,19 +168,29 @@ class Controller:
     ) -> None:
         self.agent = agent
         self.params = agent.env_params
-        self.guard = guard
         self.sinks = list(sinks)
         self.summary = Summary()
         self._reading: Reading | None = None
-        self._window: deque[bool] = deque(maxlen=max(guard.window_steps - 1, 0))
+        self._window: deque[bool] = deque()
+        self.configure(guard, fallback)
+
+    def configure(self, guard: GuardConfig, fallback: str) -> None:
+        """Take new guard settings and fallback between steps (a ChainController edited),
+        keeping the change window and, for the same fallback, its state."""
+        self.guard = guard
+        self._window = deque(self._window, maxlen=max(guard.window_steps - 1, 0))
+        if getattr(self, "fallback_name", None) == fallback:
+            return
         self.fallback_name = fallback
-        self._fallback: Policy | None = (
-            FALLBACK_POLICIES[fallback]() if fallback in FALLBACK_POLICIES else None
-        )
+        self._fallback: Policy | None = None
         self._fallback_state: Any = None
-        if self._fallback is not None:
+        if fallback in FALLBACK_POLICIES:
+            self._fallback, self._fallback_act = compiled_fallback(fallback)
             self._fallback_state = self._fallback.init(self.params)
-            self._fallback_act = jax.jit(self._fallback.act)
+
+    def forget_reading(self) -> None:
+        """Decide the next step on a fresh reading (the settings it was taken under changed)."""
+        self._reading = None
 
     @property
     def noop(self) -> int:

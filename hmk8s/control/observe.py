@@ -20,14 +20,35 @@ from hmk8s.control.loop import Decision, Outcome, Reading
 from hmk8s.sim.params import EnvParams
 
 PREFIX = "hmk8s_controller"
+CONTROLLER = "chaincontroller"  # the `controller` label of controller-runtime's metrics
 
 
 class ControllerMetrics:
-    """The controller's Prometheus metrics, in a registry of their own."""
+    """The controller's Prometheus metrics, in a registry of their own: hmk8s's own, and
+    controller-runtime's reconcile metrics (one step is one reconcile; ``error`` when an API
+    call failed), so dashboards made for Go controllers read it as they are."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self.reconciles = Counter(
+            "controller_runtime_reconcile",
+            "Total number of reconciliations per controller",
+            ["controller", "result"],
+            registry=r,
+        )
+        self.reconcile_errors = Counter(
+            "controller_runtime_reconcile_errors",
+            "Total number of reconciliation errors per controller",
+            ["controller"],
+            registry=r,
+        )
+        self.reconcile_time = Histogram(
+            "controller_runtime_reconcile_time_seconds",
+            "Length of time per reconciliation per controller",
+            ["controller"],
+            registry=r,
+        )
         self.applied = Counter(f"{PREFIX}_actions_applied", "Changes applied", registry=r)
         self.refused = Counter(
             f"{PREFIX}_refusals", "Agent actions the guard refused", ["reason"], registry=r
@@ -56,6 +77,11 @@ class ControllerMetrics:
         start_http_server(port, addr=addr, registry=self.registry)
 
     def record(self, decision: Decision, outcome: Outcome, after: Reading) -> None:
+        result = "error" if outcome.errors else "success"
+        self.reconciles.labels(CONTROLLER, result).inc()
+        if outcome.errors:
+            self.reconcile_errors.labels(CONTROLLER).inc()
+        self.reconcile_time.labels(CONTROLLER).observe(decision.seconds + outcome.seconds)
         proposed = decision.explanation.action
         if not decision.verdict.allowed and not _noop(proposed, decision):
             self.refused.labels(decision.verdict.reason).inc()
@@ -95,6 +121,7 @@ def observation_summary(reading: Reading) -> dict[str, Any]:
         "paused": h.paused,
         "assumed": list(h.assumed),
         "api_errors": list(h.api_errors),
+        "conflicts": list(h.conflicts),
     }
     if obs is None:
         return out

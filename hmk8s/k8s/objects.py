@@ -362,14 +362,36 @@ def samples(cmap: ClusterMap, usecase: UseCase, run_id: str) -> list[dict]:
     ]
 
 
+class ChainFormatError(ValueError):
+    """A chain document that is not what `chain_document` writes (edited by hand, truncated)."""
+
+
+def read_chain(document: object) -> list[tuple[Hop, str | None]]:
+    """Inverse of `chain_document`: each hop with the endpoint written for it. Anything else
+    (not JSON, missing fields, unknown function or config names) is a `ChainFormatError`."""
+    try:
+        hops = json.loads(document)["hops"]  # type: ignore[arg-type]
+        out = []
+        for h in hops:
+            config, cluster, endpoint_ = h["config"], h["cluster"], h["endpoint"]
+            if (cluster is None) != (config is None) or not (
+                cluster is None or (type(cluster) is int and cluster >= 0)
+            ):
+                raise ValueError(f"hop {h!r}: cluster and config must both be set or null")
+            if endpoint_ is not None and not isinstance(endpoint_, str):
+                raise ValueError(f"hop {h!r}: endpoint must be a string or null")
+            hop = Hop(
+                FUNCTION_NAMES.index(h["function"]),
+                cluster,
+                None if config is None else CONFIG_NAMES.index(config),
+            )
+            out.append((hop, endpoint_))
+        return out
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ChainFormatError(f"malformed {CHAIN_KEY}: {detail}") from None
+
+
 def parse_chain(document: str) -> list[tuple[int, int | None, int | None]]:
-    """Inverse of `chain_document`: (function, cluster, config) per hop."""
-    hops = json.loads(document)["hops"]
-    return [
-        (
-            FUNCTION_NAMES.index(h["function"]),
-            h["cluster"],
-            None if h["config"] is None else CONFIG_NAMES.index(h["config"]),
-        )
-        for h in hops
-    ]
+    """(function, cluster, config) per hop of a chain document (`read_chain`)."""
+    return [(h.function, h.cluster, h.config) for h, _ in read_chain(document)]

@@ -91,6 +91,8 @@ class Reconciler:
     run_id: str
     applied: Placement = field(default_factory=lambda: Placement({}, {}))
     services: set[Instance] = field(default_factory=set)
+    # proxies whose chain ConfigMap could not be read at `discover` (why), not in `applied`
+    unreadable: dict[int, str] = field(default_factory=dict)
 
     @property
     def homes(self) -> list[int]:
@@ -101,24 +103,31 @@ class Reconciler:
         replicas: dict[Instance, int] = {}
         chains: dict[int, tuple[Hop, ...]] = {}
         services: set[Instance] = set()
+        unreadable: dict[int, str] = {}
         selector = objects.run_selector(self.run_id)
         for k, client in enumerate(self.clients):
             for d in client.list("Deployment", selector):
                 labels = d.metadata.labels or {}
-                inst = _instance_from_labels(k, labels)
+                inst = instance_from_labels(k, labels)
                 if inst is not None:
                     replicas[inst] = int(d.spec.replicas or 0)
             for s in client.list("Service", selector):
-                inst = _instance_from_labels(k, s.metadata.labels or {})
+                inst = instance_from_labels(k, s.metadata.labels or {})
                 if inst is not None:
                     services.add(inst)
             for cm in client.list("ConfigMap", selector):
                 for p, home in enumerate(self.homes):
                     if home == k and cm.metadata.name == objects.chain_configmap_name(self.cmap, p):
-                        hops = objects.parse_chain((cm.data or {})[objects.CHAIN_KEY])
+                        try:
+                            hops = objects.parse_chain((cm.data or {}).get(objects.CHAIN_KEY))
+                        except objects.ChainFormatError as err:
+                            log.warning("%s: %s; its chain is unknown", cm.metadata.name, err)
+                            unreadable[p] = str(err)
+                            continue
                         chains[p] = tuple(Hop(f, kk, c) for f, kk, c in hops)
         self.applied = Placement(replicas, chains)
         self.services = services
+        self.unreadable = unreadable
 
     def apply(self, desired: Placement, *, dry_run: bool = False) -> list[str]:
         """Execute the plan; returns one message per failed operation (empty when all held).
@@ -172,7 +181,7 @@ class Reconciler:
         return f"{self.cmap.clusters[k].namespace}/{objects.instance_name(f, c)}"
 
 
-def _instance_from_labels(cluster: int, labels: dict[str, str]) -> Instance | None:
+def instance_from_labels(cluster: int, labels: dict[str, str]) -> Instance | None:
     f, c = labels.get(objects.FUNCTION), labels.get(objects.CONFIG)
     if f in FUNCTION_NAMES and c in CONFIG_NAMES:
         return cluster, FUNCTION_NAMES.index(f), CONFIG_NAMES.index(c)

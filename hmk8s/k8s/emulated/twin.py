@@ -135,7 +135,11 @@ class Twin:
             for cm in self.clusters.objects(CONFIGMAPS, self.namespaces[proxy.home], selector):
                 if cm["metadata"]["name"] != name:
                     continue
-                for f, k, c in objects.parse_chain(cm["data"][objects.CHAIN_KEY]):
+                try:
+                    hops = objects.parse_chain((cm.get("data") or {}).get(objects.CHAIN_KEY))
+                except objects.ChainFormatError:
+                    continue  # a proxy keeps its last good chain
+                for f, k, c in hops:
                     if k is not None and c is not None:
                         routes[p, f] = k * lay.configs + c
         self._deployments = deployments
