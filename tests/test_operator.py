@@ -298,7 +298,7 @@ def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
         eventually(lambda: cluster.objects() != before, 30, "a change after dryRun: false")
         acted = time.monotonic() - flipped
         assert acted < PERIOD + 5.0, acted  # within a period (and the step's own API calls)
-        eventually(lambda: cluster.status("ml").get("mode") == "Live", 10, "mode Live")
+        eventually(lambda: cluster.status("ml").get("mode") == "Live", 30, "mode Live")
         assert op.term is not None and op.term.backend.created == []  # no restart, no re-adoption
 
         # someone scales a managed Deployment: a Conflict Event on it, and it is scaled back
@@ -308,7 +308,7 @@ def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
         cluster.clients[0].apply({**scaled, "spec": {"replicas": want + 4}})
         conflict = eventually(
             lambda: next((e for e in cluster.events() if e.reason == "Conflict"), None),
-            10,
+            30,
             "a Conflict Event",
         )
         assert (conflict.involved_object.kind, conflict.involved_object.name) == (
@@ -318,7 +318,7 @@ def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
         assert f"applied {want}, found {want + 4} (repairing)" in conflict.message
         eventually(
             lambda: cluster.clients[0].read("Deployment", name).spec.replicas == want,
-            10,
+            30,
             "scaled back",
         )
 
