@@ -5,7 +5,9 @@ directory holds four items: ``state`` (the train state without the replay
 buffer), ``replay`` (the buffer, optional), ``config`` and ``meta`` (JSON).
 Orbax writes into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoints intact and the partial
-one is ignored (and cleaned up) on the next open.
+one is ignored (and cleaned up) on the next open. In a one-process run a save only
+copies the state to the host and returns: orbax writes it in the background while
+training goes on, and the next save, a read or `Checkpointer.close` waits for it.
 
 Orbax keeps no checksum of the arrays, so a flipped or truncated data file would restore
 without error into a state that trains on NaN. ``meta`` therefore records every array's
@@ -153,17 +155,24 @@ class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, replay: bool = True) -> None:
         self.directory = Path(directory).absolute()
         self.replay = replay
+        # several processes save device arrays that the next chunk donates: they wait
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False
+            max_to_keep=keep, create=True, enable_async_checkpointing=jax.process_count() == 1
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
 
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint step, or None when there is none."""
+        """The newest complete checkpoint step (a save in flight finished first), or None."""
+        self.wait()
         return self._manager.latest_step()
 
+    def wait(self) -> None:
+        """Until the save in flight (if any) is on disk; raises what it failed with."""
+        self._manager.wait_until_finished()
+
     def save(self, step: int, state: TrainState, config: dict, meta: dict) -> None:
-        """Write ``state`` (blocking until it is on disk) with its config and metadata."""
+        """Write ``state`` with its config and metadata: the host copy now, the files in the
+        background (one process) or before returning (several)."""
         trees = {"state": state._replace(buffer=None)}
         if self.replay and state.buffer is not None:  # PQN's state has no replay
             trees["replay"] = state.buffer
@@ -183,7 +192,6 @@ class Checkpointer:
                 f"{self.directory}: step {step} not saved, the directory holds step "
                 f"{self._manager.latest_step()} already"
             )
-        self._manager.wait_until_finished()
 
     def read_config(self, step: int | None = None) -> tuple[int, dict, dict]:
         """(step, config, meta) of the newest checkpoint at or before ``step`` (default: the
@@ -207,6 +215,7 @@ class Checkpointer:
         ones and why. Those are moved aside (``<step>.damaged-<unix time>``), so the resumed
         run can save their steps anew and the damaged files stay for a look."""
         damaged: dict[int, str] = {}
+        self.wait()
         for candidate in self._steps_from(step):
             try:
                 out = load(candidate)
@@ -287,6 +296,7 @@ class Checkpointer:
 
     def steps(self) -> list[int]:
         """Every complete checkpoint step, oldest first."""
+        self.wait()
         return sorted(self._manager.all_steps())
 
     def restore_state_tree(self, step: int | None = None) -> tuple[int, dict, dict, Any]:

@@ -26,10 +26,12 @@ from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.actor import AllEnvsFailed
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
+from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.distributed import TopologyError, initialize
-from hmk8s.train.run import NonFiniteError, RunDirError, resolve_run_dir
+from hmk8s.train.run import DiskFullError, NonFiniteError, RunDirError, resolve_run_dir
+from hmk8s.train.stop import exit_status
 from hmk8s.usecases import UseCaseError, load_usecase
 
 SCHEMA_NAME = "train_schema"
@@ -47,7 +49,7 @@ BAD_INPUT = (
     ClusterAccessError,
 )
 #: A run that started and then failed in a known way: one line and exit code 1.
-RUN_FAILED = (NonFiniteError, CleanupError, AllEnvsFailed)
+RUN_FAILED = (NonFiniteError, CleanupError, AllEnvsFailed, DiskFullError)
 
 
 def register_schema() -> None:
@@ -97,6 +99,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     typed: TrainConfig = OmegaConf.to_object(cfg)
     validate(typed)
     typed.run_dir = sweep_job_dir(typed)
+    cache = cache_root(typed.cache.dir)
+    if typed.cache.compile:
+        enable_compile_cache(cache)
     initialize(typed.distributed)
     load_usecase(typed.usecase, source=f"usecase={usecase}")
     run_dir = resolve_run_dir(typed, usecase)
@@ -119,7 +124,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     bonus = deployed_bonus(typed.haql if typed.heuristic else None)
-    spec, evaluator = sim_setup(typed.usecase, config["env"], usecase, typed.eval.episodes, bonus)
+    scores = score_cache(cache, typed.cache.scores)
+    spec, evaluator = sim_setup(
+        typed.usecase, config["env"], usecase, typed.eval.episodes, bonus, scores
+    )
     return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
 
 
@@ -155,8 +163,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {lost_process(err)}", file=sys.stderr, flush=True)
         # JAX's exit would wait at a shutdown barrier for the lost process, then abort
         os._exit(EXIT_RUN_FAILED)
-    if "signal" in summary:  # stopped cleanly by SIGTERM: say so in the exit status
-        sys.exit(128 + signal.Signals[summary["signal"]].value)
+    if "signal" in summary:  # stopped cleanly by SIGINT / SIGTERM: say so in the exit status
+        sys.exit(exit_status(signal.Signals[summary["signal"]]))
 
 
 @hydra.main(config_path=SEARCH_PATH, config_name="config", version_base="1.3")

@@ -167,7 +167,7 @@ def run_async_training(
     directory = Path(run_dir) if run_dir is not None else resolve_run_dir(tc, usecase.name)
     factory = env_factory or _k8s_factory(usecase, env_cfg)
     close_timeout = float(actor.get("close_timeout_s", 300.0))
-    with open_run(tc, config, directory, resume_view=_without_actor) as run:
+    with open_run(tc, config, directory, resume_view=_without_actor, interrupt=True) as run:
         envs: list[BlockingEnv] = []
         history: HistoryWriter | None = None
         try:
