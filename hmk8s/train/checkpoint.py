@@ -5,8 +5,8 @@ directory holds four items: ``state`` (the train state without the replay
 buffer), ``replay`` (the buffer, optional), ``config`` and ``meta`` (JSON).
 Orbax writes into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoints intact and the partial
-one is ignored (and cleaned up) on the next open. In a one-process run a save only
-copies the state to the host and returns: orbax writes it in the background while
+one is ignored (and cleaned up) on the next open. A run's saves (``background``, in a
+one-process run) only copy the state to the host and return: orbax writes it while
 training goes on, and the next save, a read or `Checkpointer.close` waits for it.
 
 Orbax keeps no checksum of the arrays, so a flipped or truncated data file would restore
@@ -170,9 +170,12 @@ class Checkpointer:
         """Until the save in flight (if any) is on disk; raises what it failed with."""
         self._manager.wait_until_finished()
 
-    def save(self, step: int, state: TrainState, config: dict, meta: dict) -> None:
-        """Write ``state`` with its config and metadata: the host copy now, the files in the
-        background (one process) or before returning (several)."""
+    def save(
+        self, step: int, state: TrainState, config: dict, meta: dict, *, background: bool = False
+    ) -> None:
+        """Write ``state`` with its config and metadata. With ``background`` (and one process)
+        only the host copy is made before returning: orbax writes the files while the caller
+        goes on, and the next save, a read or `close` waits for them."""
         trees = {"state": state._replace(buffer=None)}
         if self.replay and state.buffer is not None:  # PQN's state has no replay
             trees["replay"] = state.buffer
@@ -192,6 +195,8 @@ class Checkpointer:
                 f"{self.directory}: step {step} not saved, the directory holds step "
                 f"{self._manager.latest_step()} already"
             )
+        if not background:
+            self.wait()
 
     def read_config(self, step: int | None = None) -> tuple[int, dict, dict]:
         """(step, config, meta) of the newest checkpoint at or before ``step`` (default: the

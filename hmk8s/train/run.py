@@ -235,7 +235,7 @@ class Run:
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
         """Checkpoint ``state`` at ``step`` (once per step) when checkpoints are on."""
         if self.checkpoints is not None and self.checkpoints.latest_step() != step:
-            self.checkpoints.save(step, state, self.config, dict(meta))
+            self.checkpoints.save(step, state, self.config, dict(meta), background=True)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` (and the console table); the run's last act."""
