@@ -207,6 +207,37 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def refuse_used_sweep_dir(config_name: str, argv: list[str]) -> None:
+    """A multirun (``-m``) into a sweep directory that already holds files is refused in one
+    line and exit code 2, before Hydra rewrites its ``multirun.yaml`` and job folders."""
+    if not any(arg in MULTIRUN_FLAGS for arg in argv):
+        return
+    overrides = _config_dir_overrides([a for a in argv if a not in MULTIRUN_FLAGS])
+    if overrides is None:
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+        with initialize_config_module("hmk8s.configs", version_base="1.3"):
+            hydra_cfg = compose(config_name, overrides=overrides, return_hydra_config=True).hydra
+            sweep = Path(hydra_cfg.sweep.dir)
+    except Exception:  # the overrides are bad: `check_overrides` says why, for the first job
+        return
+    if sweep.is_dir() and any(sweep.iterdir()):
+        print(
+            f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (each job "
+            "of a stopped sweep resumes with resume=<its run directory>)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def _one_line(err: BaseException) -> str:
     """An error and its cause on one line, without Hydra's search-path listing."""
     parts = []
@@ -223,4 +254,5 @@ def entry() -> None:
     """``hmk8s-train`` and ``scripts/train.py``: Hydra over the shipped configs, then `main`."""
     register_schema()
     check_overrides("config", sys.argv[1:])
+    refuse_used_sweep_dir("config", sys.argv[1:])
     _hydra_main()
