@@ -19,8 +19,11 @@ from async_envs import small_agent
 from script_runs import run_script, start_script
 from tiny_run import TINY_RUN
 
+from hmk8s import sim
 from hmk8s.train.actor_learner.core import make_async_fns
+from hmk8s.train.cache import ScoreCache
 from hmk8s.train.config import LogConfig, TrainConfig
+from hmk8s.train.profile import PHASES
 from hmk8s.train.run import DiskFullError, RunDirError, hold_run_dir, open_run
 
 #: The tiny run, long enough that a signal always lands before it ends (it never gets there).
@@ -144,19 +147,47 @@ def test_evaluate_and_a_multirun_refuse_a_used_directory(tmp_path):
     assert (used / "results.json").read_text() == "{}"
 
 
-def test_a_warm_run_compiles_nothing_and_reuses_the_baseline_score(tmp_path):
-    cache = tmp_path / "cache"
+def test_the_profile_of_a_warm_run_compiles_nothing_and_trains_the_same(tmp_path):
     tiny = [o for o in TINY_RUN if o != "eval.enabled=false"] + ["eval.episodes=2"]
-    summaries = []
-    for run in ("cold", "warm"):
-        out = run_script("train.py", tmp_path, *tiny, f"run_dir={run}", cache=cache)
-        assert out.returncode == 0, out.stderr
-        summaries.append(json.loads((tmp_path / run / "summary.json").read_text()))
-    cold, warm = summaries
+    out = run_script("benchmark.py", tmp_path, "--profile", "--", *tiny)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[1].split() == ["cold", "s", "cold", "%", "warm", "s", "warm", "%"]
+    assert [line.split()[0] for line in lines[2:9]] == [*PHASES, "wall", "not"]
+    result = json.loads(lines[-1])
+    cold, warm = result["cold"], result["warm"]
     assert cold["programs_compiled"] > 0 and warm["programs_compiled"] == 0
     assert warm["params_sha256"] == cold["params_sha256"]
     assert warm["eval"] == cold["eval"] and warm["baselines"] == cold["baselines"]
-    (kept,) = (cache / "scores").iterdir()  # hpa's score, computed once
-    assert json.loads(kept.read_text())["scores"] == cold["baselines"]["hpa"]
-    assert set(cold["seconds"]) == {"compile", "train", "evaluate", "checkpoint", "other"}
-    assert sum(cold["seconds"].values()) == pytest.approx(cold["wall_seconds"], rel=0.05)
+    for run in (cold, warm):
+        assert set(run["seconds"]) == set(PHASES)
+        assert sum(run["seconds"].values()) == pytest.approx(run["wall_seconds"], rel=1e-6)
+        fixed = sum(v for k, v in run["seconds"].items() if k != "train")
+        assert run["fixed_share"] == pytest.approx(fixed / run["wall_seconds"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # its runs and cache are removed
+
+
+def test_scores_are_kept_by_what_determines_them(tmp_path):
+    _, params = sim.make("ml", {"encoder": "continuous"})
+    key = jax.random.PRNGKey(3)
+    cache = ScoreCache(tmp_path)
+    calls: list[int] = []
+
+    def score(seed: int = 0):
+        calls.append(seed)
+        return {"return": 1.5 + seed}
+
+    assert cache.get_or_compute({"policy": "hpa"}, params, key, score) == {"return": 1.5}
+    assert cache.get_or_compute({"policy": "hpa"}, params, key, score) == {"return": 1.5}
+    assert calls == [0]  # the second came from the file
+    other_env = params.replace(sla_s=params.sla_s * 2)
+    other_key = jax.random.PRNGKey(4)
+    for what, env_params, k in (
+        ({"policy": "static"}, params, key),
+        ({"policy": "hpa"}, other_env, key),
+        ({"policy": "hpa"}, params, other_key),
+    ):
+        assert cache.get_or_compute(what, env_params, k, lambda: score(1)) == {"return": 2.5}
+    assert calls == [0, 1, 1, 1] and len(list(tmp_path.iterdir())) == 4
+    assert ScoreCache(None).get_or_compute({"policy": "hpa"}, params, key, score) == {"return": 1.5}
+    assert calls == [0, 1, 1, 1, 0]  # no cache: computed every time
