@@ -125,7 +125,7 @@ def run(cfg: DictConfig) -> Path:
             try:
                 if sweep is None:
                     result, data = evaluate_usecase(
-                        name, mapping, typed, typed.evaluate, scores=scores
+                        name, mapping, typed, typed.evaluate, log=progress, scores=scores
                     )
                 else:
                     # the sweep trained the agents: they are read, one after the other
@@ -134,7 +134,13 @@ def run(cfg: DictConfig) -> Path:
                         typed.evaluate, agent_by_usecase={}, train_together=False
                     )
                     result, data = evaluate_usecase(
-                        name, group.mapping, group.cfg, ev, source=group.agent_run, scores=scores
+                        name,
+                        group.mapping,
+                        group.cfg,
+                        ev,
+                        log=progress,
+                        source=group.agent_run,
+                        scores=scores,
                     )
             except Stopped:
                 break
@@ -155,6 +161,11 @@ def run(cfg: DictConfig) -> Path:
         (out / "results.md").write_text(render_markdown(results, meta))
     print(f"wrote {out}/results.md ({meta['wall_seconds'] / 60:.1f} min)")
     return out
+
+
+def progress(line: str) -> None:
+    """One line of the evaluation's progress, at once (also into a pipe or a file)."""
+    print(line, flush=True)
 
 
 def output_dir(typed: EvaluateRoot, choice: str) -> Path:

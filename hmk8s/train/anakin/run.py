@@ -128,9 +128,6 @@ def run_training(
                 save()
         if run.signal is not None:
             save()  # the state reached, unless that step is saved already
-        if run.checkpoints is not None:
-            with wall.phase("checkpoint"):
-                run.checkpoints.wait()
 
         params = jax.device_get(state.learner.params)  # replicated: each process has them all
         key = jax.random.PRNGKey(cfg.seed + 1)
@@ -141,6 +138,9 @@ def run_training(
                     results = evaluator(trainer, params, key)
                 else:
                     results = {"eval": greedy_eval(trainer, params, key, cfg.eval.episodes)}
+        if run.checkpoints is not None:  # the last save, written while the agent was evaluated
+            with wall.phase("checkpoint"):
+                run.checkpoints.wait()
         summary = {
             "usecase": name,
             "heuristic": cfg.heuristic,
