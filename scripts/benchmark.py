@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
 from pathlib import Path
 
 import gymnasium as gym
@@ -40,6 +42,7 @@ from hmk8s.bench.sim import device_name, int_list, sim_steps_per_second
 from hmk8s.bench.training import anakin_throughput, host_loop_throughput
 from hmk8s.envs import ENV_IDS
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
+from hmk8s.train.stop import exit_status, interrupt_on_signals, requested, signal_name
 
 
 def make_envs(name: str, encoder: str):
@@ -148,7 +151,13 @@ def profile(overrides: list[str]) -> None:
     """Print the README command's wall time split, cold and warm, then one JSON line."""
     train = Path(__file__).resolve().parent / "train.py"
     command = [*README_COMMAND, *overrides]
-    result = profile_command(train, command)
+    try:
+        with interrupt_on_signals():  # the run in progress is killed, its folder removed
+            result = profile_command(train, command)
+    except KeyboardInterrupt:
+        signum = requested() or signal.SIGINT
+        print(f"stopped by {signal_name(signum)}: nothing measured", file=sys.stderr)
+        sys.exit(exit_status(signum))
     print(f"device {device_name()}  python scripts/train.py {' '.join(command)}")
     print(table(result))
     print(

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import jax
@@ -156,7 +156,7 @@ def run(cfg: DictConfig) -> Path:
             **({} if sweep is None else {"runs_from": str(Path(typed.runs_from).resolve())}),
         }
         if requested() is not None:
-            return stopped(out, results, meta, [n for n in chosen if n not in results])
+            stopped(out, results, meta, [n for n in chosen if n not in results])
         write_results(out, results, meta)
         (out / "results.md").write_text(render_markdown(results, meta))
     print(f"wrote {out}/results.md ({meta['wall_seconds'] / 60:.1f} min)")
@@ -219,7 +219,7 @@ def write_results(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> N
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 
-def stopped(out: Path, results: dict[str, Any], meta: dict[str, Any], left: list[str]) -> Path:
+def stopped(out: Path, results: dict[str, Any], meta: dict[str, Any], left: list[str]) -> NoReturn:
     """A stop signal's end: the finished use cases kept, one line, exit 128 + signal."""
     signum = requested()
     name = signal_name(signum)
