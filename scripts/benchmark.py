@@ -10,6 +10,13 @@ simulator's own throughput table (random actions, no learning).
 ``--cpu-baseline`` also runs each Anakin size on JAX's CPU backend of the same machine (the
 fair baseline on an accelerator, where the host loop dispatches every step to the device).
 
+``--profile`` instead runs the README command (``scripts/train.py usecase=ml heuristic=true``,
+then any overrides given after ``--``) twice with a fresh cache, cold and warm, and prints its
+wall time split into compile, train, evaluate, checkpoint and other:
+
+    python scripts/benchmark.py --profile
+    python scripts/benchmark.py --profile -- total_steps=100000   # a shorter run
+
 ``--devices 1,2,4`` instead compares data-parallel device counts at each ``--num-envs``, as a
 ratio to the first count; on a CPU, force host devices first:
 
@@ -21,16 +28,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
+from pathlib import Path
 
 import gymnasium as gym
 import gymnax
 import jax
 
 from hmk8s.agents.config import AgentConfig, ScheduleConfig
+from hmk8s.bench.fixed_costs import README_COMMAND, profile_command, table
 from hmk8s.bench.sim import device_name, int_list, sim_steps_per_second
 from hmk8s.bench.training import anakin_throughput, host_loop_throughput
 from hmk8s.envs import ENV_IDS
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
+from hmk8s.train.stop import exit_status, interrupt_on_signals, requested, signal_name
 
 
 def make_envs(name: str, encoder: str):
@@ -61,7 +73,16 @@ def main() -> None:
     parser.add_argument(
         "--devices", type=int_list, help="data-parallel device counts to compare (no host loop)"
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="the README command's fixed costs, cold and warm"
+    )
+    parser.add_argument("overrides", nargs="*", help="with --profile: more train.py overrides")
     args = parser.parse_args()
+    if args.profile:
+        profile(args.overrides)
+        return
+    if args.overrides:
+        parser.error("overrides are for --profile")
 
     agent = AgentConfig(
         hidden=args.hidden,
@@ -124,6 +145,24 @@ def main() -> None:
         for r in result["sim"]:
             print(f"{r['num_envs']:>10} {r['steps_per_second']:>44,.0f}")
     print(json.dumps(result))
+
+
+def profile(overrides: list[str]) -> None:
+    """Print the README command's wall time split, cold and warm, then one JSON line."""
+    train = Path(__file__).resolve().parent / "train.py"
+    command = [*README_COMMAND, *overrides]
+    try:
+        with interrupt_on_signals():  # the run in progress is killed, its folder removed
+            result = profile_command(train, command)
+    except KeyboardInterrupt:
+        signum = requested() or signal.SIGINT
+        print(f"stopped by {signal_name(signum)}: nothing measured", file=sys.stderr)
+        sys.exit(exit_status(signum))
+    print(f"device {device_name()}  python scripts/train.py {' '.join(command)}")
+    print(table(result))
+    print(
+        json.dumps({"device": device_name(), "jax": jax.__version__, "command": command, **result})
+    )
 
 
 def compare_devices(spec, agent: AgentConfig, args: argparse.Namespace) -> None:

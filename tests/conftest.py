@@ -20,13 +20,19 @@ import jax
 import jax.numpy as jnp
 import pytest
 import yaml
+from script_runs import session_cache
 
 from hmk8s.observation import Measurement
 from hmk8s.sim import dynamics
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams, params_from_usecase
 from hmk8s.sim.state import EnvState
+from hmk8s.train.cache import CACHE_ENV
 from hmk8s.usecases import CONFIG_DIR, load_usecase
+
+# what the tests run in this process keeps its compiled programs and scores in the session's
+# temporary cache, never in the user's
+os.environ[CACHE_ENV] = str(session_cache())
 
 _YAML_CACHE: dict[str, dict[str, Any]] = {}
 

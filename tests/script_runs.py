@@ -66,4 +66,5 @@ def _command(name: str, overrides: tuple[str, ...]) -> list[str]:
 def _environment(cache: Path | None, xla_flags: str = "") -> dict[str, str]:
     env = {**os.environ, "XLA_FLAGS": f"--xla_backend_optimization_level=0 {xla_flags}".strip()}
     env["JAX_COMPILATION_CACHE_DIR"] = str(cache or session_cache())
+    env["HMK8S_CACHE_DIR"] = str(cache or session_cache())  # the scores' cache: never ~/.cache
     return env

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
-from script_runs import run_script
+from script_runs import run_script, start_script
 
 TINY = [
     "usecase=ml",
@@ -28,11 +29,25 @@ def evaluate(cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
     return run_script("evaluate.py", cwd, *overrides, timeout=900)
 
 
-def test_tiny_evaluation_writes_results_and_figures(tmp_path):
+def test_tiny_evaluation_stopped_by_sigterm_resumes_and_writes_results_and_figures(tmp_path):
     ml_agent = "++evaluate.agent_by_usecase.ml={updates_per_step: 0.5}"
-    out = evaluate(tmp_path, *TINY, ml_agent, "run_dir=out")
-    assert out.returncode == 0, out.stderr
+    proc = start_script("evaluate.py", tmp_path, *TINY, ml_agent, "run_dir=out")
+    for line in proc.stdout:  # stopped while it trains: after its first curve point
+        if "greedy IQM" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines() == [stderr.strip()]  # one line
+    assert stderr.startswith("stopped by SIGTERM: ") and "resume=out continues" in stderr
     run = tmp_path / "out"
+    stopped = json.loads((run / "results.json").read_text())
+    assert stopped["meta"]["signal"] == "SIGTERM" and stopped["meta"]["complete"] is False
+    assert not (run / "results.md").exists()
+    again = evaluate(tmp_path, *TINY, ml_agent, "run_dir=out")
+    assert again.returncode == 2 and "resume=out" in again.stderr  # never overwritten
+    out = evaluate(tmp_path, *TINY, ml_agent, "resume=out")
+    assert out.returncode == 0, out.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no Hydra outputs/
     results = json.loads((run / "results.json").read_text())
     assert results["meta"]["command"].startswith("python scripts/evaluate.py usecase=ml")

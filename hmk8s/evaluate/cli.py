@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import hydra
 import jax
@@ -23,19 +23,26 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from hmk8s.configs import SEARCH_PATH
-from hmk8s.evaluate.experiment import EvaluateConfig, evaluate_usecase, usecase_agent
+from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
 from hmk8s.sim.params import EnvConfigError
+from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME, check_overrides
-from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.config import ConfigError, TrainConfig, config_differences, validate
+from hmk8s.train.run import LOCK_FILE, RunDirError, hold_run_dir
+from hmk8s.train.stop import exit_status, forget, requested, signal_name, stop_on_signals
 from hmk8s.usecases import CONFIG_DIR, UseCaseError
 
 ALL = "all"
 #: What ``usecase=all`` evaluates. It is registered as an option of the ``usecase`` group in
 #: Python, not as a file under `configs/usecase/`, which holds only real use cases.
 ALL_USECASES = ("ehr", "ml", "stream")
+#: The settings an evaluation ran with, saved beside its results (a resume must match them).
+CONFIG_FILE = "config.yaml"
+#: What may change when a stopped evaluation is resumed: where it is and what it prints.
+EVALUATION_RESUME_SAFE = ("run_dir", "resume", "cache", "log")
 
 
 @dataclass
@@ -100,41 +107,138 @@ def run(cfg: DictConfig) -> Path:
     sweep = None
     if typed.runs_from is not None:
         sweep = read_sweep(Path(typed.runs_from), list(chosen), typed.haql.deployed_xi)
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    out = Path(typed.run_dir or f"runs/evaluate-{choice}-{stamp}")
-    out.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
-    results = {}
-    for name, mapping in chosen.items():
-        if sweep is None:
-            result, data = evaluate_usecase(name, mapping, typed, typed.evaluate)
-        else:
-            # the sweep trained the agents: they are read, one after the other
-            group = sweep[name]
-            ev = dataclasses.replace(typed.evaluate, agent_by_usecase={}, train_together=False)
-            result, data = evaluate_usecase(
-                name, group.mapping, group.cfg, ev, source=group.agent_run
-            )
-        results[name] = result
-        write_figures(out, name, result, data)
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-    meta = {
-        "command": "python scripts/evaluate.py " + " ".join(sys.argv[1:]),
-        "device": device(),
-        "wall_seconds": time.perf_counter() - start,
-        **({} if sweep is None else {"runs_from": str(Path(typed.runs_from).resolve())}),
-    }
-    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
-    (out / "results.md").write_text(render_markdown(results, meta))
+    cache = cache_root(typed.cache.dir)
+    if typed.cache.compile:
+        enable_compile_cache(cache)
+    scores = score_cache(cache, typed.cache.scores)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    out = output_dir(typed, choice)
+    forget()
+    with hold_run_dir(out), stop_on_signals():
+        results = resumed_results(out, config) if typed.resume is not None else {}
+        (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
+        start = time.perf_counter()
+        for name, mapping in chosen.items():
+            if name in results:
+                print(f"{name}: kept from the stopped evaluation")
+                continue
+            try:
+                if sweep is None:
+                    result, data = evaluate_usecase(
+                        name, mapping, typed, typed.evaluate, log=progress, scores=scores
+                    )
+                else:
+                    # the sweep trained the agents: they are read, one after the other
+                    group = sweep[name]
+                    ev = dataclasses.replace(
+                        typed.evaluate, agent_by_usecase={}, train_together=False
+                    )
+                    result, data = evaluate_usecase(
+                        name,
+                        group.mapping,
+                        group.cfg,
+                        ev,
+                        log=progress,
+                        source=group.agent_run,
+                        scores=scores,
+                    )
+            except Stopped:
+                break
+            results[name] = result
+            write_figures(out, name, result, data)
+            write_results(out, results, {"complete": False})
+            if requested() is not None:
+                break
+        meta = {
+            "command": "python scripts/evaluate.py " + " ".join(sys.argv[1:]),
+            "device": device(),
+            "wall_seconds": time.perf_counter() - start,
+            **({} if sweep is None else {"runs_from": str(Path(typed.runs_from).resolve())}),
+        }
+        if requested() is not None:
+            stopped(out, results, meta, [n for n in chosen if n not in results])
+        write_results(out, results, meta)
+        (out / "results.md").write_text(render_markdown(results, meta))
     print(f"wrote {out}/results.md ({meta['wall_seconds'] / 60:.1f} min)")
     return out
+
+
+def progress(line: str) -> None:
+    """One line of the evaluation's progress, at once (also into a pipe or a file)."""
+    print(line, flush=True)
+
+
+def output_dir(typed: EvaluateRoot, choice: str) -> Path:
+    """``resume`` (a stopped evaluation's directory), else ``run_dir``, else a fresh timestamped
+    one; a directory that already holds files is refused unless it is resumed."""
+    if typed.resume is not None:
+        if (
+            typed.run_dir is not None
+            and Path(typed.run_dir).resolve() != Path(typed.resume).resolve()
+        ):
+            raise ConfigError(
+                f"run_dir={typed.run_dir} and resume={typed.resume} name different evaluations"
+            )
+        out = Path(typed.resume)
+        if not (out / "results.json").is_file():
+            raise RunDirError(f"resume={out}: no stopped evaluation (results.json) there")
+        return out
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    out = Path(typed.run_dir or f"runs/evaluate-{choice}-{stamp}")
+    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
+        raise RunDirError(
+            f"{out} is not empty: pass resume={out} to continue a stopped evaluation there, or "
+            "choose another run_dir"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunDirError(f"run_dir {out} cannot be written: {err.strerror or err}") from err
+    return out
+
+
+def resumed_results(out: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The use cases a stopped evaluation in ``out`` finished, once its settings match."""
+    saved = (
+        yaml.safe_load((out / CONFIG_FILE).read_text()) if (out / CONFIG_FILE).is_file() else None
+    )
+    if saved is None:
+        raise RunDirError(f"resume={out}: no {CONFIG_FILE} saved with the evaluation")
+    changed = config_differences(saved, config, EVALUATION_RESUME_SAFE)
+    if changed:
+        listed = "; ".join(f"{k}: was {a!r}, now {b!r}" for k, a, b in changed)
+        raise ConfigError(f"resume={out}: the settings differ from the evaluation's ({listed})")
+    data = json.loads((out / "results.json").read_text())
+    if data.get("meta", {}).get("complete", True) is not False:
+        raise RunDirError(f"resume={out}: the evaluation there is complete")
+    return dict(data["results"])
+
+
+def write_results(out: Path, results: dict[str, Any], meta: dict[str, Any]) -> None:
+    """results.json: the use cases done so far, and how (``complete: false`` until the end)."""
+    (out / "results.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+def stopped(out: Path, results: dict[str, Any], meta: dict[str, Any], left: list[str]) -> NoReturn:
+    """A stop signal's end: the finished use cases kept, one line, exit 128 + signal."""
+    signum = requested()
+    name = signal_name(signum)
+    write_results(out, results, {**meta, "complete": False, "signal": name})
+    done = ", ".join(results) or "no use case"
+    print(
+        f"stopped by {name}: {done} finished and kept in {out}; resume={out} continues with "
+        f"{', '.join(left)}",
+        file=sys.stderr,
+        flush=True,
+    )
+    sys.exit(exit_status(signum))
 
 
 def main(cfg: DictConfig) -> None:
     """Hydra task: evaluate, or print why not and exit with status 2."""
     try:
         run(cfg)
-    except (ConfigError, CheckpointError, EnvConfigError, UseCaseError) as err:
+    except (ConfigError, CheckpointError, EnvConfigError, UseCaseError, RunDirError) as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
 

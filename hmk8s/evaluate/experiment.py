@@ -31,7 +31,9 @@ from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.train.anakin.loop import Trainer, init_seeds, make_chunk_fn, make_trainer
+from hmk8s.train.cache import ScoreCache
 from hmk8s.train.config import ConfigError, TrainConfig
+from hmk8s.train.stop import requested
 
 AGENTS = ("dqn", "haql")
 #: the baselines HAQL must beat on return with no higher SLA violation rate (`targets`)
@@ -85,6 +87,30 @@ def episode_metrics(records: dict[str, jax.Array]) -> dict[str, float]:
     """The per-policy metrics of one rollout (mean over its episodes and steps)."""
     s = summarise(records)
     return {m: s[m] for m in POLICY_METRIC_NAMES}
+
+
+def first_episode(records: dict[str, jax.Array]) -> dict[str, np.ndarray]:
+    """What the timeline figure shows of a rollout: its first episode's `TIMELINE_KEYS`."""
+    return {k: np.asarray(records[k][0]) for k in TIMELINE_KEYS}
+
+
+def baseline_scores(
+    env: Any, params: Any, name: str, curve_key: jax.Array, eval_key: jax.Array, episodes: int
+) -> dict[str, Any]:
+    """Baseline ``name`` on the curve and the evaluation episodes (one compiled rollout of
+    both): its curve return and SLA violation rate, its metrics and timeline on the evaluation
+    episodes, as JSON (what the score cache keeps)."""
+    policy = BASELINES[name]()
+    run_both = jax.vmap(lambda k: rollout(env, params, policy, k, episodes))
+    keys = jnp.stack([curve_key, eval_key])
+    both = jax.jit(run_both, compiler_options=ROLLOUT_COMPILER_OPTIONS)(keys)
+    held_out = jax.tree.map(lambda x: x[1], both)
+    return {
+        "curve_return": float(both["reward"][0].sum(axis=1).mean()),
+        "curve_sla": float(both["sla_violated"][0].mean()),
+        "metrics": episode_metrics(held_out),
+        "timeline": {k: v.tolist() for k, v in first_episode(held_out).items()},
+    }
 
 
 def train_agent(
@@ -265,8 +291,9 @@ def train_in_process(
     return trained
 
 
-class _Stopped(Exception):
-    """Ends a training thread at its next curve point once the evaluation is stopping."""
+class Stopped(Exception):
+    """Ends training at its next curve point once the evaluation is stopping (another agent
+    failed, or a stop signal came: `hmk8s.train.stop`)."""
 
 
 def obtain_agents(
@@ -279,20 +306,22 @@ def obtain_agents(
     many threads when ``together``: one vmapped program keeps about 1.5 of 2 CPU cores busy,
     two of them keep both, and each program's numbers stay what they are alone.
 
-    When one agent fails or Ctrl-C stops the wait, the others stop at their next curve point
-    (the end of the chunk running), so nothing trains on with no one to collect it."""
-    if not together:
-        return {name: source(name, trainers[name], curves[name]) for name in trainers}
+    When one agent fails, Ctrl-C stops the wait or a stop signal comes, every agent stops at
+    its next curve point (the end of the chunk running), raising `Stopped`, so nothing trains
+    on with no one to collect it."""
     stopping = threading.Event()
-    futures: dict[str, Future] = {name: Future() for name in trainers}
 
     def curve_until_stopped(name: str) -> Callable[[Any, int], np.ndarray]:
         def curve(params: Any, steps: int) -> np.ndarray:
-            if stopping.is_set():
-                raise _Stopped(name)
+            if stopping.is_set() or requested() is not None:
+                raise Stopped(name)
             return curves[name](params, steps)
 
         return curve
+
+    if not together:
+        return {name: source(name, trainers[name], curve_until_stopped(name)) for name in trainers}
+    futures: dict[str, Future] = {name: Future() for name in trainers}
 
     def obtain(name: str) -> None:
         try:
@@ -318,10 +347,12 @@ def evaluate_usecase(
     ev: EvaluateConfig,
     log: Callable[[str], None] = print,
     source: AgentSource | None = None,
+    scores: ScoreCache | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Train (or take from ``source``), evaluate and compare on the use case ``mapping``
     (named ``usecase``). Returns the JSON-ready results and the plot data (learning curves, the
-    baselines' curve-episode returns, one timeline episode per policy in ``ev.timeline``)."""
+    baselines' curve-episode returns, one timeline episode per policy in ``ev.timeline``).
+    ``scores`` keeps the baselines' scores between evaluations (None: computed every time)."""
     source = source or train_in_process(usecase, cfg, ev, log)
     env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
     env, params = sim.make(dict(mapping), env_cfg, name=usecase)
@@ -330,16 +361,19 @@ def evaluate_usecase(
     curve_key, eval_key = jax.random.split(jax.random.PRNGKey(ev.key))
     reps = ev.bootstrap_reps
 
-    keys = jnp.stack([curve_key, eval_key])
-    baselines, baseline_curve, baseline_records, baseline_sla = {}, {}, {}, {}
-    for name, make in BASELINES.items():
-        policy = make()
-        run_both = jax.vmap(lambda k, p=policy: rollout(env, params, p, k, ev.episodes))
-        both = jax.jit(run_both, compiler_options=ROLLOUT_COMPILER_OPTIONS)(keys)
-        baseline_curve[name] = float(both["reward"][0].sum(axis=1).mean())
-        baseline_sla[name] = float(both["sla_violated"][0].mean())
-        baseline_records[name] = jax.tree.map(lambda x: x[1], both)
-        baselines[name] = episode_metrics(baseline_records[name])
+    baselines, baseline_curve, baseline_timeline, baseline_sla = {}, {}, {}, {}
+    for name in BASELINES:
+        scored = (scores or ScoreCache(None)).get_or_compute(
+            {"policy": name, "episodes": ev.episodes, "evaluation_key": ev.key},
+            params,
+            curve_key,
+            lambda name=name: baseline_scores(env, params, name, curve_key, eval_key, ev.episodes),
+        )
+        baseline_curve[name], baseline_sla[name] = scored["curve_return"], scored["curve_sla"]
+        baselines[name] = scored["metrics"]
+        baseline_timeline[name] = {
+            k: np.asarray(v, np.float32) for k, v in scored["timeline"].items()
+        }
         log(f"{usecase} {name:9s} return {baselines[name]['return']:8.2f}")
 
     hints = {name: cfg.haql if name == "haql" else None for name in AGENTS}
@@ -411,17 +445,17 @@ def evaluate_usecase(
     result["targets"] = targets(result)
 
     median_seed = int(np.argsort(per_seed["haql"]["return"])[cfg.seeds // 2])
-    all_records = {
-        **baseline_records,
-        **{a: jax.tree.map(lambda x: x[median_seed], r) for a, r in agent_records.items()},
+    timelines = {
+        **baseline_timeline,
+        **{
+            a: first_episode(jax.tree.map(lambda x: x[median_seed], r))
+            for a, r in agent_records.items()
+        },
     }
     plot_data = {
         "steps": runs["dqn"].steps,
         "curves": {name: run.curves for name, run in runs.items()},
         "baseline_curve": baseline_curve,
-        "timeline": {
-            name: {k: np.asarray(all_records[name][k][0]) for k in TIMELINE_KEYS}
-            for name in ev.timeline
-        },
+        "timeline": {name: timelines[name] for name in ev.timeline},
     }
     return result, plot_data

@@ -5,7 +5,10 @@ directory holds four items: ``state`` (the train state without the replay
 buffer), ``replay`` (the buffer, optional), ``config`` and ``meta`` (JSON).
 Orbax writes into a temporary directory and renames it when complete, so a
 process killed mid-save leaves the previous checkpoints intact and the partial
-one is ignored (and cleaned up) on the next open.
+one is ignored (and cleaned up) on the next open. A run's saves (``background``, in a
+one-process run) only copy the state to the host and return: a thread computes its
+checksums and orbax writes it asynchronously while training goes on, and the next save,
+a read or `Checkpointer.close` waits for it.
 
 Orbax keeps no checksum of the arrays, so a flipped or truncated data file would restore
 without error into a state that trains on NaN. ``meta`` therefore records every array's
@@ -25,6 +28,7 @@ import sys
 import time
 import warnings
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -153,22 +157,47 @@ class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, replay: bool = True) -> None:
         self.directory = Path(directory).absolute()
         self.replay = replay
+        # several processes save device arrays that the next chunk donates: they wait
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, enable_async_checkpointing=False
+            max_to_keep=keep, create=True, enable_async_checkpointing=jax.process_count() == 1
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=_ITEMS)
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="hmk8s-checkpoint")
+        self._pending: Future | None = None
 
     def latest_step(self) -> int | None:
-        """The newest complete checkpoint step, or None when there is none."""
+        """The newest complete checkpoint step (a save in flight finished first), or None."""
+        self.wait()
         return self._manager.latest_step()
 
-    def save(self, step: int, state: TrainState, config: dict, meta: dict) -> None:
-        """Write ``state`` (blocking until it is on disk) with its config and metadata."""
+    def wait(self) -> None:
+        """Until the save in flight (if any) is on disk; raises what it failed with."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+        self._manager.wait_until_finished()
+
+    def save(
+        self, step: int, state: TrainState, config: dict, meta: dict, *, background: bool = False
+    ) -> None:
+        """Write ``state`` with its config and metadata. With ``background`` (and one process)
+        only a host copy is made before returning: a thread digests it and hands it to orbax,
+        which writes the files while the caller trains on; the next save, a read or `close`
+        waits for them (and raises what they failed with)."""
         trees = {"state": state._replace(buffer=None)}
         if self.replay and state.buffer is not None:  # PQN's state has no replay
             trees["replay"] = state.buffer
-        if jax.process_count() == 1:  # several processes save their own shards of the arrays
-            trees = jax.device_get(trees)
+        if jax.process_count() > 1:  # each process saves its own shards, together
+            self._write(step, trees, config, meta)
+            return
+        # a copy of its own: the next chunk may reuse (donate) the device buffers
+        trees = jax.tree.map(np.array, jax.device_get(trees))
+        self.wait()
+        self._pending = self._writer.submit(self._write, step, trees, config, meta)
+        if not background:
+            self.wait()
+
+    def _write(self, step: int, trees: dict[str, Any], config: dict, meta: dict) -> None:
         integrity = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
@@ -183,7 +212,6 @@ class Checkpointer:
                 f"{self.directory}: step {step} not saved, the directory holds step "
                 f"{self._manager.latest_step()} already"
             )
-        self._manager.wait_until_finished()
 
     def read_config(self, step: int | None = None) -> tuple[int, dict, dict]:
         """(step, config, meta) of the newest checkpoint at or before ``step`` (default: the
@@ -207,6 +235,7 @@ class Checkpointer:
         ones and why. Those are moved aside (``<step>.damaged-<unix time>``), so the resumed
         run can save their steps anew and the damaged files stay for a look."""
         damaged: dict[int, str] = {}
+        self.wait()
         for candidate in self._steps_from(step):
             try:
                 out = load(candidate)
@@ -287,6 +316,7 @@ class Checkpointer:
 
     def steps(self) -> list[int]:
         """Every complete checkpoint step, oldest first."""
+        self.wait()
         return sorted(self._manager.all_steps())
 
     def restore_state_tree(self, step: int | None = None) -> tuple[int, dict, dict, Any]:
@@ -340,7 +370,11 @@ class Checkpointer:
         return [s for s in steps if s <= step]
 
     def close(self) -> None:
-        self._manager.close()
+        try:
+            self.wait()
+        finally:
+            self._writer.shutdown()
+            self._manager.close()
 
 
 def run_checkpoints(run_dir: str | Path) -> Checkpointer:

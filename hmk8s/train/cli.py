@@ -27,10 +27,12 @@ from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
+from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.distributed import TopologyError, initialize
-from hmk8s.train.run import NonFiniteError, RunDirError, resolve_run_dir
+from hmk8s.train.run import DiskFullError, NonFiniteError, RunDirError, resolve_run_dir
+from hmk8s.train.stop import exit_status
 from hmk8s.usecases import UseCaseError, load_usecase
 
 SCHEMA_NAME = "train_schema"
@@ -48,7 +50,7 @@ BAD_INPUT = (
     ClusterAccessError,
 )
 #: A run that started and then failed in a known way: one line and exit code 1.
-RUN_FAILED = (NonFiniteError, CleanupError, EnvLost)
+RUN_FAILED = (NonFiniteError, CleanupError, EnvLost, DiskFullError)
 
 
 def register_schema() -> None:
@@ -98,6 +100,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     typed: TrainConfig = OmegaConf.to_object(cfg)
     validate(typed)
     typed.run_dir = sweep_job_dir(typed)
+    cache = cache_root(typed.cache.dir)
+    if typed.cache.compile:
+        enable_compile_cache(cache)
     initialize(typed.distributed)
     load_usecase(typed.usecase, source=f"usecase={usecase}")
     run_dir = resolve_run_dir(typed, usecase)
@@ -120,7 +125,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     config = OmegaConf.to_container(cfg, resolve=True)
     bonus = deployed_bonus(typed.haql if typed.heuristic else None)
-    spec, evaluator = sim_setup(typed.usecase, config["env"], usecase, typed.eval.episodes, bonus)
+    scores = score_cache(cache, typed.cache.scores)
+    spec, evaluator = sim_setup(
+        typed.usecase, config["env"], usecase, typed.eval.episodes, bonus, scores
+    )
     return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
 
 
@@ -164,8 +172,8 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {lost_process(err)}", file=sys.stderr, flush=True)
         # JAX's exit would wait at a shutdown barrier for the lost process, then abort
         os._exit(EXIT_RUN_FAILED)
-    if "signal" in summary:  # stopped cleanly by SIGTERM: say so in the exit status
-        sys.exit(128 + signal.Signals[summary["signal"]].value)
+    if "signal" in summary:  # stopped cleanly by SIGINT / SIGTERM: say so in the exit status
+        sys.exit(exit_status(signal.Signals[summary["signal"]]))
 
 
 @hydra.main(config_path=SEARCH_PATH, config_name="config", version_base="1.3")
@@ -208,6 +216,37 @@ def check_overrides(config_name: str, argv: list[str]) -> None:
         sys.exit(EXIT_BAD_INPUT)
 
 
+MULTIRUN_FLAGS = ("-m", "--multirun")
+
+
+def refuse_used_sweep_dir(config_name: str, argv: list[str]) -> None:
+    """A multirun (``-m``) into a sweep directory that already holds files is refused in one
+    line and exit code 2, before Hydra rewrites its ``multirun.yaml`` and job folders."""
+    if not any(arg in MULTIRUN_FLAGS for arg in argv):
+        return
+    overrides = _config_dir_overrides([a for a in argv if a not in MULTIRUN_FLAGS])
+    if overrides is None:
+        return
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+        overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
+        with initialize_config_module("hmk8s.configs", version_base="1.3"):
+            hydra_cfg = compose(config_name, overrides=overrides, return_hydra_config=True).hydra
+            sweep = Path(hydra_cfg.sweep.dir)
+    except Exception:  # the overrides are bad: `check_overrides` says why, for the first job
+        return
+    if sweep.is_dir() and any(sweep.iterdir()):
+        print(
+            f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (each job "
+            "of a stopped sweep resumes with resume=<its run directory>)",
+            file=sys.stderr,
+        )
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def _one_line(err: BaseException) -> str:
     """An error and its cause on one line, without Hydra's search-path listing."""
     parts = []
@@ -224,4 +263,5 @@ def entry() -> None:
     """``hmk8s-train`` and ``scripts/train.py``: Hydra over the shipped configs, then `main`."""
     register_schema()
     check_overrides("config", sys.argv[1:])
+    refuse_used_sweep_dir("config", sys.argv[1:])
     _hydra_main()

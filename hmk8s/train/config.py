@@ -38,6 +38,7 @@ RESUME_SAFE_KEYS = (
     "eval",
     "haql.deployed_xi",
     "distributed",
+    "cache",
 )
 
 
@@ -88,6 +89,15 @@ class EvalConfig:
 
 
 @dataclass
+class CacheConfig:
+    """The user cache of compiled programs and fixed policies' scores (`hmk8s.train.cache`)."""
+
+    dir: str | None = None
+    compile: bool = True
+    scores: bool = True
+
+
+@dataclass
 class TrainConfig:
     """The root config of `scripts/train.py`."""
 
@@ -107,6 +117,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
     halt_on_nan: bool = True
     devices: int | None = None
     seed_devices: int = 1

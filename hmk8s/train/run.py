@@ -7,10 +7,14 @@ Both trainers open their run here, so each rule holds for both backends and live
 2. the directory must be writable, before any work (or any cluster object) is made;
    in a multi-process run process 0 creates it and every other process must reach it;
 3. checkpoints are opened and, on resume, the saved config is checked against this one;
-4. SIGTERM is turned into the same clean stop as Ctrl-C, on the main thread, wherever envs
-   were built, and remembered so the process exits with 128 + signal afterwards;
-5. the log (``metrics.csv``, TensorBoard, console) appends, checkpoints are saved only over
-   finite weights, and the summary is written last; process 0 alone writes these.
+4. the directory is locked (an advisory ``flock`` on ``<run_dir>/.lock``) while the run
+   writes it: a second writer (two resumes of one run) is refused, naming the holder's PID;
+5. SIGINT and SIGTERM take one stop path (`hmk8s.train.stop`): the Anakin loop stops at its
+   next chunk boundary, the actor/learner at once, and the signal is remembered so the summary
+   says so and the process exits with 128 + signal afterwards;
+6. the log (``metrics.csv``, TensorBoard, console) appends, checkpoints are saved only over
+   finite weights, and the summary is written last; process 0 alone writes these;
+7. a full disk ends the run in one line that names the checkpoints still intact.
 
 With several processes each check runs on every process and fails on all of them together
 (`agree`), so that no process is left waiting for one that stopped.
@@ -19,8 +23,10 @@ With several processes each check runs on every process and fails on all of them
 from __future__ import annotations
 
 import contextlib
-import signal
-import threading
+import errno
+import fcntl
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -33,9 +39,13 @@ from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_c
 from hmk8s.train.config import ConfigError, TrainConfig
 from hmk8s.train.distributed import agree, is_primary
 from hmk8s.train.runlog import QuietLog, RunLog
+from hmk8s.train.stop import forget, interrupt_on_signals, requested, signal_name, stop_on_signals
 
 #: What marks a directory as holding a run: any of these is there.
 RUN_MARKERS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "history", "tb")
+#: The advisory lock a process holds on a run directory while it writes there.
+LOCK_FILE = ".lock"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 class RunDirError(ValueError):
@@ -44,6 +54,10 @@ class RunDirError(ValueError):
 
 class NonFiniteError(RuntimeError):
     """Training produced NaN or inf weights or loss; the last good checkpoint is kept."""
+
+
+class DiskFullError(RuntimeError):
+    """The run directory's disk filled up; the checkpoints written before are intact."""
 
 
 def default_run_dir(usecase: str, algo: str, root: str | Path = "runs") -> Path:
@@ -106,6 +120,64 @@ def _writable(directory: Path) -> None:
         raise RunDirError(f"run_dir {directory} cannot be written: {err.strerror or err}") from err
 
 
+@contextlib.contextmanager
+def hold_run_dir(directory: Path) -> Iterator[None]:
+    """Hold ``directory``'s advisory lock while the block writes there; a directory another
+    process holds is refused in one line naming that process."""
+    path = directory / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise RunDirError(f"run_dir {directory} cannot be written: {err.strerror or err}") from err
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirError(
+                f"{directory} is in use by another process (PID {holder}): wait for it to end, "
+                "or choose another run_dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock; the file stays, so no two processes lock two files
+
+
+def intact_checkpoints(directory: Path) -> list[int]:
+    """Steps of the complete checkpoints under ``directory/checkpoints`` (orbax renames a
+    step's folder to its number only once it is fully written)."""
+    folder = directory / "checkpoints"
+    names = [p.name for p in folder.iterdir()] if folder.is_dir() else []
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (or what caused it: orbax wraps TensorStore's errors) is a full disk."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            return True
+        if "No space left on device" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def disk_full_error(directory: Path) -> DiskFullError:
+    """One line: the disk is full, and which checkpoints a resume can use."""
+    steps = intact_checkpoints(directory)
+    kept = (
+        f"intact checkpoints: steps {', '.join(map(str, steps))}; resume={directory} continues "
+        f"from step {steps[-1]} once space is freed"
+        if steps
+        else "no checkpoint was complete"
+    )
+    return DiskFullError(f"{directory}: the disk is full (no space left to write the run); {kept}")
+
+
 def params_finite(params: Any) -> bool:
     """Whether every weight is finite (one reduction per leaf, on the device)."""
     return all(bool(jax.numpy.isfinite(leaf).all()) for leaf in jax.tree.leaves(params))
@@ -121,7 +193,11 @@ class Run:
     checkpoints: Checkpointer | None
     resume_step: int | None
     log: RunLog | QuietLog | None = None
-    signal: int | None = None
+
+    @property
+    def signal(self) -> int | None:
+        """The stop signal received (SIGINT, SIGTERM), or None: the run goes on."""
+        return requested()
 
     def restore(self, fresh: Any) -> Any:
         """The resumed state in the structure of ``fresh``, or ``fresh`` for a new run."""
@@ -159,39 +235,30 @@ class Run:
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
         """Checkpoint ``state`` at ``step`` (once per step) when checkpoints are on."""
         if self.checkpoints is not None and self.checkpoints.latest_step() != step:
-            self.checkpoints.save(step, state, self.config, dict(meta))
+            self.checkpoints.save(step, state, self.config, dict(meta), background=True)
 
     def finish(self, summary: dict[str, Any]) -> None:
         """Write ``summary.json`` (and the console table); the run's last act."""
         if self.signal is not None:
-            summary["signal"] = signal.Signals(self.signal).name
+            summary["signal"] = signal_name(self.signal)
         if self.log is None:
             self.start_log(0, 0)
-        self.log.write_summary(summary)
+        self.log.write_summary(summary, table=self.signal is None)
+        if self.signal is not None and is_primary():
+            print(f"stopped by {summary['signal']}: {self._kept()}", file=sys.stderr, flush=True)
+
+    def _kept(self) -> str:
+        """What a stopped run leaves to continue from."""
+        step = self.checkpoints.latest_step() if self.checkpoints is not None else None
+        if step is None:
+            return f"no checkpoint kept (checkpoint.enabled=false); summary in {self.directory}"
+        return f"checkpoint step {step:,} kept; resume={self.directory} continues the run"
 
     def close(self) -> None:
         if self.log is not None:
             self.log.close()
         if self.checkpoints is not None:
             self.checkpoints.close()
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt(run: Run) -> Iterator[None]:
-    """SIGTERM takes Ctrl-C's path (a clean stop, checkpoint, cleanup); noted on the run."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        run.signal = signum
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _resume_step(
@@ -214,16 +281,48 @@ def open_run(
     directory: Path,
     *,
     resume_view: Callable[[dict[str, Any]], dict[str, Any]] = lambda c: c,
+    interrupt: bool = False,
 ) -> Iterator[Run]:
     """Open ``directory`` for a run of ``cfg`` (``config``: its plain form, as saved).
 
     ``resume_view`` picks what of a config must match for a resume (the actor/learner ignores
-    how its actor ran). Raises `RunDirError` / `CheckpointError` before any work starts.
+    how its actor ran). ``interrupt``: a stop signal raises `KeyboardInterrupt` at once (the
+    actor/learner's clean stop) instead of waiting for the loop to look at `Run.signal`.
+    Raises `RunDirError` / `CheckpointError` before any work starts.
     """
     resuming = cfg.resume is not None
+    forget()
     agree(lambda: _fresh_or_resumed(directory, resuming), "the run directory's check")
     agree(lambda: _created(directory), f"creating {directory}")
     agree(lambda: _reached(directory), f"reaching {directory}")
+    with contextlib.ExitStack() as stack:
+        lock = hold_run_dir(directory) if is_primary() else contextlib.nullcontext()
+        agree(lambda: stack.enter_context(lock), f"locking {directory}")
+        # checked again under the lock: another writer may have started the run meanwhile
+        agree(lambda: _fresh_or_resumed(directory, resuming), "the run directory's check")
+        signals = interrupt_on_signals() if interrupt else stop_on_signals()
+        with signals, _disk_full_named(directory):
+            yield from _opened(cfg, config, directory, resume_view)
+
+
+@contextlib.contextmanager
+def _disk_full_named(directory: Path) -> Iterator[None]:
+    try:
+        yield
+    except Exception as err:
+        if disk_full(err):
+            raise disk_full_error(directory) from err
+        raise
+
+
+def _opened(
+    cfg: TrainConfig,
+    config: Mapping[str, Any],
+    directory: Path,
+    resume_view: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Iterator[Run]:
+    """The `Run` of a locked directory: its checkpoints opened and, on resume, checked."""
+    resuming = cfg.resume is not None
     checkpoints = None
     if cfg.checkpoint.enabled:
         checkpoints = Checkpointer(
@@ -242,7 +341,6 @@ def open_run(
             checkpoints.close()
         raise
     try:
-        with _sigterm_as_interrupt(run):
-            yield run
+        yield run
     finally:
         run.close()

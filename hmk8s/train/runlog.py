@@ -117,24 +117,26 @@ class RunLog:
             self._task, completed=step, status=f"{status}  {rows[0]['sps']:,.0f} steps/s"
         )
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
-        """summary.json, and a one-screen table of it on the console."""
+    def write_summary(self, summary: Mapping[str, Any], table: bool = True) -> None:
+        """summary.json, and (with ``table``) a one-screen table of it on the console."""
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         self.close()
-        table = Table(title=f"hmk8s run  {self.run_dir}", show_header=True)
-        table.add_column("")
-        table.add_column("value", justify="right")
+        if not table:
+            return
+        view = Table(title=f"hmk8s run  {self.run_dir}", show_header=True)
+        view.add_column("")
+        view.add_column("value", justify="right")
         for key in ("usecase", "heuristic", "seeds", "env_steps", "updates", "wall_seconds"):
             if key in summary:
-                table.add_row(key, _fmt(summary[key]))
-        table.add_row("steps/s", _fmt(summary["steps_per_second"]))
+                view.add_row(key, _fmt(summary[key]))
+        view.add_row("steps/s", _fmt(summary["steps_per_second"]))
         for group in ("eval", "baselines"):
             for name, block in _flat_blocks(summary.get(group)):
                 for key, value in block.items():
                     if key != "per_seed" and not isinstance(value, list | dict):
-                        table.add_row(f"{name} {key}", _fmt(value))
-        table.add_row("params sha256", str(summary["params_sha256"])[:16] + "…")
-        self.console.print(table)
+                        view.add_row(f"{name} {key}", _fmt(value))
+        view.add_row("params sha256", str(summary["params_sha256"])[:16] + "…")
+        self.console.print(view)
 
     def close(self) -> None:
         self._progress.stop()
@@ -152,7 +154,7 @@ class QuietLog:
     def log_chunk(self, rows: list[dict[str, Any]]) -> None:
         """Nothing: process 0 logs the chunk."""
 
-    def write_summary(self, summary: Mapping[str, Any]) -> None:
+    def write_summary(self, summary: Mapping[str, Any], table: bool = True) -> None:
         """Nothing: process 0 writes summary.json."""
 
     def close(self) -> None:

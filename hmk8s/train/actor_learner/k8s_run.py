@@ -190,7 +190,7 @@ def run_async_training(
     created = not directory.exists()
     built = False
     try:
-        with open_run(tc, config, directory, resume_view=_without_actor) as run:
+        with open_run(tc, config, directory, resume_view=_without_actor, interrupt=True) as run:
             envs: list[BlockingEnv] = []
             history: HistoryWriter | None = None
             try:

@@ -25,6 +25,7 @@ from hmk8s.train.anakin.loop import (
 )
 from hmk8s.train.config import ConfigError, TrainConfig
 from hmk8s.train.distributed import check_topology, resolve_devices, topology
+from hmk8s.train.profile import WallTime
 from hmk8s.train.run import open_run
 from hmk8s.train.runlog import chunk_rows, params_sha256
 
@@ -72,8 +73,15 @@ def run_training(
     name: str,
     evaluator: Evaluator | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each; summary."""
+    """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each; summary.
+
+    A stop signal (`hmk8s.train.stop`) ends the run at the next chunk boundary, also when it
+    came while compiling: the state reached is checkpointed (a complete checkpoint, which
+    ``resume`` continues), the evaluation is skipped and the summary names the signal. The
+    summary's ``seconds`` split the wall time into compile, train, evaluate, checkpoint and
+    other (`WallTime`)."""
     wall0 = time.perf_counter()
+    wall = WallTime()
     a = cfg.agent
     devices = resolve_devices(
         cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size, cfg.seed_devices, cfg.seeds
@@ -96,29 +104,43 @@ def run_training(
         log = run.start_log(total_iters * per_iter, done_iters * per_iter)
         compiled: dict[int, Any] = {}
         train_seconds, steps_run = 0.0, 0
+
+        def save() -> None:
+            step = int(np.asarray(state.env_steps)[0])
+            with wall.phase("checkpoint"):
+                run.save(step, state, {"name": name, "env_steps": step, "topology": where})
+
         for index, n in enumerate(plan):
-            if n not in compiled:
+            if n not in compiled and run.signal is None:
                 compiled[n] = make_chunk_fn(trainer, n).lower(state).compile()
-            t0 = time.perf_counter()
-            state, metrics = compiled[n](state)
-            metrics = jax.device_get(metrics)
-            seconds = time.perf_counter() - t0
+            if run.signal is not None:
+                break
+            with wall.phase("train"):
+                t0 = time.perf_counter()
+                state, metrics = compiled[n](state)
+                metrics = jax.device_get(metrics)
+                seconds = time.perf_counter() - t0
             train_seconds += seconds
             steps_run += n * per_iter * cfg.seeds
             log.log_chunk(chunk_rows(metrics, n * per_iter * cfg.seeds / seconds))
             run.check_finite(state.learner.params)
             if index == len(plan) - 1 or (index + 1) % cfg.checkpoint.every_chunks == 0:
-                step = int(np.asarray(state.env_steps)[0])
-                run.save(step, state, {"name": name, "env_steps": step, "topology": where})
+                save()
+        if run.signal is not None:
+            save()  # the state reached, unless that step is saved already
 
         params = jax.device_get(state.learner.params)  # replicated: each process has them all
         key = jax.random.PRNGKey(cfg.seed + 1)
-        if not cfg.eval.enabled or cfg.eval.episodes == 0:
-            results: dict[str, Any] = {}
-        elif evaluator is not None:
-            results = evaluator(trainer, params, key)
-        else:
-            results = {"eval": greedy_eval(trainer, params, key, cfg.eval.episodes)}
+        results: dict[str, Any] = {}
+        if run.signal is None and cfg.eval.enabled and cfg.eval.episodes > 0:
+            with wall.phase("evaluate"):
+                if evaluator is not None:
+                    results = evaluator(trainer, params, key)
+                else:
+                    results = {"eval": greedy_eval(trainer, params, key, cfg.eval.episodes)}
+        if run.checkpoints is not None:  # the last save, written while the agent was evaluated
+            with wall.phase("checkpoint"):
+                run.checkpoints.wait()
         summary = {
             "usecase": name,
             "heuristic": cfg.heuristic,
@@ -129,6 +151,8 @@ def run_training(
             "steps_per_second": steps_run / train_seconds if train_seconds else 0.0,
             "params_sha256": params_sha256(params),
             **results,
+            "seconds": wall.split(),
+            "programs_compiled": wall.programs_compiled(),
         }
         run.finish(summary)
     return summary

@@ -1,6 +1,11 @@
 """The hmk8s side of training on the simulator: the env as an `EnvSpec`, and the evaluator
 that scores every seed's greedy agent beside the HPA baseline on identical episodes (the full
-comparison with every baseline is `hmk8s.evaluate`'s job)."""
+comparison with every baseline is `hmk8s.evaluate`'s job).
+
+The agents' rollout is one program, compiled once, vmapped over the seeds and the episodes
+with the weights as its argument; HPA's score depends on none of the training, so it comes
+from the score cache (`hmk8s.train.cache`) when an earlier run computed it.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,13 @@ import numpy as np
 from hmk8s import sim
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.envs.spec import EnvSpec
-from hmk8s.metrics import POLICY_METRIC_NAMES
+from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import hpa_policy
-from hmk8s.policies.q_policy import q_policy
+from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
 from hmk8s.train.anakin.loop import Trainer
 from hmk8s.train.anakin.run import Evaluator
+from hmk8s.train.cache import ScoreCache
 
 
 def _summary(result: Mapping[str, Any]) -> dict[str, float]:
@@ -31,20 +37,29 @@ def sim_setup(
     name: str,
     episodes: int,
     heuristic_bonus: float = 0.0,
+    scores: ScoreCache | None = None,
 ) -> tuple[EnvSpec, Evaluator]:
     """The simulator for ``usecase`` (a use-case mapping) and its evaluator; the agent is
-    evaluated as deployed, with ``heuristic_bonus`` on the rulebook's action (HAQL)."""
+    evaluated as deployed, with ``heuristic_bonus`` on the rulebook's action (HAQL). ``scores``
+    keeps HPA's score between runs (None: computed every time)."""
     env, params = sim.make(dict(usecase), dict(env_cfg), name=name)
     encoder = env_cfg["encoder"]
+    scores = scores or ScoreCache(None)
 
     def evaluator(trainer: Trainer, seed_params: Any, key: jax.Array) -> dict[str, Any]:
-        per_seed = []
-        for seed in range(jax.tree.leaves(seed_params)[0].shape[0]):
-            q_params = jax.tree.map(lambda x, i=seed: x[i], seed_params)
-            policy = q_policy(trainer.network.apply, q_params, encoder, heuristic_bonus)
-            per_seed.append(_summary(evaluate_policy(env, params, policy, key, episodes)))
+        run = make_seed_rollout(env, params, trainer.network.apply, episodes, encoder)
+        records = jax.device_get(run(seed_params, key, heuristic_bonus))
+        seeds = jax.tree.leaves(seed_params)[0].shape[0]
+        per_seed = [
+            _summary(summarise(jax.tree.map(lambda x, i=i: x[i], records))) for i in range(seeds)
+        ]
         agent = {k: float(np.mean([s[k] for s in per_seed])) for k in POLICY_METRIC_NAMES}
-        baselines = {"hpa": _summary(evaluate_policy(env, params, hpa_policy(), key, episodes))}
-        return {"eval": {**agent, "per_seed": per_seed}, "baselines": baselines}
+        hpa = scores.get_or_compute(
+            {"policy": "hpa", "episodes": episodes},
+            params,
+            key,
+            lambda: _summary(evaluate_policy(env, params, hpa_policy(), key, episodes)),
+        )
+        return {"eval": {**agent, "per_seed": per_seed}, "baselines": {"hpa": hpa}}
 
     return sim_env_spec(env, params, encoder), evaluator
