@@ -69,7 +69,8 @@ class HpaPlayer(fidelity.Player):
         from kubernetes import client
 
         apps = client.AppsV1Api(api_client)
-        scaling = client.AutoscalingV2beta2Api(api_client)
+        # the 1.20 node serves autoscaling/v2beta2, which newer clients have no typed API for
+        scaling = client.CustomObjectsApi(api_client)
         max_pods = int(env.params.max_pods)
         for cluster in env.cmap.clusters:
             ns = cluster.namespace
@@ -81,7 +82,9 @@ class HpaPlayer(fidelity.Player):
                 f = FUNCTION_NAMES.index(labels[objects.FUNCTION])
                 c = CONFIG_NAMES.index(labels[objects.CONFIG])
                 body = objects.autoscaler(env.run_id, f, c, self.target, max_pods, d.metadata.uid)
-                scaling.create_namespaced_horizontal_pod_autoscaler(ns, body)
+                scaling.create_namespaced_custom_object(
+                    "autoscaling", "v2beta2", ns, "horizontalpodautoscalers", body
+                )
 
     def before_step(self, env: Any) -> None:
         env.adopt_replicas()
@@ -100,12 +103,14 @@ def run(args: argparse.Namespace) -> dict:
     usecase = load_usecase(args.usecase)
     predicted_on: UseCase = load_usecase(args.calibrated) if args.calibrated else usecase
     agent = load_agent(args.agent, usecase=usecase) if args.agent else None
-    players: list[fidelity.Player] = [
+    every: list[fidelity.Player] = [
         PolicyPlayer("rulebook", heuristic_policy()),
         HpaPlayer(args.hpa_target),
     ]
     if agent is not None:
-        players.insert(0, PolicyPlayer("agent", agent.policy()))
+        every.insert(0, PolicyPlayer("agent", agent.policy()))
+    players = [p for p in every if args.policies is None or p.name in args.policies]
+    args.out.mkdir(parents=True)
     episodes, results = [], {}
     for player in players:
         node, sim = [], []
@@ -133,6 +138,9 @@ def run(args: argparse.Namespace) -> dict:
                     "recording": rec.to_json(),
                 }
             )
+            (args.out / "episodes.json").write_text(
+                json.dumps(episodes)
+            )  # kept if a later one fails
             print(f"{player.name} episode {seed}: node {measured} | sim {predicted}", flush=True)
         results[player.name] = {
             "node": {k: float(np.mean([e[k] for e in node])) for k in node[0]},
@@ -140,8 +148,6 @@ def run(args: argparse.Namespace) -> dict:
             "node_return_per_episode": [e["return"] for e in node],
             "sim_return_per_episode": [e["return"] for e in sim],
         }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "episodes.json").write_text(json.dumps(episodes))
     summary = {
         "usecase": usecase.name,
         "agent": str(args.agent) if args.agent else None,
@@ -185,6 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--hpa-target", type=float, default=HPA_TARGET)
+    parser.add_argument(
+        "--policies", nargs="+", default=None, help="a subset of: agent rulebook hpa (default all)"
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.out.exists():
