@@ -34,7 +34,7 @@ from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
 from hmk8s.train.actor_learner.history import HistoryWriter
 from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_async
 from hmk8s.train.config import ConfigError, TrainConfig, validate
-from hmk8s.train.run import holds_run, open_run, resolve_run_dir
+from hmk8s.train.run import LOCK_FILE, holds_run, open_run, resolve_run_dir
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import UseCase, load_usecase
 
@@ -266,10 +266,15 @@ def run_async_training(
 def _remove_empty(directory: Path, created: bool) -> None:
     """Undo the folders a fresh run made before any env was built (a refused credential, a
     missing namespace), so that its retry is not refused as a run over a run. Only empty
-    folders go: a folder holding anything is left as it is."""
-    for folder in (directory / "checkpoints", directory / "history", *([directory] * created)):
+    folders go (the released lock file aside): a folder holding anything is left as it is."""
+    for folder in (directory / "checkpoints", directory / "history"):
         with contextlib.suppress(OSError):
             folder.rmdir()
+    if directory.is_dir() and {p.name for p in directory.iterdir()} <= {LOCK_FILE}:
+        (directory / LOCK_FILE).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()
 
 
 def _summary(tc: TrainConfig, usecase: UseCase, result: AsyncResult, wall: float) -> dict:
