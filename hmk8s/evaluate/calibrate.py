@@ -101,19 +101,26 @@ def calibrate(
     policies, report = {}, {}
     for name, (make, knobs) in tunable(grid).items():
         returns, sla = score_grid(env, params, make, knobs, key, episodes)
-        best = int(np.argmax(returns))
-        chosen = {k: float(v[best]) for k, v in knobs.items()}
-        policies[name + CALIBRATED] = make(**chosen)
-        report[name] = {
-            "knobs": chosen,
-            "validation_return": float(returns[best]),
-            "validation_sla": float(sla[best]),
-            "chosen_by": f"highest mean return on the {episodes} validation episodes "
-            "(the curve episodes, disjoint from the test episodes) over the grid",
-            "grid": {
-                **{k: list(v) for k, v in knobs.items()},
-                "validation_return": returns.tolist(),
-                "validation_sla": sla.tolist(),
-            },
-        }
+        report[name] = choose(knobs, returns, sla, episodes)
+        policies[name + CALIBRATED] = make(**report[name]["knobs"])
     return policies, report
+
+
+def choose(
+    knobs: dict[str, Sequence[float]], returns: np.ndarray, sla: np.ndarray, episodes: int
+) -> dict[str, Any]:
+    """The setting with the highest validation return (the first of a tie), its scores, how it
+    was chosen and every setting's scores."""
+    best = int(np.argmax(returns))
+    return {
+        "knobs": {k: float(v[best]) for k, v in knobs.items()},
+        "validation_return": float(returns[best]),
+        "validation_sla": float(sla[best]),
+        "chosen_by": f"highest mean return on the {episodes} validation episodes "
+        "(the curve episodes, disjoint from the test episodes) over the grid",
+        "grid": {
+            **{k: list(v) for k, v in knobs.items()},
+            "validation_return": np.asarray(returns).tolist(),
+            "validation_sla": np.asarray(sla).tolist(),
+        },
+    }

@@ -50,7 +50,7 @@ def label(name: str) -> str:
 
 def policy_table(result: dict[str, Any]) -> list[str]:
     """Every policy's scores, each calibrated baseline beside its default."""
-    names = [*AGENTS, *(b for b in BASELINE_ORDER if b in result["policies"])]
+    names = [n for n in (*AGENTS, *BASELINE_ORDER) if n in result["policies"]]
     lines = [
         "| policy | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
         "| --- |" + " ---: |" * len(COLUMNS),
