@@ -89,18 +89,22 @@ def instance_pressure(
 
 
 def serve(
-    load: jax.Array, ready: jax.Array, backlog: jax.Array, params: EnvParams, speed: jax.Array
+    load: jax.Array,
+    ready: jax.Array,
+    backlog: jax.Array,
+    params: EnvParams,
+    speed: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One step of every instance's fluid queue: (backlog after, busy fraction, hop latency).
 
-    mu = the config's rate * its cluster's ``speed``; capacity = ready * mu;
+    mu = the config's rate * its cluster's ``speed`` (one without it); capacity = ready * mu;
     backlog' = max(0, backlog + (load - capacity) * dt) while the
     instance has ready pods (with none, requests fail instead of queueing, and it is 0);
     hop latency = 1 / mu (service) + rho_c / (1 - rho_c) / mu (stationary M/M/1 wait,
     rho_c = min(load / capacity, RHO_MAX)) + backlog' / capacity (drain time of the backlog),
     or the timeout when no pod is ready.
     """
-    mu = params.mu[None] * speed[:, None, None]
+    mu = params.mu[None] if speed is None else params.mu[None] * speed[:, None, None]
     capacity = ready * mu
     serving = capacity > 0
     safe_cap = jnp.where(serving, capacity, 1.0)
