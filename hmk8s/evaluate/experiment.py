@@ -357,6 +357,7 @@ def evaluate_usecase(
 
     keys = jnp.stack([curve_key, eval_key])
     baselines, baseline_curve, baseline_records, baseline_sla = {}, {}, {}, {}
+    started = time.perf_counter()
     calibrated, calibration = calibrate(env, params, curve_key, ev.episodes, ev.calibration)
     baseline_policies = {**{name: make() for name, make in BASELINES.items()}, **calibrated}
     for name, policy in baseline_policies.items():
@@ -368,6 +369,7 @@ def evaluate_usecase(
         baselines[name] = episode_metrics(baseline_records[name])
         log(f"{usecase} {name:20s} return {baselines[name]['return']:8.2f}")
 
+    baseline_seconds = time.perf_counter() - started
     hints = {name: cfg.haql if name == "haql" else None for name in AGENTS}
     trainers = {name: make_trainer(spec, agent, cfg.num_envs, hints[name]) for name in AGENTS}
     rollouts = {
@@ -438,6 +440,7 @@ def evaluate_usecase(
     result["targets"] = targets(result)
     result["calibration"] = calibration
     names = check_scenarios(ev.scenarios)
+    started = time.perf_counter()
     if names:
         shifts = stacked(params, names)
         on_base = {
@@ -461,6 +464,10 @@ def evaluate_usecase(
         )
         for n in names:
             log(f"{usecase} {n:15s} HAQL beats: {result['scenarios'][n]['targets']}")
+    result["seconds"] = {
+        "baselines": baseline_seconds,  # calibration included
+        "scenarios": time.perf_counter() - started,
+    }
 
     median_seed = int(np.argsort(per_seed["haql"]["return"])[cfg.seeds // 2])
     all_records = {
