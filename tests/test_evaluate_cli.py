@@ -48,6 +48,7 @@ def test_tiny_evaluation_writes_results_and_figures(tmp_path):
     assert set(ml["calibration"]) == {"hpa", "hpa_exact", "static"}
     assert len(ml["calibration"]["hpa_exact"]["grid"]["validation_return"]) == 2
     assert set(ml["scenarios"]) == {"peak_x2", "capacity_loss"}
+    assert set(ml["seconds"]) == {"baselines", "scenarios"}
     for scenario in ml["scenarios"].values():
         assert [len(v) for v in scenario["per_seed"]["haql"].values()] == [2] * 5
         assert "haql_beats_hpa_exact_calibrated" in scenario["targets"]

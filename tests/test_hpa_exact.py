@@ -162,8 +162,7 @@ def test_policy_scales_every_instance_and_waits_300_s_to_scale_down(ml):
 
 
 def test_scale_instances_by_hand(ml):
-    env = ClusterEnv()
-    _, state = env.reset(jax.random.PRNGKey(0), ml)  # the empty start
+    _, state = jax.jit(ClusterEnv().reset)(jax.random.PRNGKey(0), ml)  # the empty start
     ready = np.zeros((3, 3, 3), np.int32)
     pending = np.zeros((3, 3, 3, ml.pending_depth), np.int32)
     assert ml.pending_depth == 3  # large pods start in 40 s: up to 3 steps
@@ -176,14 +175,15 @@ def test_scale_instances_by_hand(ml):
     target[0, ENC, MEDIUM] = 9  # +4 wanted; cluster 0 has room for 1 + the 3 freed = 4
     target[1, ENC, MEDIUM] = 3  # +2: medium starts in 20 s = 2 steps, so in slot 1
     target[2, ENC, MEDIUM] = 4  # no instance there: none is created
-    out = scale_instances(state, jnp.asarray(target), ml)
+    scale = jax.jit(scale_instances)
+    out = scale(state, jnp.asarray(target), ml)
     assert int(out.ready[0, FW, MEDIUM]) == 1 and out.pending[0, FW, MEDIUM].tolist() == [0, 0, 0]
     assert int(out.ready[0, ENC, MEDIUM]) == 5 and out.pending[0, ENC, MEDIUM].tolist() == [0, 4, 0]
     assert out.pending[1, ENC, MEDIUM].tolist() == [0, 2, 0]
     assert int(out.replicas[2].sum()) == 0
     assert out.replicas.sum(axis=(1, 2)).tolist() == [10, 3, 0]
     # never below one pod: an instance is not removed
-    zero = scale_instances(state, jnp.zeros_like(state.replicas), ml)
+    zero = scale(state, jnp.zeros_like(state.replicas), ml)
     assert zero.replicas.sum(axis=(1, 2)).tolist() == [2, 1, 0]
 
 
