@@ -191,4 +191,4 @@ def test_summarise(static_and_random):
 
 
 def test_baseline_registry():
-    assert set(BASELINES) == {"random", "static", "heuristic", "hpa"}
+    assert set(BASELINES) == {"random", "static", "heuristic", "hpa", "hpa_exact"}

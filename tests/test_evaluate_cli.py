@@ -22,6 +22,11 @@ TINY = [
     "evaluate.episodes=3",
     "evaluate.curve_points=2",
     "evaluate.bootstrap_reps=50",
+    "evaluate.calibration.targets=[0.6,0.8]",
+    "evaluate.calibration.tolerances=[0.1]",
+    "evaluate.calibration.windows_s=[300.0]",
+    "evaluate.calibration.headrooms=[0.5,0.7]",
+    "evaluate.scenarios=[peak_x2,capacity_loss]",
 ]
 
 
@@ -52,7 +57,16 @@ def test_tiny_evaluation_stopped_by_sigterm_resumes_and_writes_results_and_figur
     results = json.loads((run / "results.json").read_text())
     assert results["meta"]["command"].startswith("python scripts/evaluate.py usecase=ml")
     ml = results["results"]["ml"]
-    assert set(ml["policies"]) == {"dqn", "haql", "random", "static", "heuristic", "hpa"}
+    baselines = {"random", "static", "heuristic", "hpa", "hpa_exact"}
+    calibrated = {"hpa_calibrated", "hpa_exact_calibrated", "static_calibrated"}
+    assert set(ml["policies"]) == {"dqn", "haql", *baselines, *calibrated}
+    assert set(ml["calibration"]) == {"hpa", "hpa_exact", "static"}
+    assert len(ml["calibration"]["hpa_exact"]["grid"]["validation_return"]) == 2
+    assert set(ml["scenarios"]) == {"peak_x2", "capacity_loss"}
+    assert set(ml["seconds"]) == {"baselines", "scenarios"}
+    for scenario in ml["scenarios"].values():
+        assert [len(v) for v in scenario["per_seed"]["haql"].values()] == [2] * 5
+        assert "haql_beats_hpa_exact_calibrated" in scenario["targets"]
     assert [len(v) for v in ml["per_seed"]["haql"].values()] == [2] * 5
     assert ml["curves"]["dqn"]["steps"][0] == 0 and len(ml["curves"]["dqn"]["steps"]) == 3
     # ml's own ratio: 16 envs x 0.5 = 8 updates after each of the 32 iterations of 16 env
@@ -64,10 +78,11 @@ def test_tiny_evaluation_stopped_by_sigterm_resumes_and_writes_results_and_figur
     scores, sla = deployed["validation_returns"], deployed["validation_sla"]
     assert list(scores) == list(sla) == ["0.0", "0.25", "0.5", "1.0", "2.0", "4.0", "16.0"]
     limit = deployed["sla_limit"]
-    assert limit == pytest.approx(min(ml["baseline_curve_sla"][b] for b in ("hpa", "heuristic")))
+    targets = ("hpa_exact_calibrated", "hpa", "heuristic")
+    assert limit == pytest.approx(min(ml["baseline_curve_sla"][b] for b in targets))
     allowed = [xi for xi in scores if sla[xi] <= limit] or list(scores)
     assert scores[str(deployed["value"])] == max(scores[xi] for xi in allowed)
-    assert set(ml["targets"]) == {"haql_half_time", "haql_beats_hpa", "haql_beats_heuristic"}
+    assert set(ml["targets"]) == {"haql_half_time", *(f"haql_beats_{b}" for b in targets)}
     for name in ("curves", "policies", "timeline"):
         assert (run / f"ml_{name}.png").stat().st_size > 10_000
     assert "## ML" in (run / "results.md").read_text()
@@ -83,6 +98,9 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     bad = evaluate(tmp_path, "seeds=0")
     assert bad.returncode == 2
     assert "seeds must be > 0" in bad.stderr
+    scenario = evaluate(tmp_path, "evaluate.scenarios=[peak_x3]")
+    assert scenario.returncode == 2
+    assert "evaluate.scenarios: unknown scenario 'peak_x3'; known: peak_x2" in scenario.stderr
     grid = evaluate(tmp_path, "evaluate.deployed_xi_grid=[1.0,-0.5]")
     assert grid.returncode == 2
     assert "evaluate.deployed_xi_grid must hold weights >= 0" in grid.stderr

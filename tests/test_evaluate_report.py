@@ -25,9 +25,10 @@ def comparison(diff: float, significant: bool) -> dict:
     }
 
 
-def policy(ret: float, sla: float) -> dict[str, dict[str, float]]:
+def policy(ret: float, sla: float, pods: float = 0.0) -> dict[str, dict[str, float]]:
     row = {m: point(0.0) for m in METRICS}
     row["return"], row["sla_violation_rate"] = point(ret), point(sla)
+    row["mean_pods"] = point(pods)
     return row
 
 
@@ -53,8 +54,10 @@ def make_result(time_ratio: float) -> dict:
         "deployed_xi": {"value": 0.5, "validation_returns": {"0.0": 71.25, "0.5": 80.0}},
         "policies": {
             "dqn": policy(70.0, 0.20),
-            # HAQL beats hpa (80 > 75, 0.10 <= 0.10) but not heuristic (80 < 85)
-            "haql": policy(80.0, 0.10),
+            # HAQL beats hpa (80 > 75 significantly, 0.10 <= 0.10) but not heuristic (80 < 85)
+            # nor the calibrated hpa_exact (80 > 78 but not significantly)
+            "haql": policy(80.0, 0.10, 9.0),
+            "hpa_exact_calibrated": policy(78.0, 0.10, 12.5),
             "hpa": policy(75.0, 0.10),
             "heuristic": policy(85.0, 0.05),
         },
@@ -66,7 +69,12 @@ def make_result(time_ratio: float) -> dict:
             "agents": {"dqn": agent_speed(500.0), "haql": agent_speed(500.0 * time_ratio)},
             "comparisons": {"time_to_threshold": comparison(-200.0, True)},
         },
-        "comparisons": {"haql_vs_dqn": {"return": comparison(10.0, True)}},
+        "comparisons": {
+            "haql_vs_dqn": {"return": comparison(10.0, True)},
+            "haql_vs_hpa_exact_calibrated": {"return": comparison(2.0, False)},
+            "haql_vs_hpa": {"return": comparison(5.0, True)},
+            "haql_vs_heuristic": {"return": comparison(-5.0, True)},
+        },
     }
     result["targets"] = targets(result)
     return result
@@ -75,6 +83,7 @@ def make_result(time_ratio: float) -> dict:
 def test_targets_read_the_iqms():
     assert targets(make_result(0.5)) == {
         "haql_half_time": True,
+        "haql_beats_hpa_exact_calibrated": False,
         "haql_beats_hpa": True,
         "haql_beats_heuristic": False,
     }
@@ -102,9 +111,16 @@ def test_page_states_each_target_and_the_numbers():
     together = render_markdown({"ml": {**make_result(0.6), "trained_together": True}}, meta)
     assert "Training time (both agents at once, in two threads): DQN 10 s, HAQL 12 s." in together
     assert "in 0.60 x DQN's env steps: target (at most 0.5) **missed**" in page
-    assert "HAQL vs `hpa`: return 80.0 vs 75.0, SLA violations 0.100 vs 0.100: target holds" in page
+    assert (
+        "HAQL vs `hpa`: return 80.0 vs 75.0 (significant), SLA violations 0.100 vs 0.100, "
+        "mean pods 9.00 vs 0.00: target holds" in page
+    )
+    assert (
+        "HAQL vs `hpa_exact` calibrated: return 80.0 vs 78.0 (not significant), SLA violations "
+        "0.100 vs 0.100, mean pods 9.00 vs 12.50: target **missed**" in page
+    )
     assert "HAQL vs `heuristic`: return 80.0 vs 85.0" in page
-    assert page.count("**missed**") == 2
+    assert page.count("**missed**") == 3
     # a degenerate interval (a baseline's value) prints as one number, others with their CI
     assert "| HAQL | 80.0 | 0.100 |" in page
     assert "| 300 [290, 310] | 1 | 0.50 [0.40, 0.60] | 40.0 [30.0, 50.0] |" in page
@@ -158,3 +174,40 @@ def test_deployed_weight_under_an_sla_limit():
     assert select_deployed_xi(score, grid, 0.1)[0] == 1.0  # 0.5 violates 0.12 > 0.1
     assert select_deployed_xi(score, grid, 0.06)[0] == 0.0  # only 0.0 (0.05) is within
     assert select_deployed_xi(score, grid, 0.01)[0] == 0.5  # none is within: the best return
+
+
+def test_page_shows_calibrated_beside_default_and_each_scenario():
+    result = make_result(0.4)
+    result["policies"]["hpa_exact"] = policy(74.0, 0.12, 14.0)
+    result["calibration"] = {
+        "hpa_exact": {
+            "knobs": {"target_utilisation": 0.6, "tolerance": 0.05, "stabilisation_s": 150.0},
+            "validation_return": 79.5,
+            "validation_sla": 0.09,
+            "chosen_by": "highest mean return",
+            "grid": {"validation_return": [70.0, 79.5, 75.0]},
+        }
+    }
+    scenario = {
+        "policies": {
+            "haql": policy(60.0, 0.2, 11.0),
+            "hpa_exact_calibrated": policy(65.0, 0.1, 15.0),
+        },
+        "comparisons": {"haql_vs_hpa_exact_calibrated": {"return": comparison(-5.0, True)}},
+        "targets": {"haql_beats_hpa_exact_calibrated": False},
+    }
+    result["scenarios"] = {"peak_x2": scenario}
+    page = render_markdown({"ml": result}, {"command": "c", "device": "d", "wall_seconds": 60})
+    # the calibrated row right above its default
+    assert "| `hpa_exact` calibrated | 78.0 | 0.100 | 12.50 |" in page
+    rows = [line.split(" |")[0] for line in page.splitlines()]
+    assert rows.index("| `hpa_exact` calibrated") + 1 == rows.index("| `hpa_exact`")
+    assert (
+        "| `hpa_exact` | target_utilisation 0.6, tolerance 0.05, stabilisation_s 150 | 3 | 79.5 | "
+        "74.0 → 78.0 | 0.120 → 0.100 | 14.00 → 12.50 |" in page
+    )
+    assert (
+        "| peak_x2 | 60.0 / 65.0 | 0.200 / 0.100 | 11.00 / 15.00 | -5.0 [-6.0, -4.0] | **no** |"
+        in page
+    )
+    assert "Scenario `peak_x2`:" in page

@@ -173,6 +173,20 @@ def test_seeds_are_independent_runs():
     assert metrics["episode_return"][0] != metrics["episode_return"][1]
 
 
+def test_seed_i_of_a_batch_draws_the_keys_of_seed_i_alone():
+    trainer = make_trainer(counting_env(terminal=False), SMALL, num_envs=2)
+    three = init_seeds(trainer, 5, 3)  # seeds 5, 6, 7
+    for i in range(3):
+        alone = init_seeds(trainer, 5 + i, 1)
+        for a, b in zip(jax.tree.leaves(alone), jax.tree.leaves(three), strict=True):
+            np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(b)[i])
+    # the key streams stay the same through training: no key depends on a float
+    chunk = make_chunk_fn(trainer, 8)
+    alone, _ = chunk(init_seeds(trainer, 7, 1))
+    batched, _ = chunk(three)
+    np.testing.assert_array_equal(np.asarray(alone.rng)[0], np.asarray(batched.rng)[2])
+
+
 def test_dqn_solves_cartpole():
     """Mean greedy return >= 400 (of 500) after 300k env steps, on a fixed seed."""
     spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))

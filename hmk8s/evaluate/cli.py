@@ -27,6 +27,7 @@ from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase,
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
 from hmk8s.sim.params import EnvConfigError
+from hmk8s.sim.scenarios import ScenarioError, check_scenarios
 from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME, check_overrides
@@ -103,6 +104,10 @@ def run(cfg: DictConfig) -> Path:
                 f"(one of {', '.join(ALL_USECASES)})"
             )
         validate(dataclasses.replace(typed, agent=usecase_agent(typed.agent, name, typed.evaluate)))
+    try:
+        check_scenarios(typed.evaluate.scenarios)
+    except ScenarioError as err:
+        raise ConfigError(f"evaluate.scenarios: {err}") from err
     chosen = usecases(choice, cfg.usecase)
     sweep = None
     if typed.runs_from is not None:

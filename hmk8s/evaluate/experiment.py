@@ -26,10 +26,13 @@ from hmk8s import sim
 from hmk8s.agents.config import AgentConfig, deployed_bonus, deployed_weight, heuristic_bonus
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
+from hmk8s.evaluate.calibrate import CalibrationGrid, calibrate
+from hmk8s.evaluate.shifted import agent_on_scenarios, baseline_on_scenarios, scenario_results
 from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
+from hmk8s.sim.scenarios import SCENARIOS, check_scenarios, stacked
 from hmk8s.train.anakin.loop import Trainer, init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.cache import ScoreCache
 from hmk8s.train.config import ConfigError, TrainConfig
@@ -37,7 +40,15 @@ from hmk8s.train.stop import requested
 
 AGENTS = ("dqn", "haql")
 #: the baselines HAQL must beat on return with no higher SLA violation rate (`targets`)
-TARGET_BASELINES = ("hpa", "heuristic")
+TARGET_BASELINES = ("hpa_exact_calibrated", "hpa", "heuristic")
+#: the baselines scored on the shifted loads beside the agents
+SCENARIO_BASELINES = (
+    "hpa_exact_calibrated",
+    "hpa_exact",
+    "hpa_calibrated",
+    "static_calibrated",
+    "heuristic",
+)
 TIMELINE_KEYS = ("rates", "pods_per_cluster", "latency_ratio")
 
 
@@ -56,6 +67,8 @@ class EvaluateConfig:
     deployed_xi_sla: bool = True
     agent_by_usecase: dict[str, dict[str, Any]] = field(default_factory=dict)
     train_together: bool = True
+    calibration: CalibrationGrid = field(default_factory=CalibrationGrid)
+    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
 
 
 def usecase_agent(agent: AgentConfig, usecase: str, ev: EvaluateConfig) -> AgentConfig:
@@ -95,12 +108,11 @@ def first_episode(records: dict[str, jax.Array]) -> dict[str, np.ndarray]:
 
 
 def baseline_scores(
-    env: Any, params: Any, name: str, curve_key: jax.Array, eval_key: jax.Array, episodes: int
+    env: Any, params: Any, policy: Any, curve_key: jax.Array, eval_key: jax.Array, episodes: int
 ) -> dict[str, Any]:
-    """Baseline ``name`` on the curve and the evaluation episodes (one compiled rollout of
+    """A baseline `Policy` on the curve and the evaluation episodes (one compiled rollout of
     both): its curve return and SLA violation rate, its metrics and timeline on the evaluation
     episodes, as JSON (what the score cache keeps)."""
-    policy = BASELINES[name]()
     run_both = jax.vmap(lambda k: rollout(env, params, policy, k, episodes))
     keys = jnp.stack([curve_key, eval_key])
     both = jax.jit(run_both, compiler_options=ROLLOUT_COMPILER_OPTIONS)(keys)
@@ -258,20 +270,32 @@ def policy_comparisons(
     return out
 
 
+def beats(result: dict[str, Any], baseline: str) -> bool:
+    """HAQL's IQM return is above ``baseline``'s, significantly, with an IQM SLA violation rate
+    no higher than its."""
+    haql, base = result["policies"]["haql"], result["policies"][baseline]
+    return bool(
+        haql["return"]["value"] > base["return"]["value"]
+        and result["comparisons"][f"haql_vs_{baseline}"]["return"]["significant"]
+        and haql["sla_violation_rate"]["value"] <= base["sla_violation_rate"]["value"]
+    )
+
+
+def scenario_targets(result: dict[str, Any]) -> dict[str, bool]:
+    """Whether HAQL `beats` each of `TARGET_BASELINES` that ``result`` scores."""
+    return {
+        f"haql_beats_{b}": beats(result, b) for b in TARGET_BASELINES if b in result["policies"]
+    }
+
+
 def targets(result: dict[str, Any]) -> dict[str, Any]:
     """The targets: HAQL reaches the threshold in at most half DQN's steps (only meaningful if
-    DQN ends above `random`); the final HAQL beats `hpa` and `heuristic` on return with no higher
-    SLA violation rate (IQMs)."""
-    haql, speed = result["policies"]["haql"], result["learning_speed"]
+    DQN ends above `random`); the final HAQL `beats` the calibrated `hpa_exact`, `hpa` and
+    `heuristic`."""
+    speed = result["learning_speed"]
     learnt = speed["dqn_final_iqm"] > speed["random_return"]
     out: dict[str, Any] = {"haql_half_time": bool(learnt and speed["time_ratio"] <= 0.5)}
-    for b in TARGET_BASELINES:
-        base = result["policies"][b]
-        out[f"haql_beats_{b}"] = bool(
-            haql["return"]["value"] > base["return"]["value"]
-            and haql["sla_violation_rate"]["value"] <= base["sla_violation_rate"]["value"]
-        )
-    return out
+    return out | scenario_targets(result)
 
 
 #: ``source(agent, trainer, curve) -> AgentRun``: the seeds of ``agent`` ("dqn", "haql"),
@@ -362,20 +386,34 @@ def evaluate_usecase(
     reps = ev.bootstrap_reps
 
     baselines, baseline_curve, baseline_timeline, baseline_sla = {}, {}, {}, {}
-    for name in BASELINES:
-        scored = (scores or ScoreCache(None)).get_or_compute(
-            {"policy": name, "episodes": ev.episodes, "evaluation_key": ev.key},
-            params,
-            curve_key,
-            lambda name=name: baseline_scores(env, params, name, curve_key, eval_key, ev.episodes),
+    started = time.perf_counter()
+    calibrated, calibration = calibrate(env, params, curve_key, ev.episodes, ev.calibration)
+    baseline_policies = {**{name: make() for name, make in BASELINES.items()}, **calibrated}
+    for name, policy in baseline_policies.items():
+
+        def score(policy: Any = policy) -> dict[str, Any]:
+            return baseline_scores(env, params, policy, curve_key, eval_key, ev.episodes)
+
+        # a default baseline's score depends only on what the cache keys; a calibrated one's
+        # knobs come from this run's calibration
+        scored = (
+            (scores or ScoreCache(None)).get_or_compute(
+                {"policy": name, "episodes": ev.episodes, "evaluation_key": ev.key},
+                params,
+                curve_key,
+                score,
+            )
+            if name in BASELINES
+            else score()
         )
         baseline_curve[name], baseline_sla[name] = scored["curve_return"], scored["curve_sla"]
         baselines[name] = scored["metrics"]
         baseline_timeline[name] = {
             k: np.asarray(v, np.float32) for k, v in scored["timeline"].items()
         }
-        log(f"{usecase} {name:9s} return {baselines[name]['return']:8.2f}")
+        log(f"{usecase} {name:20s} return {baselines[name]['return']:8.2f}")
 
+    baseline_seconds = time.perf_counter() - started
     hints = {name: cfg.haql if name == "haql" else None for name in AGENTS}
     trainers = {name: make_trainer(spec, agent, cfg.num_envs, hints[name]) for name in AGENTS}
     rollouts = {
@@ -389,7 +427,7 @@ def evaluate_usecase(
 
     curves = {name: curve(name) for name in AGENTS}
     runs = obtain_agents(source, trainers, curves, ev.train_together)
-    agent_records, per_seed = {}, {}
+    agent_records, per_seed, bonuses = {}, {}, {}
     deployed: dict[str, Any] = {"value": deployed_weight(cfg.haql), "validation_returns": {}}
     for name in AGENTS:
         haql, run = hints[name], rollouts[name]
@@ -410,6 +448,7 @@ def evaluate_usecase(
             }
             bonus = chosen * haql.eta
             log(f"  deployed xi {chosen} (curve episodes: IQM return {scores}, SLA {sla})")
+        bonuses[name] = bonus
         records = run(runs[name].params, eval_key, bonus)
         agent_records[name] = records
         seeds = [
@@ -443,6 +482,36 @@ def evaluate_usecase(
         "comparisons": policy_comparisons(per_seed, baselines, reps),
     }
     result["targets"] = targets(result)
+    result["calibration"] = calibration
+    names = check_scenarios(ev.scenarios)
+    started = time.perf_counter()
+    if names:
+        shifts = stacked(params, names)
+        on_base = {
+            b: baseline_on_scenarios(
+                env, params, baseline_policies[b], eval_key, ev.episodes, names, shifts
+            )
+            for b in SCENARIO_BASELINES
+        }
+        on_agents = {
+            a: agent_on_scenarios(rollouts[a], runs[a].params, eval_key, bonuses[a], names, shifts)
+            for a in AGENTS
+        }
+        targeted = [b for b in SCENARIO_BASELINES if b in TARGET_BASELINES]
+        result["scenarios"] = scenario_results(
+            names,
+            on_agents,
+            on_base,
+            lambda s: summarise_agent(s, reps, 0),
+            lambda ps, sc: policy_comparisons(ps, {b: sc[b] for b in targeted}, reps),
+            scenario_targets,
+        )
+        for n in names:
+            log(f"{usecase} {n:15s} HAQL beats: {result['scenarios'][n]['targets']}")
+    result["seconds"] = {
+        "baselines": baseline_seconds,  # calibration included
+        "scenarios": time.perf_counter() - started,
+    }
 
     median_seed = int(np.argsort(per_seed["haql"]["return"])[cfg.seeds // 2])
     timelines = {

@@ -11,11 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from hmk8s.evaluate import learning, plots
+from hmk8s.evaluate.calibrate import CALIBRATED
 from hmk8s.evaluate.experiment import AGENTS, TARGET_BASELINES
 from hmk8s.evaluate.stats import Interval
 from hmk8s.metrics import POLICY_METRICS
 
-BASELINE_ORDER = ("hpa", "heuristic", "static", "random")
+BASELINE_ORDER = (
+    "hpa_exact_calibrated",
+    "hpa_exact",
+    "hpa_calibrated",
+    "hpa",
+    "heuristic",
+    "static_calibrated",
+    "static",
+    "random",
+)
 COLUMNS = POLICY_METRICS
 
 
@@ -29,16 +39,99 @@ def _yes(flag: bool) -> str:
     return "yes" if flag else "**no**"
 
 
+def label(name: str) -> str:
+    """A policy's name in a table: agents in capitals, a calibrated baseline as its baseline."""
+    if name in AGENTS:
+        return name.upper()
+    if name.endswith(CALIBRATED):
+        return f"`{name.removesuffix(CALIBRATED)}` calibrated"
+    return f"`{name}`"
+
+
 def policy_table(result: dict[str, Any]) -> list[str]:
-    names = [*AGENTS, *(b for b in BASELINE_ORDER if b in result["policies"])]
+    """Every policy's scores, each calibrated baseline beside its default."""
+    names = [n for n in (*AGENTS, *BASELINE_ORDER) if n in result["policies"]]
     lines = [
         "| policy | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
         "| --- |" + " ---: |" * len(COLUMNS),
     ]
     for name in names:
         row = result["policies"][name]
-        label = name.upper() if name in AGENTS else f"`{name}`"
-        lines.append(f"| {label} | " + " | ".join(_cell(row[k], f) for k, _, f in COLUMNS) + " |")
+        cells = " | ".join(_cell(row[k], f) for k, _, f in COLUMNS)
+        lines.append(f"| {label(name)} | {cells} |")
+    return lines
+
+
+def _knobs(knobs: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:g}" for k, v in knobs.items())
+
+
+def calibration_table(result: dict[str, Any]) -> list[str]:
+    """Each calibrated baseline: its knobs and validation return, and its test scores beside
+    the default's."""
+    calibration = result.get("calibration", {})
+    if not calibration:
+        return []
+    lines = [
+        "Calibrated baselines: each knob setting of the grid scored on the validation (curve) "
+        "episodes, the one with the highest mean return kept; test scores default → calibrated.",
+        "",
+        "| baseline | calibrated knobs | settings tried | validation return | test return | "
+        "test SLA violations | test mean pods |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    pol = result["policies"]
+    for name, cal in calibration.items():
+        tried = len(cal["grid"]["validation_return"])
+        pair = [pol[name], pol[name + CALIBRATED]]
+        cells = [
+            " → ".join(f"{p[metric]['value']:{fmt}}" for p in pair)
+            for metric, fmt in (
+                ("return", ".1f"),
+                ("sla_violation_rate", ".3f"),
+                ("mean_pods", ".2f"),
+            )
+        ]
+        lines.append(
+            f"| `{name}` | {_knobs(cal['knobs'])} | {tried} | {cal['validation_return']:.1f} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return lines
+
+
+def scenario_tables(result: dict[str, Any]) -> list[str]:
+    """On each shifted load: HAQL against the calibrated `hpa_exact` (return, SLA violations
+    and pods side by side, and the verdict), then every policy's scores there."""
+    scenarios = result.get("scenarios", {})
+    if not scenarios:
+        return []
+    target = TARGET_BASELINES[0]
+    lines = [
+        f"Shifted loads (agents trained on the default load). HAQL vs {label(target)}: "
+        "return, SLA violations and mean pods (HAQL IQM [95 % CI] / baseline); "
+        "beats: higher return, significant, with no more SLA violations.",
+        "",
+        "| scenario | return | SLA violations | mean pods | return difference [95 % CI] | beats |",
+        "| --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for name, r in scenarios.items():
+        haql, base = r["policies"]["haql"], r["policies"][target]
+        diff = r["comparisons"][f"haql_vs_{target}"]["return"]["difference"]
+        cells = [
+            f"{_cell(haql[m], f)} / {f.format(base[m]['value'])}"
+            for m, f in (
+                ("return", "{:.1f}"),
+                ("sla_violation_rate", "{:.3f}"),
+                ("mean_pods", "{:.2f}"),
+            )
+        ]
+        verdict = _yes(r["targets"][f"haql_beats_{target}"])
+        lines.append(
+            f"| {name} | " + " | ".join(cells) + f" | {_cell(diff, '{:+.1f}')} | {verdict} |"
+        )
+    for name, r in scenarios.items():
+        lines += ["", f"Scenario `{name}`:", "", *policy_table(r)]
     return lines
 
 
@@ -102,13 +195,18 @@ def verdicts(result: dict[str, Any]) -> list[str]:
             f"target (at most 0.5) {'holds' if t['haql_half_time'] else '**missed**'}."
         )
     haql = pol["haql"]
-    for b in ("hpa", "heuristic"):
+    for b in TARGET_BASELINES:
+        if f"haql_beats_{b}" not in t:
+            continue
         base = pol[b]
         ret_h, ret_b = haql["return"]["value"], base["return"]["value"]
+        significant = result["comparisons"][f"haql_vs_{b}"]["return"]["significant"]
         lines.append(
-            f"- HAQL vs `{b}`: return {ret_h:.1f} vs {ret_b:.1f}, "
+            f"- HAQL vs {label(b)}: return {ret_h:.1f} vs {ret_b:.1f} "
+            f"({'' if significant else 'not '}significant), "
             f"SLA violations {haql['sla_violation_rate']['value']:.3f} vs "
-            f"{base['sla_violation_rate']['value']:.3f}: target "
+            f"{base['sla_violation_rate']['value']:.3f}, mean pods "
+            f"{haql['mean_pods']['value']:.2f} vs {base['mean_pods']['value']:.2f}: target "
             f"{'holds' if t[f'haql_beats_{b}'] else '**missed**'}."
         )
     return lines
@@ -182,6 +280,10 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
             *verdicts(r),
             "",
             *policy_table(r),
+            "",
+            *calibration_table(r),
+            "",
+            *scenario_tables(r),
             "",
             f"Learning speed (threshold {r['learning_speed']['threshold']:.1f}):",
             "",

@@ -19,6 +19,7 @@ from hmk8s.policies.heuristics import recommend
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams
+from hmk8s.sim.scenarios import shifted
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -51,16 +52,27 @@ def make_seed_rollout(
     num_episodes: int,
     encoder: str = "onehot",
 ) -> Callable[..., dict[str, jax.Array]]:
-    """``run(seed_params, key, heuristic_bonus=0.0)``: `rollout` of each seed's greedy agent
-    (``seed_params`` stacked on a leading seed axis, `q_policy` with ``heuristic_bonus``) on the
-    same ``num_episodes`` episodes drawn from ``key``; every array is [seeds, episodes, steps,
-    ...]. Compiled once, so a learning curve re-uses it whatever the bonus."""
+    """``run(seed_params, key, heuristic_bonus=0.0, shifts=None)``: `rollout` of each seed's
+    greedy agent (``seed_params`` stacked on a leading seed axis, `q_policy` with
+    ``heuristic_bonus``) on the same ``num_episodes`` episodes drawn from ``key``; every array is
+    [seeds, episodes, steps, ...], or [scenarios, seeds, ...] on the shifted loads ``shifts``
+    (`hmk8s.sim.scenarios.stacked`). Compiled once per kind, so a learning curve re-uses it
+    whatever the bonus."""
 
-    def run(seed_params: Any, key: jax.Array, heuristic_bonus: Any = 0.0) -> dict[str, jax.Array]:
+    def on(p: EnvParams, seed_params: Any, key: jax.Array, bonus: Any) -> dict[str, jax.Array]:
         def one(q_params: Any) -> dict[str, jax.Array]:
-            policy = q_policy(apply_fn, q_params, encoder, heuristic_bonus)
-            return rollout(env, params, policy, key, num_episodes)
+            return rollout(env, p, q_policy(apply_fn, q_params, encoder, bonus), key, num_episodes)
 
         return jax.vmap(one)(seed_params)
+
+    def run(
+        seed_params: Any,
+        key: jax.Array,
+        heuristic_bonus: Any = 0.0,
+        shifts: dict[str, jax.Array] | None = None,
+    ) -> dict[str, jax.Array]:
+        if shifts is None:
+            return on(params, seed_params, key, heuristic_bonus)
+        return jax.vmap(lambda s: on(shifted(params, s), seed_params, key, heuristic_bonus))(shifts)
 
     return jax.jit(run, compiler_options=ROLLOUT_COMPILER_OPTIONS)

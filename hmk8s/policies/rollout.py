@@ -14,6 +14,7 @@ import jax
 from hmk8s.metrics import summarise
 from hmk8s.observation import Observation
 from hmk8s.policies.baselines import Policy
+from hmk8s.sim.dynamics import scale_instances
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.params import EnvParams
 
@@ -47,6 +48,9 @@ def rollout(
             obs, state, pstate = carry
             k_env, k_act = keys
             action, pstate = policy.act(k_act, pstate, obs, params)
+            if policy.scales:
+                action, replicas = action
+                state = scale_instances(state, replicas, params)
             obs, state, reward, _, _, info = env.step_env(k_env, state, action, params)
             record = {
                 "reward": reward,

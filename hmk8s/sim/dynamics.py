@@ -51,7 +51,23 @@ def request_rates(
         rates = params.trace[row] * noise
     else:
         rates = params.base_rate * jnp.maximum(wave, 0.0) * burst * noise
-    return rates, jnp.maximum(left - 1, 0), level
+    return rates * load_shift(state.time, params), jnp.maximum(left - 1, 0), level
+
+
+def load_shift(time: jax.Array, params: EnvParams) -> jax.Array:
+    """The scenario's multiplier of every rate at step ``time`` (one for the use case's own
+    load): ``load_scale * (1 + ramp * time / episode_steps)``, times ``flash_factor`` in the
+    flash crowd."""
+    flash = (time >= params.flash_start) & (time < params.flash_start + params.flash_steps)
+    ramp = 1.0 + params.ramp * time.astype(jnp.float32) / params.episode_steps
+    return params.load_scale * ramp * jnp.where(flash, params.flash_factor, 1.0)
+
+
+def cluster_speed(time: jax.Array, params: EnvParams) -> jax.Array:
+    """The fraction of its service rate each cluster's pods give at step ``time``, [K]: one, less
+    ``capacity_loss`` from ``capacity_loss_step`` on (half its nodes gone: its pods share half the
+    CPU)."""
+    return 1.0 - jnp.where(time >= params.capacity_loss_step, params.capacity_loss, 0.0)
 
 
 def instance_load(routes: jax.Array, rates: jax.Array, params: EnvParams) -> jax.Array:
@@ -73,18 +89,23 @@ def instance_pressure(
 
 
 def serve(
-    load: jax.Array, ready: jax.Array, backlog: jax.Array, params: EnvParams
+    load: jax.Array,
+    ready: jax.Array,
+    backlog: jax.Array,
+    params: EnvParams,
+    speed: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """One step of every instance's fluid queue: (backlog after, busy fraction, hop latency).
 
-    capacity = ready * mu; backlog' = max(0, backlog + (load - capacity) * dt) while the
+    mu = the config's rate * its cluster's ``speed`` (one without it); capacity = ready * mu;
+    backlog' = max(0, backlog + (load - capacity) * dt) while the
     instance has ready pods (with none, requests fail instead of queueing, and it is 0);
     hop latency = s (service) + rho_c / (1 - rho_c) * s (stationary M/M/1 wait,
     rho_c = min(load / capacity, RHO_MAX)) + backlog' / capacity (drain time of the backlog),
     with s = 1 / mu unless the use case gives a calibrated service time,
     or the timeout when no pod is ready.
     """
-    mu = params.mu[None]
+    mu = params.mu[None] if speed is None else params.mu[None] * speed[:, None, None]
     capacity = ready * mu
     serving = capacity > 0
     safe_cap = jnp.where(serving, capacity, 1.0)
@@ -95,6 +116,7 @@ def serve(
     busy = jnp.where(serving, jnp.where(backlog_next > 0, 1.0, jnp.minimum(rho, 1.0)), 0.0)
     rho_c = jnp.minimum(rho, RHO_MAX)
     rate = params.service_rate[None]
+    rate = rate if speed is None else rate * speed[:, None, None]
     latency = 1.0 / rate + rho_c / (1.0 - rho_c) / rate + backlog_next / safe_cap
     return backlog_next, busy, jnp.where(serving, latency, params.timeout_s)
 
@@ -143,7 +165,8 @@ def measure(
     k_rates, k_noise = jax.random.split(key)
     rates, burst_left, burst_level = request_rates(k_rates, state, params)
     load = instance_load(state.routes, rates, params)
-    backlog, busy, hop_latency = serve(load, state.ready, state.backlog, params)
+    speed = cluster_speed(state.time, params)
+    backlog, busy, hop_latency = serve(load, state.ready, state.backlog, params, speed)
     latency = chain_latency(state.routes, hop_latency, params)
     inst_util, _ = cpu_utilisation(state.ready, busy, params)
     k_inst, k_lat = jax.random.split(k_noise)
@@ -233,3 +256,29 @@ def apply_action(
     backlog = state.backlog.at[k, f, c].set(jnp.where(gone, 0.0, state.backlog[k, f, c]))
     new_state = state.replace(ready=ready, pending=pending, routes=routes, backlog=backlog)
     return new_state, ~valid
+
+
+def scale_instances(state: EnvState, target: jax.Array, params: EnvParams) -> EnvState:
+    """Set every existing instance to ``target`` replicas [K, F, C] at once, as an autoscaler
+    scales Deployments: never below one pod (an instance is never removed, so routing stays),
+    never creating an instance, and new pods only where their cluster has room (in (f, c)
+    order). A scale-down takes starting pods first, the latest first, then ready ones; a
+    scale-up starts pods that are ready after their config's start-up delay."""
+    replicas = state.replicas
+    exists = replicas > 0
+    target = jnp.where(exists, jnp.maximum(target, 1), 0)
+    down = jnp.maximum(replicas - target, 0)
+    pending = state.pending
+    later = jnp.flip(jnp.cumsum(jnp.flip(pending, -1), -1), -1) - pending  # pods behind slot d
+    pending = pending - jnp.clip(down[..., None] - later, 0, pending)
+    ready = state.ready - jnp.maximum(down - state.pending.sum(axis=-1), 0)
+    kept = ready + pending.sum(axis=-1)
+    room = params.max_pods - kept.sum(axis=(1, 2))
+    want = jnp.maximum(target - kept, 0).reshape(room.shape[0], -1)
+    before = jnp.cumsum(want, axis=1) - want
+    grant = jnp.clip(room[:, None] - before, 0, want).reshape(target.shape)
+    slot = params.startup_steps[None] - 1  # [1, F, C]
+    start = jax.nn.one_hot(jnp.maximum(slot, 0), params.pending_depth, dtype=jnp.int32)
+    pending = pending + jnp.where(slot[..., None] >= 0, grant[..., None] * start, 0)
+    ready = ready + jnp.where(slot < 0, grant, 0)
+    return state.replace(ready=ready, pending=pending)

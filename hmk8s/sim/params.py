@@ -51,7 +51,12 @@ def validate_env_config(env_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
 
 @struct.dataclass
 class EnvParams:
-    """Everything `reset`/`step` read; static fields fix shapes and branches under `jit`."""
+    """Everything `reset`/`step` read; static fields fix shapes and branches under `jit`.
+
+    The last fields shift the load and the clusters away from the use case (neutral by default):
+    every rate times ``load_scale * (1 + ramp * t / episode_steps)``, and ``flash_factor`` during
+    the ``flash_steps`` steps from ``flash_start``; from step ``capacity_loss_step`` on, cluster
+    k's pods serve ``1 - capacity_loss[k]`` of their rate."""
 
     layout: ActionLayout = struct.field(pytree_node=False)
     chain: tuple[int, ...] = struct.field(pytree_node=False)
@@ -85,6 +90,13 @@ class EnvParams:
     measurement_noise: jax.Array
     alpha: jax.Array
     beta: jax.Array
+    load_scale: jax.Array
+    ramp: jax.Array
+    flash_start: jax.Array
+    flash_steps: jax.Array
+    flash_factor: jax.Array
+    capacity_loss: jax.Array
+    capacity_loss_step: jax.Array
 
     @property
     def num_clusters(self) -> int:
@@ -158,4 +170,12 @@ def params_from_usecase(usecase: UseCase, env_cfg: Mapping[str, Any] | None = No
         measurement_noise=jnp.float32(usecase.measurement_noise),
         alpha=jnp.float32(usecase.reward.alpha),
         beta=jnp.float32(usecase.reward.beta),
+        # the load as the use case defines it: the shifted scenarios (hmk8s.sim.scenarios) set these
+        load_scale=jnp.float32(1.0),
+        ramp=jnp.float32(0.0),
+        flash_start=jnp.int32(0),
+        flash_steps=jnp.int32(0),
+        flash_factor=jnp.float32(1.0),
+        capacity_loss=jnp.zeros(usecase.clusters.count, jnp.float32),
+        capacity_loss_step=jnp.int32(0),
     )

@@ -178,9 +178,11 @@ def init_seeds(trainer: Trainer, seed: int, seeds: int) -> TrainState:
 
 
 def seed_keys(seed: int, seeds: int) -> Array:
-    """Key of run ``i`` is ``fold_in(PRNGKey(seed), i)``: run 0 of any ``seeds`` is the same run."""
-    base = jax.random.PRNGKey(seed)
-    return jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(seeds))
+    """Key of run ``i`` is ``fold_in(PRNGKey(seed + i), 0)``: run ``i`` of ``seed=s seeds=N`` draws
+    the key streams of ``seed=s+i`` alone, so a batched seed can be rerun, or checked, by itself."""
+    return jax.vmap(lambda s: jax.random.fold_in(jax.random.PRNGKey(s), 0))(
+        seed + jnp.arange(seeds)
+    )
 
 
 def make_chunk_fn(
