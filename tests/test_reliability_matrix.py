@@ -29,11 +29,7 @@ pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 ROOT = Path(__file__).resolve().parents[1]
 #: Cases the matrix holds to the contract but the code does not meet yet: the test fails when
 #: they start to pass, so the mark goes with the fix.
-KNOWN = {
-    "resume a directory without checkpoints": (
-        "open_run (hmk8s/train/run.py) makes checkpoints/ before the resume check refuses"
-    ),
-}
+KNOWN: dict[str, str] = {}
 
 
 def _matrix():

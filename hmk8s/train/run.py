@@ -295,6 +295,7 @@ def open_run(
     agree(lambda: _fresh_or_resumed(directory, resuming), "the run directory's check")
     agree(lambda: _created(directory), f"creating {directory}")
     agree(lambda: _reached(directory), f"reaching {directory}")
+    had_lock = (directory / LOCK_FILE).exists()
     with contextlib.ExitStack() as stack:
         lock = hold_run_dir(directory) if is_primary() else contextlib.nullcontext()
         agree(lambda: stack.enter_context(lock), f"locking {directory}")
@@ -302,7 +303,12 @@ def open_run(
         agree(lambda: _fresh_or_resumed(directory, resuming), "the run directory's check")
         signals = interrupt_on_signals() if interrupt else stop_on_signals()
         with signals, _disk_full_named(directory):
-            yield from _opened(cfg, config, directory, resume_view)
+            try:
+                yield from _opened(cfg, config, directory, resume_view)
+            except (RunDirError, CheckpointError):
+                if is_primary() and not had_lock:  # refused: no lock file of ours stays
+                    (directory / LOCK_FILE).unlink(missing_ok=True)
+                raise
 
 
 @contextlib.contextmanager
@@ -324,6 +330,7 @@ def _opened(
     """The `Run` of a locked directory: its checkpoints opened and, on resume, checked."""
     resuming = cfg.resume is not None
     checkpoints = None
+    had_checkpoints = (directory / "checkpoints").exists()
     if cfg.checkpoint.enabled:
         checkpoints = Checkpointer(
             directory / "checkpoints", keep=cfg.checkpoint.keep, replay=cfg.checkpoint.replay
@@ -339,6 +346,9 @@ def _opened(
     except BaseException:
         if checkpoints is not None:
             checkpoints.close()
+            if not had_checkpoints:  # a refused resume leaves the directory as it found it
+                with contextlib.suppress(OSError):
+                    (directory / "checkpoints").rmdir()
         raise
     try:
         yield run
