@@ -51,6 +51,7 @@ HISTORY_COLUMNS: tuple[str, ...] = (
     "truncated",
     *STEP_METRICS,
     "api_errors",
+    "assumed",  # readings the k8s backend filled in (pods without CPU, proxies without latency)
     "hint",
     "step_s",
     "state",

@@ -85,6 +85,8 @@ def _history_info(info: Mapping[str, Any]) -> dict[str, Any]:
     out = {k: info[k] for k in STEP_METRICS if k in info}
     if "api_errors" in info:
         out["api_errors"] = len(info["api_errors"])
+    if "assumed" in info:
+        out["assumed"] = int(sum(info["assumed"].values()))
     return out
 
 
