@@ -20,6 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 from script_runs import SCRIPTS
+from waits import eventually as _eventually
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import shipped_backend
@@ -62,6 +63,11 @@ def script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedP
     )
 
 
+def eventually(fn, timeout: float, what: str):
+    """Polled once a second: each look runs kubectl or sends requests."""
+    return _eventually(fn, timeout, what, every=1.0)
+
+
 def kubectl(layout: node.Layout, *args: str) -> str:
     done = subprocess.run(
         ["kubectl", "--kubeconfig", str(layout.kubeconfig), *args],
@@ -71,16 +77,6 @@ def kubectl(layout: node.Layout, *args: str) -> str:
         check=True,
     )
     return done.stdout
-
-
-def wait_until(check, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(1)
-    raise AssertionError(f"{what} not within {timeout_s} s")
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +141,7 @@ def test_chain_scales_serves_and_reads_real_cpu(up):
         _, _, _, _, info = env.step(deploy)
         assert not info["invalid"] and info["api_errors"] == []
         name = objects.instance_name(FIREWALL, SMALL)
-        ready = wait_until(
+        ready = eventually(
             lambda: kubectl(
                 up, "-n", "hmk8s-0", "get", "deploy", name, "-o", "jsonpath={.status.readyReplicas}"
             ),
@@ -154,7 +150,7 @@ def test_chain_scales_serves_and_reads_real_cpu(up):
         )
         assert ready == "1"
 
-        wait_until(
+        eventually(
             lambda: (
                 kubectl(
                     up,
@@ -228,13 +224,13 @@ def test_real_hpa_scales_a_loaded_deployment(up):
                 up, "-n", "hmk8s-0", "get", "deploy", name, "-o", "jsonpath={.spec.replicas}"
             ) not in ("", "1")
 
-        wait_until(scaled, 90, "the HPA's scale-up")
+        eventually(scaled, 90, "the HPA's scale-up")
         status = json.loads(kubectl(up, "-n", "hmk8s-0", "get", "hpa", name, "-o", "json"))
         assert status["status"]["desiredReplicas"] > 1
     finally:
         env.close()
     # the HPA went with its Deployment (owner reference, the garbage collector)
-    wait_until(
+    eventually(
         lambda: kubectl(up, "-n", "hmk8s-0", "get", "hpa", "-o", "name").strip() == "",
         30,
         "the HPA garbage-collected",

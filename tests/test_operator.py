@@ -21,7 +21,6 @@ import signal
 import threading
 import time
 import tomllib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from test_control_cluster import (
     desired,
     rogue_agent,
 )
+from waits import eventually
 
 from hmk8s.control import cli
 from hmk8s.control.agent import export_agent
@@ -67,16 +67,6 @@ LEASE = LeaseSettings(duration_s=1.5, renew_deadline_s=1.0, retry_period_s=0.2)
 PERIOD = 0.25
 ML = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-
-def eventually(fn: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"not within {timeout} s: {what}")
 
 
 @pytest.fixture(scope="module")
