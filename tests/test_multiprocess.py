@@ -83,6 +83,7 @@ def trained(tmp_path_factory, cache) -> tuple[Path, list[tuple[int, str]]]:
 def test_process_0_alone_writes_the_run_files(trained):
     run_dir, ended = trained
     assert sorted(p.name for p in run_dir.iterdir()) == [
+        ".lock",  # process 0's advisory lock on the run directory
         "checkpoints",
         "config.yaml",
         "metrics.csv",
