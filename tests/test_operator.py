@@ -110,8 +110,8 @@ class Cluster:
         self.replicas: list[Operator] = []
         self.threads: list[threading.Thread] = []
 
-    def bootstrap(self, agent) -> ClusterBackend:
-        """The minimal placement, written as `scripts/control.py bootstrap=true` would."""
+    def backend(self, agent, **settings) -> ClusterBackend:
+        """A controller's backend on these clusters, stepped by the twin."""
         return ClusterBackend(
             agent.env_params,
             agent.usecase,
@@ -119,8 +119,12 @@ class Cluster:
             self.clients,
             clock=TwinClock(self.emu.twin),
             step_seconds=0,
-            bootstrap=True,
+            **settings,
         )
+
+    def bootstrap(self, agent) -> ClusterBackend:
+        """The minimal placement, written as `scripts/control.py bootstrap=true` would."""
+        return self.backend(agent, bootstrap=True)
 
     def objects(self) -> dict:
         return desired(stored(self.clients))
@@ -437,15 +441,7 @@ def test_the_controller_repairs_or_holds_what_others_edited(cluster):
 
     def run(on_conflict: str, edit: dict, steps: int = 1) -> tuple[ClusterBackend, Steps]:
         """Adopt, let someone else write ``edit`` (a chain's data, or a whole object), step."""
-        backend = ClusterBackend(
-            agent.env_params,
-            agent.usecase,
-            cluster.emu.cmap,
-            cluster.clients,
-            clock=TwinClock(cluster.emu.twin),
-            step_seconds=0,
-            on_conflict=on_conflict,
-        )
+        backend = cluster.backend(agent, on_conflict=on_conflict)
         if "kind" not in edit:
             edit = {
                 "apiVersion": "v1",
