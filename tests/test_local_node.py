@@ -12,16 +12,19 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
 from script_runs import SCRIPTS
 from waits import eventually as _eventually
 
+from hmk8s import sim
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import shipped_backend
 from hmk8s.k8s.emulated import apiserver
@@ -32,6 +35,9 @@ from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 FIREWALL, ENCRYPT = FUNCTION_NAMES.index("firewall"), FUNCTION_NAMES.index("encrypt")
 SMALL = CONFIG_NAMES.index("small")
 PAYLOAD = b"patient record " * 34  # 510 bytes
+CONTROLLER_LABEL = "app.kubernetes.io/name=hmk8s-controller"
+# what a ChainController on the node needs of the local backend (the rest are k8s defaults)
+LOCAL_BACKEND_KEYS = ("images", "proxy_image", "address", "cpu_scale")
 
 
 def _why_not() -> str | None:
@@ -301,3 +307,149 @@ def test_sim_to_real_runs_the_rulebook_and_the_real_hpa(up, tmp_path):
         assert policy["node"]["pods_mean"] >= 2  # the minimal start: a pod per chain function
         assert policy["sim"]["pods_mean"] >= 2
     assert "| hpa |" in done.stdout
+
+
+def operator_pid(pod: str) -> int:
+    """The host PID of the operator process in `pod` (its container's /etc/hostname)."""
+    for proc in os.listdir("/proc"):
+        if not proc.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{proc}/cmdline").read_bytes()
+            host = Path(f"/proc/{proc}/root/etc/hostname").read_text().strip()
+        except OSError:
+            continue
+        if b"hmk8s.control.operator" in cmdline and host == pod:
+            return int(proc)
+    raise LookupError(f"no operator process in pod {pod}")
+
+
+def test_the_operator_runs_in_the_cluster_and_hands_over_on_default_leases(up, tmp_path):
+    """The controller image on the node: two replicas from deploy/controller/, probes and
+    metrics answering, a ChainController acting after its dry run, and a SIGKILLed leader's
+    Lease taken over by the standby within 20 s on the default 15/10/2 s timings."""
+    from kubernetes import client as k8s
+    from test_control_cluster import rogue_agent
+    from test_operator import agent_configmap
+
+    from hmk8s.control.cluster import ClusterBackend
+    from hmk8s.control.lease import lease_name, lease_namespace
+    from hmk8s.k8s.client import connect
+    from hmk8s.k8s.config import load_cluster_map
+
+    done = script("local_cluster.py", "controller", str(up.root), timeout=600)
+    assert done.returncode == 0, done.stderr
+    pods = json.loads(
+        kubectl(up, "-n", "hmk8s-system", "get", "pods", "-l", CONTROLLER_LABEL, "-o", "json")
+    )["items"]
+    assert len(pods) == 2
+    for pod in pods:
+        container = pod["spec"]["containers"][0]
+        assert container["image"] == images.image_name("controller")
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        ip = pod["status"]["podIP"]
+        with urllib.request.urlopen(f"http://{ip}:8081/healthz", timeout=5) as answer:
+            assert answer.status == 200
+        with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as answer:
+            assert b"leader_election_master_status" in answer.read()
+
+    namespaces = ["hmk8s-0", "hmk8s-1", "hmk8s-2"]
+    layout = sim.make("ml", {})[1].layout
+    agent = rogue_agent(int(layout.encode(1, OP_DEPLOY, SMALL, ENCRYPT, 0)))  # on hmk8s-1
+    backend = {k: shipped_backend("local")[k] for k in LOCAL_BACKEND_KEYS}
+    clusters = [{"context": "admin", "namespace": ns} for ns in namespaces]
+    cmap = load_cluster_map(None, **backend, kubeconfig=str(up.kubeconfig), clusters=clusters)
+    # the minimal placement, as `scripts/control.py bootstrap=true` writes it (a dry run cannot)
+    ClusterBackend(agent.env_params, agent.usecase, cmap, connect(cmap), bootstrap=True)
+    with node.core_api(up) as core:
+        sha = agent_configmap(core, "hmk8s-system", agent, tmp_path)
+        custom = k8s.CustomObjectsApi(core.api_client)
+        args = ("hmk8s.io", "v1alpha1", "hmk8s-system", "chaincontrollers")
+        custom.create_namespaced_custom_object(
+            *args,
+            {
+                "apiVersion": "hmk8s.io/v1alpha1",
+                "kind": "ChainController",
+                "metadata": {"name": "ml"},
+                "spec": {
+                    "agent": {"configMap": "agent", "paramsSha256": sha},
+                    "namespaces": namespaces,
+                    "dryRun": True,
+                    "stepSeconds": 5,
+                    "backend": backend,
+                },
+            },
+        )
+
+        def condition(kind: str) -> dict:
+            status = custom.get_namespaced_custom_object(*args, "ml").get("status") or {}
+            return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+        eventually(lambda: condition("Ready").get("status") == "True", 120, "Ready=True")
+        name = objects.instance_name(ENCRYPT, SMALL)
+        assert name not in kubectl(up, "-n", "hmk8s-1", "get", "deploy", "-o", "name")
+        custom.patch_namespaced_custom_object(*args, "ml", {"spec": {"dryRun": False}})
+        eventually(
+            lambda: name in kubectl(up, "-n", "hmk8s-1", "get", "deploy", "-o", "name"),
+            60,
+            "the agent's deployment applied once the dry run is off",
+        )
+        eventually(
+            lambda: any(
+                e["reason"] == "Applied"
+                for e in json.loads(kubectl(up, "-n", "hmk8s-1", "get", "events", "-o", "json"))[
+                    "items"
+                ]
+            ),
+            30,
+            "an Applied Event on the Deployment",
+        )
+        custom.patch_namespaced_custom_object(*args, "ml", {"spec": {"paused": True}})
+        eventually(
+            lambda: (
+                (condition("Holding").get("status"), condition("Holding").get("reason"))
+                == ("True", "Paused")
+            ),
+            30,
+            "Holding=True, reason=Paused",
+        )
+
+        def replicas() -> str:
+            return kubectl(
+                up, "-n", "hmk8s-1", "get", "deploy", name, "-o", "jsonpath={.spec.replicas}"
+            )
+
+        held = replicas()
+        coordination = k8s.CoordinationV1Api(core.api_client)
+
+        def lease() -> k8s.V1LeaseSpec:
+            return coordination.read_namespaced_lease(
+                lease_name(namespaces), lease_namespace(namespaces)
+            ).spec
+
+        names = [p["metadata"]["name"] for p in pods]
+        leader_pod = next(n for n in names if lease().holder_identity.startswith(n + "_"))
+        standby_pod = next(n for n in names if n != leader_pod)
+        os.kill(operator_pid(leader_pod), signal.SIGKILL)
+        killed = time.time()
+        taken = _eventually(
+            lambda: (spec := lease()).holder_identity.startswith(standby_pod + "_") and spec,
+            30,
+            "the standby leads",
+            every=0.25,
+        )
+        handover = taken.acquire_time.timestamp() - killed  # the server's clock is this machine's
+        assert handover < 20, handover
+        eventually(
+            lambda: (
+                condition("Ready").get("status") == "True"
+                and condition("Holding").get("reason") == "Paused"
+            ),
+            60,
+            "the new leader ready and still paused",
+        )
+        time.sleep(10)  # two periods of the new leader: paused, it adopts and applies nothing
+        assert replicas() == held
+        custom.delete_namespaced_custom_object(*args, "ml")
+    print(f"hand-over after SIGKILL: {handover:.1f} s")

@@ -97,6 +97,22 @@ def emu(apiserver, tmp_path):
         yield e
 
 
+def agent_configmap(core: k8s.CoreV1Api, namespace: str, agent, tmp_path: Path) -> str:
+    """The exported agent as ConfigMap `agent` (what the docs' `kubectl create configmap` makes);
+    its parameters' digest."""
+    folder = export_agent(agent, tmp_path / "agent")
+    blob = base64.b64encode((folder / "params.msgpack").read_bytes()).decode()
+    core.create_namespaced_config_map(
+        namespace,
+        {
+            "metadata": {"name": "agent"},
+            "data": {"agent.json": (folder / "agent.json").read_text()},
+            "binaryData": {"params.msgpack": blob},
+        },
+    )
+    return agent.manifest.params_sha256
+
+
 class Cluster:
     """The test's view: the admin clients, the ChainController API, and object snapshots."""
 
@@ -130,17 +146,7 @@ class Cluster:
         return desired(stored(self.clients))
 
     def agent_configmap(self, agent, tmp_path: Path) -> str:
-        folder = export_agent(agent, tmp_path / "agent")
-        blob = base64.b64encode((folder / "params.msgpack").read_bytes()).decode()
-        self.core.create_namespaced_config_map(
-            self.ns,
-            {
-                "metadata": {"name": "agent"},
-                "data": {"agent.json": (folder / "agent.json").read_text()},
-                "binaryData": {"params.msgpack": blob},
-            },
-        )
-        return agent.manifest.params_sha256
+        return agent_configmap(self.core, self.ns, agent, tmp_path)
 
     def create(self, name: str, sha: str, **spec: Any) -> None:
         backend = self.emu.cmap.model_dump(mode="json", exclude={"clusters", "kubeconfig"})
@@ -429,6 +435,30 @@ def test_two_replicas_one_leader_and_a_hand_over_when_it_is_killed(cluster, tmp_
         lease_name(cluster.namespaces), lease_namespace(cluster.namespaces)
     )
     assert lease.spec.holder_identity == standby.identity and lease.spec.lease_transitions >= 1
+
+
+def test_a_deleted_chaincontroller_stands_down_and_a_new_one_is_followed(cluster, tmp_path):
+    """Deleting the object ends the term and releases the Lease; one created again under the same
+    name (generation 1 again, a new uid) is followed at once, with no restart."""
+    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    cluster.bootstrap(agent)
+    sha = cluster.agent_configmap(agent, tmp_path)
+    cluster.create("ml", sha, dryRun=True)
+    op = cluster.replica("ml", "replica-a")
+    eventually(lambda: cluster.condition("ml", "Ready").get("status") == "True", 60, "Ready")
+    cluster.custom.delete_namespaced_custom_object(*cluster._args(), "ml")
+    eventually(lambda: op.elector is None and op.term is None, 30, "standing down")
+    lease = k8s.CoordinationV1Api(cluster.api).read_namespaced_lease(
+        lease_name(cluster.namespaces), lease_namespace(cluster.namespaces)
+    )
+    assert not lease.spec.holder_identity  # released, not left to expire
+    cluster.create("ml", sha, dryRun=True)
+    ready = eventually(
+        lambda: (c := cluster.condition("ml", "Ready")).get("status") == "True" and c,
+        60,
+        "Ready on the new object",
+    )
+    assert ready["observedGeneration"] == 1
 
 
 def test_the_controller_repairs_or_holds_what_others_edited(cluster):

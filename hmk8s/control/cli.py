@@ -121,11 +121,12 @@ def hold_lease(clients: Sequence[Any], stack: ExitStack, stop: threading.Event) 
 
 
 def controller_identity() -> str:
-    """`<host>_<pid>`: unique per process, readable in the Lease and in Events."""
-    import os
+    """`<host>_<random>`, as client-go makes it: unique per process even where every container
+    is process 1 (a restarted container must not take its dead self's Lease as its own)."""
     import socket
+    import uuid
 
-    return f"{socket.gethostname()}_{os.getpid()}"
+    return f"{socket.gethostname()}_{uuid.uuid4().hex[:12]}"
 
 
 def _sinks(cfg: ControlConfig, agent: Agent, stack: ExitStack) -> list[Sink]:

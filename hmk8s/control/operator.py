@@ -73,7 +73,7 @@ class OperatorConfig:
     namespace: str = "default"
     kubeconfig: str | None = None  # None: in the cluster, the pod's ServiceAccount
     context: str | None = None
-    identity: str | None = None  # None: $POD_NAME, else <host>_<pid>
+    identity: str | None = None  # None: <host>_<random> (the pod's name in a pod)
     metrics_port: int = 8080
     health_port: int = 8081
     bind_address: str = "0.0.0.0"  # a pod's probes come from the kubelet; 127.0.0.1 elsewhere
@@ -166,7 +166,7 @@ class Operator:
         if problems:
             raise ControlConfigError("; ".join(problems))
         self.cfg, self.api_client, self.timing, self.tick = cfg, api_client, timing, tick
-        self.identity = cfg.identity or os.environ.get("POD_NAME") or controller_identity()
+        self.identity = cfg.identity or controller_identity()
         self.custom = client.CustomObjectsApi(api_client)
         self.core = client.CoreV1Api(api_client)
         self.stop, self.wake = threading.Event(), threading.Event()
@@ -190,6 +190,7 @@ class Operator:
         self.obj: dict[str, Any] | None = None
         self.status: dict[str, Any] = {}
         self.generation: int | None = None
+        self.uid: str | None = None  # a deleted and re-created object starts at generation 1
         self.spec: resource.Spec | None = None
         self.elector: LeaderElector | None = None
         self._lease_stop: threading.Event | None = None
@@ -202,8 +203,9 @@ class Operator:
     # -- probes ----------------------------------------------------------------------------------
 
     def healthz(self) -> str | None:
-        """Live while the loop turns: a step never takes much longer than its period."""
-        limit = 3 * max(self._period(), self.timing.retry_period_s) + 30
+        """Live while the loop turns: a step never takes much longer than its period, and a
+        term's start (loading and compiling the agent) not a minute even on a busy node."""
+        limit = 3 * max(self._period(), self.timing.retry_period_s) + 60
         age = time.monotonic() - self.heartbeat
         return None if age < limit else f"the control loop has not turned for {age:.0f} s"
 
@@ -264,10 +266,9 @@ class Operator:
                 backoff = min(backoff * 2, 10.0)
 
     def _seen(self, obj: dict[str, Any] | None) -> None:
-        before = None if self.obj is None else self.obj["metadata"].get("generation")
+        before = _version(self.obj)
         self.obj = obj
-        after = None if obj is None else obj["metadata"].get("generation")
-        if after != before:
+        if _version(obj) != before:
             self.wake.set()
 
     def write_status(self, status: dict[str, Any]) -> None:
@@ -301,6 +302,8 @@ class Operator:
                 self.wake.clear()
                 if self.obj is not None:
                     self._follow(self.obj)
+                elif self.uid is not None:
+                    self._forget()
                 if self.spec is None or self.elector is None:
                     self.wake.wait(self.timing.retry_period_s)
                     continue
@@ -339,10 +342,12 @@ class Operator:
     def _follow(self, obj: dict[str, Any]) -> None:
         """React to a new generation: check the spec, move the Lease, update or end the
         term."""
-        generation = obj["metadata"].get("generation")
-        if generation == self.generation:
+        uid, generation = _version(obj)
+        if (uid, generation) == (self.uid, self.generation):
             return
-        self.generation = generation
+        if uid != self.uid and self.uid is not None:
+            self._forget()
+        self.uid, self.generation = uid, generation
         self.status = dict(obj.get("status") or {})
         try:
             spec = resource.read_spec(obj.get("spec"))
@@ -371,6 +376,14 @@ class Operator:
             term.controller.forget_reading()
             b.read_now()
         self.spec = spec
+
+    def _forget(self) -> None:
+        """The ChainController was deleted (or replaced by a new one of the same name): end the
+        term and give the Lease up, so nothing acts for an object that is gone."""
+        log.info("ChainController %s deleted: %s stands down", self.cfg.name, self.identity)
+        self._end_term("the ChainController was deleted")
+        self._stop_lease()
+        self.spec, self.uid, self.generation, self.status = None, None, None, {}
 
     def _not_ready(self, reason: str, message: str) -> None:
         ready = next((c for c in self.status.get("conditions", []) if c.get("type") == "Ready"), {})
@@ -526,6 +539,12 @@ class Operator:
             self.term = None
 
 
+def _version(obj: dict[str, Any] | None) -> tuple[str | None, int | None]:
+    """Which object, at which generation: what a change of spec or identity is measured by."""
+    meta = (obj or {}).get("metadata", {})
+    return meta.get("uid"), meta.get("generation")
+
+
 def _count_requests(api_client: Any, counter: Counter) -> None:
     """`rest_client_requests_total` as client-go counts it: every request with its answer."""
     call_api = api_client.call_api
@@ -582,3 +601,7 @@ def main(argv: Sequence[str]) -> int:
 
 def entry() -> None:
     sys.exit(main(sys.argv[1:]))
+
+
+if __name__ == "__main__":  # the controller image's entrypoint: python3 -m hmk8s.control.operator
+    entry()

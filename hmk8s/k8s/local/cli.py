@@ -1,14 +1,17 @@
 """`scripts/local_cluster.py`: a real one-machine Kubernetes cluster, up and down.
 
     python scripts/local_cluster.py up DIR [--usecase ml] [--num-envs 1]
+    python scripts/local_cluster.py controller DIR
     python scripts/local_cluster.py down DIR
 
 `up` starts the node (`hmk8s.k8s.local.node`), builds and imports the data-plane images, and sets
 the use case's namespaces up as `scripts/setup_clusters.py` does (ServiceAccounts, Roles, the
 proxies) plus what the function pods read (the firewall's rules, one AES-GCM key shared by every
 namespace). It writes `DIR/kubeconfig` (admin) and `DIR/run.kubeconfig` (the run's
-ServiceAccounts) and prints the training command. `down` leaves nothing behind, and says what
-it could not remove (exit 1). Refusals are one line, exit 2.
+ServiceAccounts) and prints the training command. `controller` builds the operator's image,
+imports it and applies `deploy/controller/` (the ChainController CRD, RBAC, two replicas) with
+that image, and waits until both replicas answer their readiness probe. `down` leaves nothing
+behind, and says what it could not remove (exit 1). Refusals are one line, exit 2.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from hmk8s.k8s.local import images, node
 from hmk8s.usecases import UseCase, UseCaseError, load_usecase
 
 FUNCTIONS_MANIFEST = REPO / "deploy" / "functions.yaml"
+CONTROLLER_MANIFESTS = [REPO / "deploy" / "controller" / f for f in ("crd", "rbac", "controller")]
+CONTROLLER_NAMESPACE = "hmk8s-system"
 EXIT_REFUSED, EXIT_LEFTOVERS = 2, 1
 
 
@@ -117,6 +122,72 @@ def up(args: argparse.Namespace) -> int:
     return 0
 
 
+def controller_manifests(image: str) -> list[dict]:
+    """`deploy/controller/`'s CRD, RBAC and Deployment, the Deployment on `image`."""
+    docs = [
+        doc
+        for path in CONTROLLER_MANIFESTS
+        for doc in yaml.safe_load_all(path.with_suffix(".yaml").read_text())
+        if doc
+    ]
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            doc["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    return sorted(docs, key=lambda doc: doc["kind"] != "Namespace")  # namespaces first
+
+
+def apply_new(layout: node.Layout, docs: list[dict]) -> list[str]:
+    """Create each object; one that exists already is left as it is (and said so)."""
+    from kubernetes import utils
+
+    lines = []
+    with node.core_api(layout) as core:
+        for doc in docs:
+            try:
+                utils.create_from_dict(core.api_client, doc)
+                lines.append(f"created  {setup.describe(doc)}")
+            except utils.FailToCreateError as err:
+                refused = [e for e in err.api_exceptions if e.status != 409]
+                if refused:
+                    raise node.NodeError(
+                        f"{setup.describe(doc)}: HTTP {refused[0].status} {refused[0].reason}"
+                    ) from None
+                lines.append(f"exists   {setup.describe(doc)}")
+    return lines
+
+
+def controller_ready(layout: node.Layout) -> bool:
+    with node.core_api(layout) as core:
+        from kubernetes import client
+
+        found = client.AppsV1Api(core.api_client).list_namespaced_deployment(CONTROLLER_NAMESPACE)
+    return any(
+        (d.status.ready_replicas or 0) == d.spec.replicas
+        for d in found.items
+        if d.metadata.name == "hmk8s-controller"
+    )
+
+
+def controller(args: argparse.Namespace) -> int:
+    started = time.monotonic()
+    layout = node.Layout(args.dir)
+    if not layout.state.exists():
+        raise node.NodeError(f"no node in {layout.root} (run up first)")
+    image = images.build_and_import_controller(layout, args.node_files or node.node_dir_default())
+    built = time.monotonic() - started
+    lines = apply_new(layout, controller_manifests(image))
+    node.wait_for("the controller's replicas ready", lambda: controller_ready(layout), 180)
+    print("\n".join(lines))
+    print(f"image:  {image} (built and imported in {built:.0f} s)")
+    took = time.monotonic() - started
+    print(f"controller: 2 replicas ready in {CONTROLLER_NAMESPACE}; {took:.0f} s")
+    print(
+        "declare it: deploy/controller/chaincontroller.yaml (its agent ConfigMap first), "
+        f"kubectl --kubeconfig {layout.kubeconfig} apply -f it"
+    )
+    return 0
+
+
 def down(args: argparse.Namespace) -> int:
     left = node.down(args.dir)
     if left:
@@ -128,7 +199,7 @@ def down(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("action", choices=["up", "controller", "down"])
     parser.add_argument("dir", type=Path, help="the node's directory (state, logs, kubeconfigs)")
     parser.add_argument("--usecase", default="ml", help="use case whose namespaces to set up")
     parser.add_argument("--num-envs", type=int, default=1, help="envs of the run to set up")
@@ -144,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.num_envs < 1:
             raise node.NodeError("--num-envs must be at least 1")
-        return up(args) if args.action == "up" else down(args)
+        return {"up": up, "controller": controller, "down": down}[args.action](args)
     except (node.NodeError, UseCaseError, ClusterAccessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_REFUSED

@@ -3,10 +3,11 @@
 `up(dir)` starts, in order: a bridge `hmk8s0` with the gateway address (the kubelet refuses a
 loopback node IP), etcd and kube-apiserver (through the shared test scripts), containerd with a
 config, root and state of its own, the kubelet, kube-proxy, kube-controller-manager (with the
-HPA controller) and kube-scheduler, then the two host services the node needs from hmk8s:
-cluster DNS for `*.svc.cluster.local` and the PodMetrics writer. Every process id, and every
-host setting it changed, goes into `dir/node.json`; `down(dir)` undoes exactly that and
-reports anything it could not remove.
+HPA controller) and kube-scheduler, then the host services the node needs: cluster DNS for
+`*.svc.cluster.local` and the PodMetrics writer (hmk8s), and a `socat` relay that serves the
+loopback API server on the gateway address for pods that call it, as the `kubernetes` Service.
+Every process id, and every host setting it changed, goes into `dir/node.json`; `down(dir)`
+undoes exactly that and reports anything it could not remove.
 
 Traffic never leaves the machine: pods get addresses on the bridge only, forwarding between the
 bridge and any other interface is dropped by a chain of ours, and DNS answers cluster names
@@ -57,11 +58,15 @@ DEBIAN_COMMANDS = {
     "etcd": "etcd-server",
     "umoci": "umoci",
     "conntrack": "conntrack",
+    "socat": "socat",
 }
 SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables")
 READY_TIMEOUT_S = 90.0
 # The real HPA's sync period; kube-controller-manager's default is 15 s.
 HPA_SYNC_PERIOD = "15s"
+# Where pods reach kube-apiserver (which listens on loopback only): GATEWAY:API_RELAY_PORT,
+# relayed to the loopback port; the `kubernetes` Service's Endpoints point here.
+API_RELAY_PORT = 6443
 
 
 class NodeError(RuntimeError):
@@ -155,10 +160,12 @@ def preflight(node_files: Path) -> None:
             raise NodeError(f"busy: port {KUBELET_PORT} (the kubelet's) is in use") from None
 
 
-def run(*cmd: str | Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+def run(
+    *cmd: str | Path, check: bool = True, timeout: float = 120, **kw
+) -> subprocess.CompletedProcess:
     """A host command; a failure is a `NodeError` naming the command and its last error line."""
     done = subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, check=False, timeout=120, **kw
+        [str(c) for c in cmd], capture_output=True, text=True, check=False, timeout=timeout, **kw
     )
     if check and done.returncode != 0:
         last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
@@ -423,9 +430,42 @@ def kube_up(layout: Layout, state: NodeState, hpa_sync_period: str) -> None:
     )
 
 
+def api_server_port(kubeconfig: Path) -> int:
+    """The loopback port of the API server a kubeconfig names."""
+    server = yaml.safe_load(kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    return int(server.rsplit(":", 1)[1])
+
+
 def host_services_up(layout: Layout, state: NodeState, metrics_interval_s: float) -> None:
-    """Cluster DNS on the gateway and the PodMetrics writer, as hmk8s processes."""
+    """Cluster DNS on the gateway and the PodMetrics writer (hmk8s processes), and the API
+    server's relay onto the gateway with the `kubernetes` Service's Endpoints."""
     python = sys.executable
+    start_process(
+        layout,
+        state,
+        "apirelay",
+        [
+            "socat",
+            f"TCP-LISTEN:{API_RELAY_PORT},bind={GATEWAY},fork,reuseaddr",
+            f"TCP:127.0.0.1:{api_server_port(layout.kubeconfig)}",
+        ],
+    )
+    endpoints = {
+        "metadata": {"name": "kubernetes"},
+        "subsets": [
+            {
+                "addresses": [{"ip": GATEWAY}],
+                "ports": [{"name": "https", "port": API_RELAY_PORT, "protocol": "TCP"}],
+            }
+        ],
+    }
+    with core_api(layout) as api:  # the server runs with --endpoint-reconciler-type=none
+        if api.list_namespaced_endpoints(
+            "default", field_selector="metadata.name=kubernetes"
+        ).items:
+            api.replace_namespaced_endpoints("kubernetes", "default", endpoints)
+        else:
+            api.create_namespaced_endpoints("default", endpoints)
     start_process(
         layout,
         state,
@@ -641,6 +681,7 @@ def down(root: Path) -> list[str]:
     order = [
         "podmetrics",
         "dns",
+        "apirelay",
         "kubelet",
         "kube-proxy",
         "kube-scheduler",
