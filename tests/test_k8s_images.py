@@ -734,3 +734,33 @@ def test_the_load_generator_holds_at_most_max_in_flight_requests(tmp_path):
     assert len(held) == 3
     for conn in held:
         conn.close()
+
+
+def test_the_paced_load_generator_follows_the_steps_it_is_given(functions, proxy, tmp_path):
+    """With --paced, a step lasts from one line of input to the next: a step held open for 1.5
+    windows of 0.5 s sends 1.5 windows of requests at its rate, and the end of input ends it."""
+    program, chain = proxy
+    write_chain(chain, [("firewall", functions["firewall"].address)])
+    rates = tmp_path / "rates.csv"
+    rates.write_text("20\n40\n")
+    proc = subprocess.Popen(
+        [
+            sys.executable, str(IMAGES / "loadgen.py"), "--rates", str(rates),
+            "--target", f"http://{program.address}/", "--step-seconds", "0.5",
+            "--arrivals", "uniform", "--timeout", "1", "--paced",
+        ],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert json.loads(proc.stdout.readline()) == {"ready": True}
+    proc.stdin.write("0\n")
+    proc.stdin.flush()
+    time.sleep(0.75)  # step 0 held open for 1.5 windows: 10 + 5 requests at 20/s
+    proc.stdin.write("1\n")
+    proc.stdin.flush()
+    time.sleep(0.5)  # step 1 for one window: 20 requests at 40/s
+    out, err = proc.communicate(timeout=30)  # the end of input ends step 1
+    assert proc.returncode == 0, err
+    reports = [json.loads(line) for line in out.splitlines()]
+    assert [r["step"] for r in reports] == [0, 1]
+    assert 14 <= reports[0]["sent"] <= 16 and reports[0]["ok"] == reports[0]["sent"]
+    assert 19 <= reports[1]["sent"] <= 21 and reports[1]["ok"] == reports[1]["sent"]

@@ -11,6 +11,11 @@ reports what was sent and how it was answered:
     {"step": 0, "target": "...", "rate": 48.1, "sent": 731, "ok": 728, "refused": 0,
      "failed": 3, "latency_ms": {"mean": 21.4, "p50": 18.0, "p95": 44.2}}
 
+With --paced, it first prints `{"ready": true}`; then a step starts when a line arrives on
+standard input (whoever drives the cluster writes one as each of its steps starts) and lasts
+until the next line, at the step's rate, or until standard input ends: the load follows a
+controller whose steps take longer than --step-seconds instead of drifting ahead of it.
+
 `ok` is a 2xx answer, `refused` a 4xx (the firewall's 403), `failed` anything else or no answer
 within --timeout. Requests still in flight at the end of a step are reported with the step
 they were sent in. Standard library only.
@@ -29,11 +34,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import itertools
 import json
 import math
 import os
 import random
 import statistics
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,45 +152,81 @@ async def one_request(target: Target, payload: bytes, timeout_s: float, tally: T
         tally.failed += 1
 
 
+def step_starts(loop: asyncio.AbstractEventLoop) -> asyncio.Queue:
+    """A queue that gets True for each line of standard input and False when it ends."""
+    queue: asyncio.Queue = asyncio.Queue()
+
+    def read() -> None:
+        for _ in sys.stdin:
+            loop.call_soon_threadsafe(queue.put_nowait, True)
+        loop.call_soon_threadsafe(queue.put_nowait, False)
+
+    threading.Thread(target=read, daemon=True).start()
+    return queue
+
+
 async def replay(args: argparse.Namespace, rates: list[list[float]], targets: list[Target]) -> None:
     """Send every step's requests on schedule; report a step once the next one has ended."""
     rng = random.Random(args.seed)
     seal = args.seal
     loop = asyncio.get_running_loop()
+    starts = step_starts(loop) if args.paced else None
+    if starts is not None:
+        print(json.dumps({"ready": True}), flush=True)
     pending: set[asyncio.Task] = set()
     tallies: list[list[tuple[Target, float, Tally]]] = []
     end = args.start_row + args.steps if args.steps else len(rates)
-    for step, row in enumerate(rates[args.start_row : end]):
+    for row in rates[args.start_row : end]:
+        if starts is not None and not await starts.get():
+            break
         step_start = loop.time()
         tallies.append(
             [(t, rate * args.scale, Tally()) for t, rate in zip(targets, row, strict=True)]
         )
-        plan = sorted(
-            (
-                (offset, target, tally)
-                for target, rate, tally in tallies[step]
-                for offset in arrival_times(
-                    rate, args.step_seconds, rng, args.arrivals == "poisson"
-                )
-            ),
-            key=lambda item: item[0],
-        )
-        for offset, target, tally in plan:
-            await asyncio.sleep(max(step_start + offset - loop.time(), 0.0))
-            if len(pending) >= args.max_in_flight:
-                tally.sent += 1
-                tally.failed += 1
-                continue
-            payload = seal(os.urandom(args.payload_bytes))
-            task = asyncio.create_task(one_request(target, payload, args.timeout, tally))
-            pending.add(task)
-            task.add_done_callback(pending.discard)
-        await asyncio.sleep(max(step_start + args.step_seconds - loop.time(), 0.0))
-        if step > 0:
-            emit(step - 1, tallies[step - 1])
+        for window in itertools.count():
+            # a paced step goes on, window after window, until the next step starts
+            begin = step_start + window * args.step_seconds
+            plan = sorted(
+                (
+                    (begin + offset, target, tally)
+                    for target, rate, tally in tallies[-1]
+                    for offset in arrival_times(
+                        rate, args.step_seconds, rng, args.arrivals == "poisson"
+                    )
+                ),
+                key=lambda item: item[0],
+            )
+            for at, target, tally in plan:
+                await asyncio.sleep(max(at - loop.time(), 0.0))
+                if starts is not None and not starts.empty():
+                    break
+                if len(pending) >= args.max_in_flight:
+                    tally.sent += 1
+                    tally.failed += 1
+                    continue
+                payload = seal(os.urandom(args.payload_bytes))
+                task = asyncio.create_task(one_request(target, payload, args.timeout, tally))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+            if starts is None:
+                await asyncio.sleep(max(begin + args.step_seconds - loop.time(), 0.0))
+                break
+            if await next_start(starts, begin + args.step_seconds - loop.time()):
+                break
+        if len(tallies) > 1:
+            emit(len(tallies) - 2, tallies[-2])
     if pending:
         await asyncio.wait(pending, timeout=args.timeout)
-    emit(len(tallies) - 1, tallies[-1])
+    if tallies:
+        emit(len(tallies) - 1, tallies[-1])
+
+
+async def next_start(starts: asyncio.Queue, within_s: float) -> bool:
+    """Whether the next step starts (or the input ends) within `within_s` seconds; the signal
+    stays in the queue for the step loop."""
+    if starts.empty():
+        await asyncio.sleep(max(within_s, 0.0))
+    return not starts.empty()
 
 
 def sealer(key_file: Path | None):
@@ -224,6 +268,9 @@ def main() -> None:
     )
     parser.add_argument("--max-rate", type=float, default=5000.0, help="requests/s per proxy")
     parser.add_argument("--max-in-flight", type=int, default=2000, help="requests awaiting answers")
+    parser.add_argument(
+        "--paced", action="store_true", help="start each step on a line of standard input"
+    )
     args = parser.parse_args()
     try:
         rates = read_rates(args.rates)

@@ -3,9 +3,11 @@
 `replay` deploys a use case's start placement on the node through the Kubernetes backend,
 replays an episode of the use case's request rates (scaled by `load_scale`) through the proxies
 with the load generator while a `Player` runs the placement (by default nobody: the no-op), and
-records per step what the node reported (CPU utilisation from the kubelet's PodMetrics, the load
-generator's request latency through proxy -> functions, requests sent and answered, the reward,
-pods, SLA and replica changes) and how long the pods took to start.
+records per step what the node reported (CPU utilisation over the whole step from the kubelet's
+cumulative counters read at the step's two ends, beside what the agent read from PodMetrics at
+the step's end; the load generator's request latency through proxy -> functions, requests sent
+and answered, the reward, pods, SLA and replica changes) and how long the pods took to start.
+The load generator is paced by the steps: each starts when the backend's step does.
 `predict` plays the recorded placement and rates in the simulator (its own dynamics,
 `hmk8s.sim.dynamics.measure`, without measurement or rate noise: the prediction is the mean);
 `simulate` plays a policy closed-loop in the simulator from the same start on the same rates.
@@ -32,6 +34,15 @@ from scipy import stats
 
 from hmk8s.k8s import objects
 from hmk8s.k8s.emulated.apiserver import REPO
+from hmk8s.k8s.local.node import NODE_NAME
+from hmk8s.k8s.local.podmetrics import (
+    PodKey,
+    container_samples,
+    kubelet_summary,
+    pod_metrics,
+    window_usage,
+)
+from hmk8s.k8s.readings import cpu_utilisation, usage_by_instance
 from hmk8s.observation import Measurement
 from hmk8s.sim.dynamics import measure
 from hmk8s.sim.env import ClusterEnv
@@ -69,6 +80,48 @@ class Player:
         return env.params.layout.noop_index
 
 
+def step_utilisation(
+    usage: dict[PodKey, dict[str, float]],
+    labels: dict[PodKey, dict[str, str]],
+    namespaces: list[str],
+    ready: np.ndarray,
+    cpu_request: np.ndarray,
+) -> np.ndarray:
+    """Each instance's CPU / request [K, F, C] from pods' mean cores over a window, read the way
+    the backend reads PodMetrics (cluster k is `namespaces[k]`)."""
+    found: dict = {}
+    for k, namespace in enumerate(namespaces):
+        metrics = [
+            pod_metrics(key, labels.get(key, {}), cores, 0.0, 0.0)
+            for key, cores in usage.items()
+            if key[0] == namespace
+        ]
+        found.update(usage_by_instance(k, metrics))
+    return cpu_utilisation(ready, found, cpu_request).instance_util
+
+
+class StepCpu:
+    """CPU over whole steps: the kubelet's cumulative counters read when a step starts and when
+    it ends (its samples are at most a housekeeping period old), so a step's reading covers the
+    step, as the simulator's utilisation does, not the last few seconds the agent sees."""
+
+    def __init__(self, core: Any, namespaces: list[str], cpu_request: np.ndarray) -> None:
+        self.core, self.namespaces, self.cpu_request = core, namespaces, cpu_request
+        self.last = container_samples(kubelet_summary(core, NODE_NAME))
+
+    def step(self, ready: np.ndarray) -> np.ndarray:
+        now = container_samples(kubelet_summary(self.core, NODE_NAME))
+        pods = self.core.list_pod_for_all_namespaces(field_selector=f"spec.nodeName={NODE_NAME}")
+        labels = {
+            (p.metadata.namespace, p.metadata.name): p.metadata.labels or {} for p in pods.items
+        }
+        util = step_utilisation(
+            window_usage(self.last, now), labels, self.namespaces, ready, self.cpu_request
+        )
+        self.last = now
+        return util
+
+
 @dataclass
 class Recording:
     """One episode on the node: inputs (placement, rates) and per-step readings."""
@@ -78,7 +131,7 @@ class Recording:
     load_scale: float
     rates: np.ndarray  # [T, P] requests/s the load generator was asked for
     placement: dict[str, Any]  # ready, routes of the mirror after reset (lists)
-    node_util: np.ndarray  # [T, K, F, C] CPU usage / request of each instance
+    node_util: np.ndarray  # [T, K, F, C] CPU usage / request of each instance over the step
     node_latency_s: np.ndarray  # [T, P] mean request latency through each proxy
     sent: np.ndarray  # [T, P]
     ok: np.ndarray  # [T, P]
@@ -89,6 +142,9 @@ class Recording:
     pods: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T]
     sla_violated: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T]
     changes: np.ndarray = field(default_factory=lambda: np.zeros(0))  # [T] replicas +/-
+    # [T, K, F, C] what the agent read (PodMetrics at the step's end); empty in recordings made
+    # before step-long readings, whose node_util is this reading
+    node_util_read: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def to_json(self) -> dict:
         return {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in self.__dict__.items()}
@@ -96,7 +152,7 @@ class Recording:
     @classmethod
     def from_json(cls, data: dict) -> Recording:
         arrays = {"rates", "node_util", "node_latency_s", "sent", "ok", "rewards", "pods"}
-        arrays |= {"sla_violated", "changes"}
+        arrays |= {"sla_violated", "changes", "node_util_read"}
         return cls(**{k: np.asarray(v) if k in arrays else v for k, v in data.items()})
 
 
@@ -461,6 +517,7 @@ def replay(
                 str(seed),
                 "--timeout",
                 str(usecase.timeout_ms / 1000),
+                "--paced",
             ]
             for url in targets:
                 cmd += ["--target", url]
@@ -469,13 +526,23 @@ def replay(
                 key.write_text(function_key(core, env.cmap.clusters[0].namespace))
                 cmd += ["--seal-key", str(key)]
             loadgen = subprocess.Popen(
-                cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
-            utils, rewards, pods, sla, replicas = [], [], [], [], []
-            for _ in range(steps):
+            if not loadgen.stdout.readline().startswith('{"ready"'):
+                raise RuntimeError(f"load generator failed: {loadgen.communicate()[1][-300:]}")
+            cpu = StepCpu(core, namespaces, env.observer.cpu_request)
+            utils, read, rewards, pods, sla, replicas = [], [], [], [], [], []
+            for t in range(steps):
                 player.before_step(env)
+                loadgen.stdin.write(f"{t}\n")
+                loadgen.stdin.flush()
                 _, r, _, _, info = env.step(player.choose(env))
-                utils.append(np.asarray(env.mirror.measurement.instance_util))
+                utils.append(cpu.step(np.asarray(env.mirror.ready)))
+                read.append(np.asarray(env.mirror.measurement.instance_util))
                 rewards.append(r)
                 pods.append(info["pods"])
                 sla.append(info["sla_violated"])
@@ -498,6 +565,7 @@ def replay(
         rates=rates,
         placement=placement,
         node_util=np.stack(utils),
+        node_util_read=np.stack(read),
         node_latency_s=latency,
         sent=sent,
         ok=ok,

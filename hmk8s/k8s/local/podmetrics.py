@@ -78,6 +78,30 @@ def pod_metrics(
     }
 
 
+def kubelet_summary(core: object, node: str) -> dict:
+    """The kubelet's `/stats/summary` of `node`, through the API server's node proxy."""
+    answer = core.connect_get_node_proxy_with_path(node, "stats/summary", _preload_content=False)
+    return json.loads(answer.data)
+
+
+def window_usage(
+    before: dict[PodKey, dict[str, Sample]], after: dict[PodKey, dict[str, Sample]]
+) -> dict[PodKey, dict[str, float]]:
+    """Each pod's mean cores per container between two summaries' samples; a pod missing from
+    either, or with a container whose counter did not move forward in time, is left out."""
+    out = {}
+    for key, containers in after.items():
+        old = before.get(key, {})
+        usage = {
+            c: u
+            for c, s in containers.items()
+            if c in old and (u := usage_cores(old[c], s)) is not None
+        }
+        if usage and len(usage) == len(containers):
+            out[key] = usage
+    return out
+
+
 class Writer:
     """Turns consecutive summaries into PodMetrics objects on the API server."""
 
@@ -91,14 +115,8 @@ class Writer:
         self.last: dict[PodKey, dict[str, Sample]] = {}
         self.written: set[PodKey] = set()
 
-    def summary(self) -> dict:
-        answer = self.core.connect_get_node_proxy_with_path(
-            self.node, "stats/summary", _preload_content=False
-        )
-        return json.loads(answer.data)
-
     def once(self) -> int:
-        now = container_samples(self.summary())
+        now = container_samples(kubelet_summary(self.core, self.node))
         pods = {
             (p.metadata.namespace, p.metadata.name): p
             for p in self.core.list_pod_for_all_namespaces(
@@ -106,18 +124,12 @@ class Writer:
             ).items
         }
         written = set()
-        for key, containers in now.items():
-            before = self.last.get(key, {})
-            usage = {
-                c: u
-                for c, s in containers.items()
-                if c in before and (u := usage_cores(before[c], s)) is not None
-            }
+        for key, usage in window_usage(self.last, now).items():
             pod = pods.get(key)
-            if not usage or pod is None or len(usage) < len(containers):
+            if pod is None:
                 continue
-            at = max(s.at for s in containers.values())
-            window = at - max(before[c].at for c in usage)
+            at = max(s.at for s in now[key].values())
+            window = at - max(self.last[key][c].at for c in usage)
             self.put(pod_metrics(key, dict(pod.metadata.labels or {}), usage, at, window))
             written.add(key)
         for key, containers in now.items():

@@ -1,0 +1,61 @@
+"""Step-long CPU readings on the local node: the kubelet's cumulative counters at a step's two
+ends, turned into each instance's utilisation the way the backend reads PodMetrics. Numbers
+worked out by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hmk8s.k8s import objects
+from hmk8s.k8s.local.fidelity import step_utilisation
+from hmk8s.k8s.local.podmetrics import Sample, window_usage
+from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
+
+FW, ENC = FUNCTION_NAMES.index("firewall"), FUNCTION_NAMES.index("encrypt")
+SMALL, MEDIUM = CONFIG_NAMES.index("small"), CONFIG_NAMES.index("medium")
+
+
+def labels(function: str, config: str) -> dict[str, str]:
+    return {objects.FUNCTION: function, objects.CONFIG: config}
+
+
+def test_window_usage_is_the_counters_slope_and_skips_what_cannot_be_measured():
+    before = {
+        ("a", "fw-1"): {"nf": Sample(100.0, 4.0)},
+        ("a", "restarted"): {"nf": Sample(100.0, 9.0)},
+        ("a", "two"): {"nf": Sample(100.0, 1.0), "side": Sample(100.0, 1.0)},
+    }
+    after = {
+        ("a", "fw-1"): {"nf": Sample(110.0, 5.5)},  # 1.5 core-seconds in 10 s: 0.15 cores
+        ("a", "restarted"): {"nf": Sample(110.0, 0.5)},  # the counter went back
+        ("a", "new"): {"nf": Sample(110.0, 0.2)},  # no sample at the step's start
+        ("a", "two"): {"nf": Sample(110.0, 2.0), "side": Sample(110.0, 1.0)},  # 0.1 and 0.0
+    }
+    usage = window_usage(before, after)
+    assert usage.keys() == {("a", "fw-1"), ("a", "two")}
+    assert usage[("a", "fw-1")] == {"nf": pytest.approx(0.15)}
+    assert usage[("a", "two")] == {"nf": pytest.approx(0.1), "side": 0.0}
+
+
+def test_step_utilisation_groups_pods_by_instance_and_divides_by_the_requests():
+    request = np.zeros((len(FUNCTION_NAMES), len(CONFIG_NAMES)))
+    request[FW, SMALL], request[ENC, MEDIUM] = 0.05, 0.1
+    ready = np.zeros((2, len(FUNCTION_NAMES), len(CONFIG_NAMES)), np.int32)
+    ready[0, FW, SMALL], ready[1, ENC, MEDIUM] = 2, 1
+    usage = {
+        ("hmk8s-0", "fw-a"): {"nf": 0.04},
+        ("hmk8s-0", "fw-b"): {"nf": 0.02},
+        ("hmk8s-1", "enc"): {"nf": 0.03, "side": 0.01},
+        ("other", "unrelated"): {"nf": 1.0},
+    }
+    pod_labels = {
+        ("hmk8s-0", "fw-a"): labels("firewall", "small"),
+        ("hmk8s-0", "fw-b"): labels("firewall", "small"),
+        ("hmk8s-1", "enc"): labels("encrypt", "medium"),
+        ("other", "unrelated"): labels("firewall", "small"),
+    }
+    util = step_utilisation(usage, pod_labels, ["hmk8s-0", "hmk8s-1"], ready, request)
+    assert util[0, FW, SMALL] == pytest.approx((0.04 + 0.02) / (2 * 0.05))  # 0.6
+    assert util[1, ENC, MEDIUM] == pytest.approx((0.03 + 0.01) / 0.1)  # 0.4
+    assert np.count_nonzero(util) == 2
