@@ -299,8 +299,9 @@ def fidelity(usecase: UseCase, rec: Recording) -> dict[str, Any]:
     }
 
 
-def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]]:
-    """Fit the simulator to a recording; the calibrated use case and what was fitted.
+def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[str, Any]]:
+    """Fit the simulator to recordings (their steps pooled); the calibrated use case and what
+    was fitted.
 
     - service rate: a pod that spends more CPU per request than modelled serves fewer; each
       function's mu is divided by the least-squares factor between node and predicted
@@ -316,31 +317,38 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
     - the node's conditions: its step length and the load scaled as it was replayed, so an
       agent trained on the calibrated use case trains on the load the node will see.
     """
-    sim = predict(usecase, rec)
+    if not recs or len({(r.step_seconds, r.load_scale) for r in recs}) != 1:
+        raise ValueError("calibrate: recordings of one step length and load scale are needed")
+    first = recs[0]
     params = params_from_usecase(usecase)
-    placed = np.asarray(rec.placement["ready"]) > 0
+    cap = (np.asarray(params.cpu_limit) / np.asarray(params.cpu_request))[None, None]
+    placed = [np.asarray(r.placement["ready"]) > 0 for r in recs]
     functions = usecase.functions.model_dump()
-    fitted: dict[str, Any] = {"mu_factor": {}}
+    fitted: dict[str, Any] = {"mu_factor": {}, "episodes": len(recs)}
+    predicted = [predict(usecase, r)["util"] for r in recs]
     for f_index in usecase.chain_indices:
         name = list(functions)[f_index]
-        mask = placed.copy()
-        mask[:, [i for i in range(mask.shape[1]) if i != f_index], :] = False
-        node, model = rec.node_util[:, mask].ravel(), sim["util"][:, mask].ravel()
-        # a saturated pod's utilisation says nothing about its rate: fit where the model is not
-        cap = (np.asarray(params.cpu_limit) / np.asarray(params.cpu_request))[None, None]
-        unsaturated = (sim["util"] < 0.95 * cap)[:, mask].ravel()
-        node, model = node[unsaturated], model[unsaturated]
-        if not model.any():
+        node, model = [], []
+        for rec, util, where in zip(recs, predicted, placed, strict=True):
+            mask = where.copy()
+            mask[:, [i for i in range(mask.shape[1]) if i != f_index], :] = False
+            # a saturated pod's utilisation says nothing about its rate: fit where the model is not
+            unsaturated = (util < 0.95 * cap)[:, mask].ravel()
+            node.append(rec.node_util[:, mask].ravel()[unsaturated])
+            model.append(util[:, mask].ravel()[unsaturated])
+        node_all, model_all = np.concatenate(node), np.concatenate(model)
+        if not model_all.any():
             continue
-        factor = float((node * model).sum() / (model * model).sum())
+        factor = float((node_all * model_all).sum() / (model_all * model_all).sum())
         fitted["mu_factor"][name] = factor
         for config in functions[name].values():
             config["mu"] = config["mu"] / factor
-    for config, delays in rec.start_delays_s.items():
-        if delays:
+    delays = {c: [d for r in recs for d in r.start_delays_s.get(c, [])] for c in CONFIG_NAMES}
+    for config, measured in delays.items():
+        if measured:
             for name in functions:
-                functions[name][config]["startup_s"] = max(1.0, float(np.median(delays)))
-    served = rec.sent > 0
+                functions[name][config]["startup_s"] = max(1.0, float(np.median(measured)))
+    served = [r.sent > 0 for r in recs]
 
     count = usecase.clusters.count
 
@@ -360,42 +368,49 @@ def calibrate(usecase: UseCase, rec: Recording) -> tuple[UseCase, dict[str, Any]
             }
         )
 
+    def pooled(candidate: UseCase, key: str, where: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate(
+            [predict(candidate, r)[key][w] for r, w in zip(recs, where, strict=True)]
+        )
+
+    node_latency = np.concatenate([r.node_latency_s[w] for r, w in zip(recs, served, strict=True)])
+
     def latency_error(factor: float) -> tuple[float, float]:
         """The latency distributions' KS distance, then the mean absolute error."""
-        predicted = predict(with_service(factor), rec)["latency_s"][served]
-        node = rec.node_latency_s[served]
+        model = pooled(with_service(factor), "latency_s", served)
         return (
-            float(stats.ks_2samp(node, predicted).statistic),
-            float(np.abs(node - predicted).mean()),
+            float(stats.ks_2samp(node_latency, model).statistic),
+            float(np.abs(node_latency - model).mean()),
         )
 
     factor = min(SERVICE_FACTORS, key=latency_error)
     fitted["service_factor"] = factor
     step_one = with_service(factor)
     # what the hops still miss where every request was answered (a timeout is no network delay)
-    clean = served & (rec.ok == rec.sent)
-    if clean.any():
-        gap = np.median(rec.node_latency_s[clean] - predict(step_one, rec)["latency_s"][clean])
-    else:
-        gap = 0.0
+    clean = [w & (r.ok == r.sent) for r, w in zip(recs, served, strict=True)]
+    node_clean = np.concatenate([r.node_latency_s[c] for r, c in zip(recs, clean, strict=True)])
+    gap = np.median(node_clean - pooled(step_one, "latency_s", clean)) if node_clean.size else 0.0
     legs = len(usecase.chain) + 1
     delay_ms = max(0.0, float(gap) * 1000 / legs)
     clusters = one_node(delay_ms)
-    calibrated_util = predict(step_one, rec)["util"][:, placed]
-    node_util = rec.node_util[:, placed]
+    every_step = [p[None].repeat(len(r.rates), 0) for r, p in zip(recs, placed, strict=True)]
+    calibrated_util = pooled(step_one, "util", every_step)
+    node_util = np.concatenate(
+        [r.node_util[:, p].ravel() for r, p in zip(recs, placed, strict=True)]
+    )
     keep = (calibrated_util > 0.05) & (node_util > 0)
     noise = float(np.std(np.log(node_util[keep] / calibrated_util[keep]))) if keep.any() else 0.0
     fitted.update(network_delay_ms=delay_ms, measurement_noise=min(noise, 0.5))
-    fitted["startup_s"] = {c: float(np.median(v)) for c, v in rec.start_delays_s.items() if v}
+    fitted["startup_s"] = {c: float(np.median(v)) for c, v in delays.items() if v}
     proxies = tuple(
-        p.model_copy(update={"base_rate": p.base_rate * rec.load_scale}) for p in usecase.proxies
+        p.model_copy(update={"base_rate": p.base_rate * first.load_scale}) for p in usecase.proxies
     )
     calibrated = step_one.model_copy(
         update={
             "clusters": clusters,
             "measurement_noise": min(noise, 0.5),
             "proxies": proxies,
-            "step_seconds": rec.step_seconds,
+            "step_seconds": first.step_seconds,
         }
     )
     return UseCase.model_validate(calibrated.model_dump()), fitted

@@ -4,8 +4,9 @@
     python scripts/fidelity.py calibrate fidelity/ml
 
 `measure` needs a node from `scripts/local_cluster.py up DIR --usecase <the same>`; it writes
-`episode-<seed>.json` per episode. `calibrate` fits the simulator on the first episode, reports
-fidelity before and after calibration on the others (held out), and writes `report.json` and
+`episode-<seed>.json` per episode. `calibrate` fits the simulator on every episode but the last
+(their steps pooled), reports fidelity before and after calibration on the last one (held out),
+and writes `report.json` and
 `usecase/<usecase>-calibrated.yaml`, which trains as
 `python scripts/train.py --config-dir <recordings> usecase=<usecase>-calibrated`.
 """
@@ -51,11 +52,12 @@ def calibrate(args: argparse.Namespace) -> int:
             f"error: {args.recordings}: needs two recorded episodes (fit, check)", file=sys.stderr
         )
         return 2
+    episodes.sort(key=lambda p: int(p.stem.split("-")[1]))  # episode-10 after episode-9
     recs = [fidelity.Recording.from_json(json.loads(p.read_text())) for p in episodes]
     usecase = load_usecase(recs[0].usecase)
-    calibrated, fitted = fidelity.calibrate(usecase, recs[0])
+    calibrated, fitted = fidelity.calibrate(usecase, recs[:-1])
     report = {
-        "fitted_on": episodes[0].name,
+        "fitted_on": [p.name for p in episodes[:-1]],
         "fitted": fitted,
         "load_scale": recs[0].load_scale,
         "step_seconds": recs[0].step_seconds,
@@ -64,7 +66,7 @@ def calibrate(args: argparse.Namespace) -> int:
                 "before": fidelity.fidelity(usecase, rec),
                 "after": fidelity.fidelity(calibrated, rec),
             }
-            for p, rec in zip(episodes[1:], recs[1:], strict=True)
+            for p, rec in zip(episodes[-1:], recs[-1:], strict=True)
         },
     }
     out = args.recordings / "usecase" / f"{usecase.name}-calibrated.yaml"
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--step-seconds", type=float, default=6.0)
     m.add_argument("--load-scale", type=float, default=None, help="default: fit 1.2 cores")
     m.add_argument("--out", type=Path, required=True)
-    c = sub.add_parser("calibrate", help="fit on the first episode, check on the others")
+    c = sub.add_parser("calibrate", help="fit on every episode but the last, check on the last")
     c.add_argument("recordings", type=Path)
     args = parser.parse_args(argv)
     try:
