@@ -4,6 +4,8 @@ worked out by hand."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,56 @@ def test_step_utilisation_groups_pods_by_instance_and_divides_by_the_requests():
     assert util[0, FW, SMALL] == pytest.approx((0.04 + 0.02) / (2 * 0.05))  # 0.6
     assert util[1, ENC, MEDIUM] == pytest.approx((0.03 + 0.01) / 0.1)  # 0.4
     assert np.count_nonzero(util) == 2
+
+
+def synthetic_recording(node_usecase, seed: int, steps: int = 8):
+    """An episode as a node that *is* `node_usecase`'s model would record it: the simulator's
+    mean prediction written where the kubelet's and the load generator's readings go."""
+    import jax
+
+    from hmk8s.k8s.local import fidelity
+    from hmk8s.sim.env import initial_placement
+    from hmk8s.sim.load_trace import rate_trace
+    from hmk8s.sim.params import params_from_usecase
+
+    params = params_from_usecase(node_usecase).replace(start="minimal")
+    ready, routes = initial_placement(jax.random.PRNGKey(seed), params)
+    rates = rate_trace(node_usecase, steps, seed) * 0.15  # no pod near saturation
+    rec = fidelity.Recording(
+        usecase=node_usecase.name,
+        step_seconds=10.0,
+        load_scale=0.15,
+        rates=rates,
+        placement={"ready": np.asarray(ready).tolist(), "routes": np.asarray(routes).tolist()},
+        node_util=np.zeros(0),
+        node_latency_s=np.zeros(0),
+        sent=rates * 10.0,
+        ok=rates * 10.0,
+        start_delays_s={"medium": [2.0, 4.0]},
+    )
+    truth = fidelity.predict(node_usecase, rec)
+    rec.node_util, rec.node_latency_s = truth["util"], truth["latency_s"]
+    return rec
+
+
+def test_calibrate_pools_episodes_and_recovers_a_slower_service_rate():
+    """A node whose firewall pods serve at 0.8 of the modelled rate: fitted on two episodes
+    pooled, every mu factor is 1 / 0.8 for the firewall and 1 for the rest."""
+    from hmk8s.k8s.local import fidelity
+    from hmk8s.usecases import load_usecase
+
+    model = load_usecase("ml")
+    functions = model.functions.model_dump()
+    for config in functions["firewall"].values():
+        config["mu"] *= 0.8
+    node = model.model_copy(update={"functions": type(model.functions).model_validate(functions)})
+    recs = [synthetic_recording(node, seed) for seed in (0, 1)]
+    _, fitted = fidelity.calibrate(model, recs)
+    assert fitted["episodes"] == 2
+    assert fitted["mu_factor"]["firewall"] == pytest.approx(1 / 0.8, rel=0.02)
+    for name, factor in fitted["mu_factor"].items():
+        if name != "firewall":
+            assert factor == pytest.approx(1.0, rel=0.02)
+    assert fitted["startup_s"] == {"medium": 3.0}  # the median of both episodes' starts
+    with pytest.raises(ValueError, match="one step length and load scale"):
+        fidelity.calibrate(model, [recs[0], dataclasses.replace(recs[1], load_scale=0.5)])
