@@ -11,7 +11,7 @@ Per policy and episode (seed i: the use case's rates for seed i, scaled as
 - `hpa`: `autoscaling/v2beta2` HorizontalPodAutoscalers (CPU target `--hpa-target`, the
   simulator's `hpa` default) on every function Deployment, acted on by kube-controller-manager;
   the backend holds the placement and adopts the HPA's replica counts before each step.
-The simulator's prediction runs the same policy (for `hpa` the simulator's own `hpa` baseline)
+The simulator's prediction runs the same policy (for `hpa` the simulator's `hpa_exact` baseline)
 from the recorded start on the recorded rates, with the calibrated use case when given.
 Writes `episodes.json` (every recording and prediction) and `results.json` (means per policy).
 """
@@ -30,7 +30,7 @@ import numpy as np
 from hmk8s.control.agent import AgentError, load_agent
 from hmk8s.k8s import objects
 from hmk8s.k8s.local import fidelity
-from hmk8s.policies.baselines import heuristic_policy, hpa_policy
+from hmk8s.policies.baselines import heuristic_policy, hpa_exact_policy
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
 
 HPA_TARGET = 0.8
@@ -91,12 +91,14 @@ class HpaPlayer(fidelity.Player):
 
 
 def prediction_policy(name: str, agent: Any, hpa_target: float) -> Any:
-    """The policy the simulator runs for a player: the same one, or its own `hpa` baseline."""
+    """The policy the simulator runs for a player: the same one, or for the real HPA its
+    `hpa_exact` baseline (every Deployment to its desired count each sync, with the real
+    controller's tolerance, stabilisation and rate policies)."""
     if name == "agent":
         return agent.policy()
     if name == "rulebook":
         return heuristic_policy()
-    return hpa_policy(hpa_target)
+    return hpa_exact_policy(hpa_target)
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -44,7 +44,7 @@ from hmk8s.k8s.local.podmetrics import (
 )
 from hmk8s.k8s.readings import cpu_utilisation, usage_by_instance
 from hmk8s.observation import Measurement
-from hmk8s.sim.dynamics import measure
+from hmk8s.sim.dynamics import measure, scale_instances
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.load_trace import rate_trace, trace_csv
 from hmk8s.sim.params import params_from_usecase
@@ -232,10 +232,14 @@ def simulate(usecase: UseCase, rec: Recording, policy: Any) -> dict[str, float]:
     pstate = policy.init(params)
     step = jax.jit(env.step_env)
     act = jax.jit(policy.act)
+    scale = jax.jit(scale_instances)
     rewards, sla, pods, replicas = [], [], [], []
     for t in range(len(rec.rates)):
         key = jax.random.PRNGKey(t)
         action, pstate = act(key, pstate, obs, params)
+        if policy.scales:  # it sets replicas itself (hpa_exact), then acts
+            action, target = action
+            state = scale(state, target, params)
         obs, state, r, _, _, info = step(key, state, action, params)
         rewards.append(float(r))
         sla.append(bool(info["sla_violated"]))
