@@ -128,6 +128,22 @@ def test_training_core_imports_without_the_kubernetes_client():
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
 
 
+def test_importing_the_agents_loads_no_environment_and_gym_make_still_finds_one():
+    """Registration names the env by its path: `import hmk8s.agents` loads neither the gym env
+    nor the simulator's env module, and `gym.make` imports them on first use."""
+    code = (
+        "import sys, hmk8s.agents\n"
+        "print(sorted(m for m in ('hmk8s.envs.gym_env', 'hmk8s.sim.env') if m in sys.modules))\n"
+        "import gymnasium as gym\n"
+        "print(type(gym.make('hmk8s/ML-v0').unwrapped).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "SimClusterEnv"]
+
+
 def _manifests() -> list[tuple[str, dict]]:
     return [
         (path.name, doc)
