@@ -8,6 +8,7 @@ policy meets exactly the same episodes, because `rollout` keys the env by episod
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -35,7 +36,7 @@ from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.scenarios import SCENARIOS, check_scenarios, stacked
 from hmk8s.train.anakin.loop import Trainer, init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.cache import ScoreCache
-from hmk8s.train.config import ConfigError, TrainConfig
+from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.stop import requested
 
 AGENTS = ("dqn", "haql")
@@ -377,11 +378,16 @@ def evaluate_usecase(
     (named ``usecase``). Returns the JSON-ready results and the plot data (learning curves, the
     baselines' curve-episode returns, one timeline episode per policy in ``ev.timeline``).
     ``scores`` keeps the baselines' scores between evaluations (None: computed every time)."""
+    run = resolve(
+        dataclasses.replace(
+            cfg, usecase=dict(mapping), agent=usecase_agent(cfg.agent, usecase, ev)
+        ),
+        usecase,
+    )
+    cfg, agent = run.config, run.config.agent
     source = source or train_in_process(usecase, cfg, ev, log)
-    env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
-    env, params = sim.make(dict(mapping), env_cfg, name=usecase)
+    env, params = sim.make(run.usecase, dataclasses.asdict(cfg.env))
     spec = sim_env_spec(env, params, cfg.env.encoder)
-    agent = usecase_agent(cfg.agent, usecase, ev)
     curve_key, eval_key = jax.random.split(jax.random.PRNGKey(ev.key))
     reps = ev.bootstrap_reps
 
