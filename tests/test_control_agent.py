@@ -30,7 +30,7 @@ from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
 from hmk8s.train.anakin.run import run_training
-from hmk8s.train.config import TrainConfig
+from hmk8s.train.config import TrainConfig, resolve
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_DIR
 
@@ -67,7 +67,7 @@ def train_tiny(run_dir, agent_cfg: AgentConfig):
         return {"eval": summarise(captured["records"])}
 
     spec = sim_env_spec(env, params, cfg.env.encoder)
-    summary = run_training(cfg, spec, config, run_dir, name="ml", evaluator=evaluator)
+    summary = run_training(resolve(cfg, "ml"), spec, run_dir, evaluator=evaluator)
     return run_dir, summary, captured
 
 

@@ -64,7 +64,7 @@ def counting_env(terminal: bool) -> EnvSpec:
     return EnvSpec(num_actions=2, obs_dim=2, reset=reset, step=step)
 
 
-SMALL = AgentConfig(hidden=[8], batch_size=4, buffer_size=64, learning_starts=8)
+SMALL = AgentConfig(hidden=[8], batch_size=4, buffer_size=64, learning_starts=8, lr_decay_updates=0)
 
 
 @pytest.mark.parametrize("terminal", [True, False])
