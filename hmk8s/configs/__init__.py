@@ -26,37 +26,41 @@ SEARCH_PATH = "pkg://hmk8s.configs"
 _NOT_SETTINGS = ("defaults", "hydra")
 
 
+def _settings(name: str) -> dict[str, Any]:
+    data = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / name))
+    return {k: v for k, v in data.items() if k not in _NOT_SETTINGS}
+
+
 @functools.cache
-def _shipped() -> dict[str, Any]:
-    root = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "config.yaml"))
-    agent = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "agent" / "dqn.yaml"))
-    return {
-        **{k: v for k, v in root.items() if k not in _NOT_SETTINGS},
-        "agent": agent,
-    }
+def _shipped(root: str) -> dict[str, Any]:
+    if root == "config":
+        return {**_settings("config.yaml"), "agent": _settings("agent/dqn.yaml")}
+    return _settings(f"{root}.yaml")
 
 
-def shipped() -> dict[str, Any]:
-    """The root config's settings as shipped (``config.yaml`` with its default agent,
-    ``agent/dqn.yaml``), as a plain dict: what a run gets for a key nobody set. The use case
-    and backend groups are not in it: they have no default values, only default choices."""
-    return copy.deepcopy(_shipped())
+def shipped(root: str = "config") -> dict[str, Any]:
+    """The settings of a root config as shipped, as a plain dict: what a run gets for a key
+    nobody set. ``config`` is ``config.yaml`` with its default agent (``agent/dqn.yaml``); the
+    use case and backend groups are not in it: they have default choices, not values.
+    ``evaluate`` is ``evaluate.yaml``'s own keys (its ``evaluate`` block and the training
+    keys it changes)."""
+    return copy.deepcopy(_shipped(root))
 
 
-def shipped_value(key: str) -> Any:
+def shipped_value(key: str, root: str = "config") -> Any:
     """The shipped value of a dotted setting, e.g. ``agent.hidden`` or ``env.encoder``."""
-    node: Any = _shipped()
+    node: Any = _shipped(root)
     for part in key.split("."):
         node = node[part]
     return copy.deepcopy(node)
 
 
-def default(key: str, schema: type | None = None) -> Any:
-    """A dataclass field whose default is the shipped value of ``key`` (built into the
-    dataclass ``schema`` when the setting is a block of settings)."""
+def default(key: str, schema: type | None = None, root: str = "config") -> Any:
+    """A dataclass field whose default is the shipped value of ``key`` in ``root`` (built into
+    the dataclass ``schema`` when the setting is a block of settings)."""
 
     def make() -> Any:
-        value = shipped_value(key)
+        value = shipped_value(key, root)
         return schema(**value) if schema is not None else value
 
     return dataclasses.field(default_factory=make)

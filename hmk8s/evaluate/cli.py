@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hmk8s.configs import SEARCH_PATH
+from hmk8s.configs import SEARCH_PATH, default
 from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
@@ -53,7 +53,7 @@ class EvaluateRoot(TrainConfig):
     (their own configs then decide how they trained)."""
 
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    runs_from: str | None = None
+    runs_from: str | None = default("runs_from", root="evaluate")
 
 
 def register_schema() -> None:
