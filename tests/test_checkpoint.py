@@ -27,10 +27,12 @@ from hmk8s.train.config import TrainConfig, resolve
 from hmk8s.train.run import RunDirError
 from hmk8s.train.runlog import params_sha256
 
-AGENT = AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200)
+AGENT = AgentConfig(
+    hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200, lr_decay_updates=0
+)
 PER_AGENT = dataclasses.replace(AGENT, priority_exponent=0.6, priority_beta=0.4)
-PQN_AGENT = AgentConfig(
-    kind="pqn", hidden=[16], layer_norm=True, pqn=PqnConfig(rollout_steps=8, minibatches=4)
+PQN_AGENT = dataclasses.replace(
+    AGENT, kind="pqn", layer_norm=True, pqn=PqnConfig(rollout_steps=8, minibatches=4)
 )
 DRIVER = """
 import dataclasses, sys
@@ -41,7 +43,9 @@ from hmk8s.train.config import TrainConfig, resolve
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.train.anakin.run import run_training
 cfg = TrainConfig(
-    agent=AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200),
+    agent=AgentConfig(
+        hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200, lr_decay_updates=0
+    ),
     total_steps=int(sys.argv[2]), num_envs=4, chunk_steps=400, seeds=2, resume=sys.argv[3] or None,
 )
 cfg.eval.enabled = False

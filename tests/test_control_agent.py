@@ -113,7 +113,8 @@ def test_an_export_round_trips_and_needs_nothing_else(trained, agent, tmp_path):
 def test_a_pqn_agent_keeps_its_layer_norm_through_load_and_export(tmp_path):
     pqn = PqnConfig(rollout_steps=4, epochs=1, minibatches=2)
     run_dir, summary, captured = train_tiny(
-        tmp_path / "run", AgentConfig(kind="pqn", hidden=[16], layer_norm=True, pqn=pqn)
+        tmp_path / "run",
+        AgentConfig(kind="pqn", hidden=[16], layer_norm=True, learning_starts=64, pqn=pqn),
     )
     loaded = hmk8s.load_agent(run_dir)
     assert loaded.manifest.layer_norm and loaded.network.layer_norm

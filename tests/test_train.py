@@ -65,7 +65,14 @@ def counting_env(terminal: bool) -> EnvSpec:
     return EnvSpec(num_actions=2, obs_dim=2, reset=reset, step=step)
 
 
-SMALL = AgentConfig(hidden=[8], batch_size=4, buffer_size=64, learning_starts=8, lr_decay_updates=0)
+SMALL = AgentConfig(
+    hidden=[8],
+    batch_size=4,
+    buffer_size=64,
+    learning_starts=8,
+    updates_per_step=0.25,  # one vector step and one update per iteration of 3 envs
+    lr_decay_updates=0,
+)
 
 
 @pytest.mark.parametrize("terminal", [True, False])
