@@ -55,11 +55,10 @@ def test_check_env(env_id, encoder):
 def test_the_gym_env_the_simulator_and_the_trainer_share_one_encoder_default():
     # the README's agent trains on `continuous` (configs/config.yaml's env block), and so does
     # every env built without naming an encoder: ML's continuous layout has 157 inputs
-    # (by hand in test_encoders), the one-hot one 70
+    # (by hand in test_encoders), the one-hot one 70 (test_check_env)
     assert shipped_value("env.encoder") == "continuous" == TrainConfig().env.encoder
     assert gym.make("hmk8s/ML-v0").observation_space.shape == (157,)
     assert sim_env_spec(*sim.make("ml")).obs_dim == 157
-    assert sim_env_spec(*sim.make("ml", {"encoder": "onehot"}), "onehot").obs_dim == 70
 
 
 def test_info_keys_and_types():
