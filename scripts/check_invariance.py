@@ -5,8 +5,9 @@
 
 It runs a fixed short training run (its ``params_sha256``) and
 ``scripts/evaluate.py usecase=ml seeds=2 total_steps=40000 agent.lr_decay_updates=13600`` (its
-``results.json`` less the wall-clock fields), and records or compares both. Bit-identical results are only expected on
-the same machine and jax version, so the record names them and a compare on another refuses.
+``results.json`` less the wall-clock fields), and records or compares both. Bit-identical
+results are only expected on the same machine and jax version, so the record names them and a
+compare on another refuses.
 """
 
 from __future__ import annotations
