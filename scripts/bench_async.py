@@ -40,7 +40,9 @@ def main() -> None:
     counts = [int(n) for n in args.num_envs.split(",")]
     env_cfg = {"start": "minimal", "episode_steps": args.episode_steps}
     backend = {"step_seconds": args.step_seconds, "poll_interval_s": 0.2}
-    agent = AgentConfig(learning_starts=128, buffer_size=20_000, updates_per_step=args.ratio)
+    agent = AgentConfig(
+        learning_starts=128, buffer_size=20_000, updates_per_step=args.ratio, lr_decay_updates=0
+    )
     with ExitStack() as stack:
         emus: list[Emulation] = [
             stack.enter_context(

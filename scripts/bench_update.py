@@ -43,7 +43,7 @@ def main() -> None:
     rows = []
     for hidden in args.hidden:
         for batch_size in args.batch_size:
-            agent = AgentConfig(hidden=hidden, batch_size=batch_size)
+            agent = AgentConfig(hidden=hidden, batch_size=batch_size, lr_decay_updates=0)
             row = {"hidden": hidden, "batch_size": batch_size}
             for name, where in (("cpu", cpu), ("device", device)):
                 seconds = update_seconds(agent, spec.obs_dim, spec.num_actions, where, args.updates)

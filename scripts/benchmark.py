@@ -86,6 +86,7 @@ def main() -> None:
 
     agent = AgentConfig(
         hidden=args.hidden,
+        lr_decay_updates=0,
         batch_size=args.batch_size,
         buffer_size=100_000,
         learning_starts=args.batch_size,

@@ -105,6 +105,7 @@ def small_agent(**changes) -> AgentConfig:
     """A learner small enough to compile and update fast in tests."""
     base = {
         "hidden": [16],
+        "lr_decay_updates": 0,
         "batch_size": 8,
         "buffer_size": 4096,
         "learning_starts": 8,

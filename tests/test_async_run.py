@@ -19,7 +19,7 @@ from hmk8s.train.actor_learner.env_worker import StepRecord
 from hmk8s.train.actor_learner.history import HistoryWriter, history_path, read_history
 from hmk8s.train.actor_learner.k8s_run import run_async_training
 from hmk8s.train.checkpoint import Checkpointer
-from hmk8s.train.config import LogConfig, TrainConfig
+from hmk8s.train.config import LogConfig, TrainConfig, resolve
 
 NUM_ENVS = 3
 BACKEND = {
@@ -82,7 +82,7 @@ def test_each_env_gets_its_own_namespaces_and_run_id():
 
 def test_ctrl_c_then_resume_continues_every_env(tmp_path):
     first = Factory(interrupt_at=12)
-    summary = run_async_training(config(tmp_path, 1_000_000), env_factory=first)
+    summary = run_async_training(resolve(config(tmp_path, 1_000_000)), env_factory=first)
     assert summary["interrupted"] and not summary["cleanup_errors"]
     assert all(env.closed for env in first.envs), "cluster objects of every env deleted"
     stopped = [env.steps for env in first.envs]
@@ -93,7 +93,7 @@ def test_ctrl_c_then_resume_continues_every_env(tmp_path):
     assert [len(rows) for rows in before] == stopped
 
     second = Factory()
-    summary = run_async_training(config(tmp_path, sum(stopped) + 45, resume=True), second)
+    summary = run_async_training(resolve(config(tmp_path, sum(stopped) + 45, resume=True)), second)
     assert not summary["interrupted"] and summary["env_steps"] == sum(stopped) + 45
     assert all(env.closed for env in second.envs)
     for i in range(NUM_ENVS):

@@ -23,32 +23,36 @@ from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
-from hmk8s.train.config import TrainConfig
+from hmk8s.train.config import TrainConfig, resolve
 from hmk8s.train.run import RunDirError
 from hmk8s.train.runlog import params_sha256
 
-AGENT = AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200)
+AGENT = AgentConfig(
+    hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200, lr_decay_updates=0
+)
 PER_AGENT = dataclasses.replace(AGENT, priority_exponent=0.6, priority_beta=0.4)
-PQN_AGENT = AgentConfig(
-    kind="pqn", hidden=[16], layer_norm=True, pqn=PqnConfig(rollout_steps=8, minibatches=4)
+PQN_AGENT = dataclasses.replace(
+    AGENT, kind="pqn", layer_norm=True, pqn=PqnConfig(rollout_steps=8, minibatches=4)
 )
 DRIVER = """
 import dataclasses, sys
 from pathlib import Path
 import gymnax
 from hmk8s.agents.config import AgentConfig
-from hmk8s.train.config import TrainConfig
+from hmk8s.train.config import TrainConfig, resolve
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.train.anakin.run import run_training
 cfg = TrainConfig(
-    agent=AgentConfig(hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200),
+    agent=AgentConfig(
+        hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200, lr_decay_updates=0
+    ),
     total_steps=int(sys.argv[2]), num_envs=4, chunk_steps=400, seeds=2, resume=sys.argv[3] or None,
 )
 cfg.eval.enabled = False
 cfg.log.progress = False
 cfg.log.tensorboard = False
 spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))
-run_training(cfg, spec, dataclasses.asdict(cfg), Path(sys.argv[1]), name="cartpole")
+run_training(resolve(cfg, "cartpole"), spec, Path(sys.argv[1]))
 """
 
 
@@ -73,7 +77,7 @@ def train(
 ) -> dict:
     cfg = config(total_steps, resume, agent)
     spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))
-    return run_training(cfg, spec, dataclasses.asdict(cfg), run_dir, name="cartpole")
+    return run_training(resolve(cfg, "cartpole"), spec, run_dir)
 
 
 def run_driver(run_dir: Path, total_steps: int, resume: str = "") -> subprocess.Popen:
@@ -166,7 +170,7 @@ def test_resume_refuses_a_changed_config(full_run):
     cfg = config(8_000, run_dir, num_envs=8)
     spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))
     with pytest.raises(CheckpointError, match="num_envs: checkpoint has 4, now 8"):
-        run_training(cfg, spec, dataclasses.asdict(cfg), run_dir, name="cartpole")
+        run_training(resolve(cfg, "cartpole"), spec, run_dir)
 
 
 def test_fresh_run_refuses_a_directory_with_checkpoints(full_run):

@@ -60,7 +60,8 @@ def test_bad_input_is_refused_before_any_work(tmp_path, overrides, message):
     ("overrides", "message"),
     [
         (["num_envs=0", "env.encoder=foo"], "num_envs must be > 0, got 0"),
-        (["env.encoder=foo"], "env.encoder must be one of ('onehot', 'continuous'), got 'foo'"),
+        (["env.encoder=foo"], "env.encoder='foo': expected one of ('onehot', 'continuous')"),
+        (["agent.lr_decay_updates=soon"], "agent.lr_decay_updates must be auto or a number >= 0"),
         (["haql.xi.kind=cosine"], "haql.xi.kind must be one of ('linear', 'exponential')"),
         (["haql.deployed_xi=-1"], "haql.deployed_xi must be >= 0 or null, got -1.0"),
         (["resume=/nonexistent/run"], "resume=/nonexistent/run: no such run directory"),

@@ -30,7 +30,7 @@ from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
 from hmk8s.train.anakin.run import run_training
-from hmk8s.train.config import TrainConfig
+from hmk8s.train.config import TrainConfig, resolve
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_DIR
 
@@ -67,7 +67,7 @@ def train_tiny(run_dir, agent_cfg: AgentConfig):
         return {"eval": summarise(captured["records"])}
 
     spec = sim_env_spec(env, params, cfg.env.encoder)
-    summary = run_training(cfg, spec, config, run_dir, name="ml", evaluator=evaluator)
+    summary = run_training(resolve(cfg, "ml"), spec, run_dir, evaluator=evaluator)
     return run_dir, summary, captured
 
 
@@ -113,7 +113,8 @@ def test_an_export_round_trips_and_needs_nothing_else(trained, agent, tmp_path):
 def test_a_pqn_agent_keeps_its_layer_norm_through_load_and_export(tmp_path):
     pqn = PqnConfig(rollout_steps=4, epochs=1, minibatches=2)
     run_dir, summary, captured = train_tiny(
-        tmp_path / "run", AgentConfig(kind="pqn", hidden=[16], layer_norm=True, pqn=pqn)
+        tmp_path / "run",
+        AgentConfig(kind="pqn", hidden=[16], layer_norm=True, learning_starts=64, pqn=pqn),
     )
     loaded = hmk8s.load_agent(run_dir)
     assert loaded.manifest.layer_norm and loaded.network.layer_norm

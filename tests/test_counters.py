@@ -37,6 +37,7 @@ def test_a_wrapped_count_would_restart_the_schedule():
 def test_training_past_int32_keeps_epsilon_and_xi_at_their_ends():
     agent = AgentConfig(
         hidden=[8],
+        lr_decay_updates=0,
         batch_size=4,
         buffer_size=64,
         learning_starts=8,

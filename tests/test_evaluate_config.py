@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
@@ -18,7 +20,7 @@ from hmk8s.agents.config import (
 )
 from hmk8s.evaluate import cli
 from hmk8s.evaluate.experiment import EvaluateConfig, usecase_agent
-from hmk8s.train.config import ConfigError, TrainConfig, resume_mismatches
+from hmk8s.train.config import ConfigError, TrainConfig, resolve, resume_mismatches
 from hmk8s.usecases import CONFIG_DIR
 
 
@@ -51,14 +53,20 @@ def test_evaluate_config_is_the_training_tree_plus_evaluate(evaluate_schema):
         None,
     )
     assert typed.evaluate.deployed_xi_grid == [0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 16.0]
-    # the README's network, rate and soft target, the rate annealed over ML's 13,596 updates
+    # the README's network, rate and soft target, the rate annealed over each use case's
+    # planned updates: the numbers the evaluation shipped with before `auto` (ML's 13,596
+    # updates rounded up to 13,600, EHR's 22,660 to 22,700, STREAM's 27,192 to 27,200)
     assert (typed.agent.learning_rate, typed.agent.target_tau) == (0.0005, 0.01)
-    assert typed.agent.lr_decay_updates == 13600
+    assert typed.agent.lr_decay_updates == "auto"
     assert typed.evaluate.deployed_xi_sla is True
     assert typed.evaluate.agent_by_usecase == {
-        "ehr": {"updates_per_step": 0.078125, "lr_decay_updates": 22700, "sla_penalty": 0.3},
-        "stream": {"updates_per_step": 0.09375, "lr_decay_updates": 27200},
+        "ehr": {"updates_per_step": 0.078125, "sla_penalty": 0.3},
+        "stream": {"updates_per_step": 0.09375},
     }
+    for name, decay in (("ml", 13_600), ("ehr", 22_700), ("stream", 27_200)):
+        agent = usecase_agent(typed.agent, name, typed.evaluate)
+        run = resolve(dataclasses.replace(typed, usecase=None, agent=agent))
+        assert run.config.agent.lr_decay_updates == decay
     assert cli.usecases("ml", cfg.usecase)["ml"]["chain"] == ["firewall", "encrypt"]
 
 
@@ -115,6 +123,19 @@ def test_a_setting_added_after_the_checkpoint_counts_as_its_default():
     assert resume_mismatches(saved, current) == [
         "agent.priority_exponent: checkpoint has 0.0, now 0.6",
         "seed_devices: checkpoint has 1, now 2",
+    ]
+
+
+def test_a_setting_the_checkpoint_lacks_is_filled_from_the_shipped_yaml():
+    # configs/agent/dqn.yaml's soft target (0.01) and 128-128 network, not the hard copy
+    # (1.0) and 256-256 the schema once had a second set of defaults for
+    saved = {"agent": {"gamma": 0.99}}
+    current = {"agent": {"gamma": 0.99, "target_tau": 0.01, "hidden": [128, 128]}}
+    assert resume_mismatches(saved, current) == []
+    current["agent"].update(target_tau=1.0, hidden=[256, 256])
+    assert resume_mismatches(saved, current) == [
+        "agent.hidden: checkpoint has [128, 128], now [256, 256]",
+        "agent.target_tau: checkpoint has 0.01, now 1.0",
     ]
 
 

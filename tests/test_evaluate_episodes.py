@@ -12,6 +12,7 @@ from hmk8s.encoders import get_encoder
 from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout, q_policy
 from hmk8s.policies.rollout import rollout
+from hmk8s.sim.params import ENV_DEFAULTS
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -23,7 +24,7 @@ def setup():
     env, params = sim.make("ml", {"episode_steps": STEPS, "start": "minimal"})
     obs, _ = env.reset(jax.random.PRNGKey(0), params)
     net = QNetwork(hidden=(8,), num_actions=params.layout.num_actions)
-    x = get_encoder("onehot")(obs, params)
+    x = get_encoder(ENV_DEFAULTS["encoder"])(obs, params)  # what the rollouts encode with
     seeds = jax.vmap(net.init, in_axes=(0, None))(jax.random.split(jax.random.PRNGKey(1), 2), x)
     key = jax.random.PRNGKey(7)
     agents = make_seed_rollout(env, params, net.apply, EPISODES)(seeds, key)

@@ -17,8 +17,12 @@ from gymnasium.error import ResetNeeded
 from gymnasium.utils.env_checker import check_env
 
 import hmk8s  # noqa: F401  (registers the ids)
+from hmk8s import sim
+from hmk8s.configs import shipped_value
 from hmk8s.envs import ENV_IDS
+from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.observation import Observation
+from hmk8s.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -48,10 +52,19 @@ def test_check_env(env_id, encoder):
     assert env.action_space.n == 3 * 3 * 3 * 3 * proxies + 1
 
 
+def test_the_gym_env_the_simulator_and_the_trainer_share_one_encoder_default():
+    # the README's agent trains on `continuous` (configs/config.yaml's env block), and so does
+    # every env built without naming an encoder: ML's continuous layout has 157 inputs
+    # (by hand in test_encoders), the one-hot one 70 (test_check_env)
+    assert shipped_value("env.encoder") == "continuous" == TrainConfig().env.encoder
+    assert gym.make("hmk8s/ML-v0").observation_space.shape == (157,)
+    assert sim_env_spec(*sim.make("ml")).obs_dim == 157
+
+
 def test_info_keys_and_types():
     env = gym.make("hmk8s/ML-v0")
     obs, info = env.reset(seed=3)
-    assert obs.dtype == np.float32 and obs.shape == (70,)
+    assert obs.dtype == np.float32 and obs.shape == (157,)  # the continuous layout
     assert set(info) == {"action_mask"}
     assert info["action_mask"].dtype == bool and info["action_mask"].shape == (244,)
     assert isinstance(env.unwrapped.structured_observation, Observation)

@@ -87,7 +87,9 @@ def compare(k8s_env, sim_env, obs_k, obs_s, fields) -> None:
             err_msg=name,
         )
     if "cpu_util" in fields:
-        np.testing.assert_array_equal(obs_k, obs_s)
+        # the default (continuous) encoding of equal states, each env compiling its own
+        # encoder: equal up to float32 rounding
+        np.testing.assert_allclose(obs_k, obs_s, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize(("kind", "steps"), [("emulator", 40), ("apiserver", 12)])

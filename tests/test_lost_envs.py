@@ -16,7 +16,7 @@ from hmk8s.k8s.cleanup import CleanupReport
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import close_envs, run_async_training
-from hmk8s.train.config import LogConfig, TrainConfig
+from hmk8s.train.config import LogConfig, TrainConfig, resolve
 
 BACKEND = {
     "name": "k8s",
@@ -89,7 +89,7 @@ def test_a_lost_env_stops_the_run_and_cleans_up(tmp_path, caplog):
         caplog.at_level(logging.ERROR, logger="hmk8s"),
         pytest.raises(EnvLost, match=r"env 1 was lost \(namespace hmk8s-0-e1 not found\)"),
     ):
-        run_async_training(config(tmp_path / "run"), env_factory=factory)
+        run_async_training(resolve(config(tmp_path / "run")), env_factory=factory)
     assert all(env.closed for env in factory.envs)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert "EnvLost" in summary["error"] and summary["env_failures"][1] == 1  # fatal at once
@@ -105,7 +105,7 @@ def test_with_allow_env_loss_the_run_goes_on_and_says_so(tmp_path, caplog):
     factory = Factory(lost=2)
     with caplog.at_level(logging.WARNING, logger="hmk8s"):
         summary = run_async_training(
-            config(tmp_path / "run", allow_env_loss=True), env_factory=factory
+            resolve(config(tmp_path / "run", allow_env_loss=True)), env_factory=factory
         )
     assert summary["env_steps"] == 60 and summary["error"] is None
     assert factory.envs[2].steps == 5 and summary["env_failures"][2] == 1
@@ -122,14 +122,14 @@ def test_a_run_refused_before_any_env_leaves_no_directory_to_block_its_retry(tmp
 
     run_dir = tmp_path / "run"
     with pytest.raises(ClusterAccessError, match="Unauthorized"):
-        run_async_training(config(run_dir), env_factory=refused)
+        run_async_training(resolve(config(run_dir)), env_factory=refused)
     assert not run_dir.exists()
     existing = tmp_path / "given"
     existing.mkdir()
     with pytest.raises(ClusterAccessError):
-        run_async_training(config(existing), env_factory=refused)
+        run_async_training(resolve(config(existing)), env_factory=refused)
     assert existing.is_dir() and list(existing.iterdir()) == []  # given, so kept, and empty
-    summary = run_async_training(config(run_dir), env_factory=Factory())  # the retry
+    summary = run_async_training(resolve(config(run_dir)), env_factory=Factory())  # the retry
     assert summary["env_steps"] == 60
 
 

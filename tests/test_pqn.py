@@ -20,7 +20,7 @@ from hmk8s.agents.pqn import lambda_returns, make_regression_step, next_values
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.evaluate.stats import iqm
 from hmk8s.train.anakin.loop import greedy_returns, init_seeds, make_chunk_fn, make_trainer
-from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.config import ConfigError, TrainConfig, resolve
 
 GAMMA, LAMBDA = 0.5, 0.5
 REWARD = jnp.array([1.0, 2.0, 3.0])
@@ -102,6 +102,7 @@ def test_pqn_solves_cartpole():
         hidden=[128, 128],
         layer_norm=True,
         learning_rate=5e-4,
+        lr_decay_updates=0,
         epsilon=ScheduleConfig("linear", 1.0, 0.05, 100_000),
         pqn=pqn,
     )
@@ -138,17 +139,17 @@ def pqn_config(**pqn) -> TrainConfig:
 )
 def test_bad_pqn_settings_are_refused(changes, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate(pqn_config(**changes))
+        resolve(pqn_config(**changes))
 
 
 def test_an_unknown_agent_kind_is_refused():
     cfg = TrainConfig(agent=dataclasses.replace(AgentConfig(), kind="ppo"))
     with pytest.raises(ConfigError, match=r"agent\.kind must be one of"):
-        validate(cfg)
+        resolve(cfg)
 
 
 def test_pqn_plans_its_updates_per_rollout():
     cfg = pqn_config()
     # ceil(200,000 / (32 x 64)) = 98 rollouts of 4 epochs x 8 minibatches
     assert planned_updates(cfg.agent, 64, 200_000) == 98 * 32
-    validate(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, lr_decay_updates=0)))
+    resolve(dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, lr_decay_updates=0)))

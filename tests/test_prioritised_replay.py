@@ -49,6 +49,7 @@ ITEMS = Transition(
 )
 TINY = AgentConfig(
     hidden=[],
+    lr_decay_updates=0,
     batch_size=4,
     buffer_size=4,
     gamma=0.9,
@@ -134,6 +135,7 @@ def test_a_short_prioritised_run_on_the_sim_learns_and_keeps_its_sum_tree():
     env, params = make("ml", {"episode_steps": 20})
     agent = AgentConfig(
         hidden=[32],
+        lr_decay_updates=0,
         batch_size=32,
         buffer_size=512,
         learning_starts=256,

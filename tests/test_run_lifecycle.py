@@ -28,7 +28,7 @@ from hmk8s.train.config import (
     ConfigError,
     LogConfig,
     TrainConfig,
-    validate,
+    resolve,
 )
 from hmk8s.train.run import NonFiniteError, RunDirError, holds_run, open_run
 from hmk8s.train.runlog import RunLog
@@ -78,7 +78,7 @@ def test_settings_that_train_silently_wrong_are_refused(change, message):
     for key, value in change.items():
         setattr(cfg, key, value)
     with pytest.raises(ConfigError) as err:
-        validate(cfg)
+        resolve(cfg)
     assert message in str(err.value)
 
 
@@ -108,12 +108,12 @@ def test_the_k8s_run_refuses_an_existing_run_before_building_any_env(tmp_path):
         built.append(index)
         return CountingEnv(index, delay_s=0.0, episode=4)
 
-    summary = run_async_training(tiny(tmp_path / "run"), env_factory=factory)
+    summary = run_async_training(resolve(tiny(tmp_path / "run")), env_factory=factory)
     assert summary["env_steps"] > 0
     history = (tmp_path / "run" / "history" / "env0.csv").read_text()
     built.clear()
     with pytest.raises(RunDirError, match="already holds a run"):
-        run_async_training(tiny(tmp_path / "run"), env_factory=factory)
+        run_async_training(resolve(tiny(tmp_path / "run")), env_factory=factory)
     assert built == []  # nothing touched: no env (no cluster object) was made
     assert (tmp_path / "run" / "history" / "env0.csv").read_text() == history
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
@@ -169,7 +169,7 @@ def test_sigterm_takes_the_clean_stop_path_and_is_recorded(tmp_path):
         return env
 
     cfg = tiny(tmp_path / "run", total_steps=10_000)
-    summary = run_async_training(cfg, env_factory=factory)
+    summary = run_async_training(resolve(cfg), env_factory=factory)
     assert summary["interrupted"] is True
     assert summary["signal"] == "SIGTERM"
     assert 0 < summary["env_steps"] < 10_000

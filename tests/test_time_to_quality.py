@@ -60,8 +60,9 @@ def test_parse_variant():
 
 
 def test_compose_config_is_what_train_py_composes():
-    cfg = compose_config("stream", True, ["total_steps=20000", "agent.updates_per_step=0.5"])
-    assert cfg.heuristic and cfg.usecase["name"] == "stream"
+    run = compose_config("stream", True, ["total_steps=20000", "agent.updates_per_step=0.5"])
+    cfg = run.config
+    assert cfg.heuristic and run.haql is cfg.haql and run.usecase.name == run.name == "stream"
     assert (cfg.total_steps, cfg.agent.updates_per_step) == (20_000, 0.5)
     # untouched keys keep the shipped defaults (hmk8s/configs/agent/dqn.yaml)
     assert (cfg.agent.batch_size, cfg.agent.hidden) == (128, [128, 128])

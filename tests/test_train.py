@@ -27,6 +27,7 @@ from hmk8s.train.anakin.loop import (
     make_trainer,
 )
 from hmk8s.train.anakin.run import chunk_plan
+from hmk8s.train.config import ConfigError, TrainConfig, resolve
 
 EPISODE = 5  # the counting env's episode length
 
@@ -64,7 +65,14 @@ def counting_env(terminal: bool) -> EnvSpec:
     return EnvSpec(num_actions=2, obs_dim=2, reset=reset, step=step)
 
 
-SMALL = AgentConfig(hidden=[8], batch_size=4, buffer_size=64, learning_starts=8)
+SMALL = AgentConfig(
+    hidden=[8],
+    batch_size=4,
+    buffer_size=64,
+    learning_starts=8,
+    updates_per_step=0.25,  # one vector step and one update per iteration of 3 envs
+    lr_decay_updates=0,
+)
 
 
 @pytest.mark.parametrize("terminal", [True, False])
@@ -147,6 +155,38 @@ def test_planned_updates_counts_the_iterations_after_learning_starts():
     # 8 envs at 0.05: an update every 2 vector steps (16 env steps); 1,000 - 128 (the batch
     # size outweighs learning_starts=0) = 872 env steps -> 55 iterations
     assert planned_updates(AgentConfig(updates_per_step=0.05, learning_starts=0), 8, 1_000) == 55
+
+
+def test_auto_decay_is_the_planned_updates_rounded_up_to_a_hundred():
+    readme = TrainConfig(usecase=None, heuristic=True)  # the shipped defaults
+    assert readme.agent.lr_decay_updates == "auto"
+    # the README run's 18,128 planned updates (above) -> 18,200, the length it shipped with
+    assert resolve(readme).config.agent.lr_decay_updates == 18_200
+    assert readme.agent.lr_decay_updates == "auto"  # resolve settles a copy
+    # 600,000 steps: (600,000 - 10,000) / 64 = 9,218.75 -> 9,219 iterations x 4 = 36,876
+    longer = dataclasses.replace(readme, total_steps=600_000)
+    assert resolve(longer).config.agent.lr_decay_updates == 36_900
+    # a number is kept as it is; one below the run's planned updates is refused, naming auto
+    fixed = dataclasses.replace(readme.agent, lr_decay_updates=18_200)
+    assert resolve(dataclasses.replace(readme, agent=fixed)).config.agent.lr_decay_updates == 18_200
+    with pytest.raises(ConfigError, match=r"18,200 is below the run's 36,876 updates.*=auto"):
+        resolve(dataclasses.replace(longer, agent=fixed))
+    for bad in ("soon", -1):
+        agent = dataclasses.replace(readme.agent, lr_decay_updates=bad)
+        with pytest.raises(ConfigError, match="lr_decay_updates must be auto or a number >= 0"):
+            resolve(dataclasses.replace(readme, agent=agent))
+
+
+def test_resolve_parses_the_use_case_and_makes_the_haql_choice_once():
+    dqn = resolve(TrainConfig(usecase="ml", backend={"name": "sim"}), "ml")
+    assert dqn.haql is None and dqn.usecase.name == dqn.name == "ml" and dqn.backend == "sim"
+    haql = resolve(TrainConfig(usecase="ml", backend={"name": "sim"}, heuristic=True))
+    assert haql.haql is haql.config.haql and haql.name == "ml"
+    # a use case that does not load and a setting the backend cannot run: the one error type
+    with pytest.raises(ConfigError, match="unknown use case 'nope'"):
+        resolve(TrainConfig(usecase="nope"))
+    with pytest.raises(ConfigError, match="backend=k8s trains one seed at a time"):
+        resolve(TrainConfig(usecase=None, backend={"name": "k8s"}, seeds=2))
 
 
 def test_chunk_plan_covers_the_run_once():

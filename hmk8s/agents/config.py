@@ -2,7 +2,9 @@
 heuristic's weight schedule, and the weight the rulebook gets in the trained agent's policy.
 
 Every driver (the Anakin loop, the actor/learner, evaluation, the controller) reads these
-dataclasses; the rulebook's weight is computed here only (`heuristic_bonus`).
+dataclasses; the rulebook's weight is computed here only (`heuristic_bonus`). They are the
+schema: every default is read from the shipped YAML (`hmk8s.configs.default`), the
+agent's from ``configs/agent/dqn.yaml`` and HAQL's from ``configs/config.yaml``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from typing import Any
 import optax
 
 from hmk8s.agents.dqn import make_schedule
+from hmk8s.configs import default
 
 SCHEDULE_KINDS = ("linear", "exponential")
+#: ``agent.lr_decay_updates: auto``: anneal over the run's planned updates (`decay_updates`)
+AUTO = "auto"
 #: the learners: "dqn" (replay and a target network, HAQL's home) and "pqn" (lambda-returns on
 #: each fresh rollout, no replay, no target network; docs/algorithm.md, "PQN")
 AGENT_KINDS = ("dqn", "pqn")
@@ -25,10 +30,10 @@ AGENT_KINDS = ("dqn", "pqn")
 class ScheduleConfig:
     """``start -> end`` over ``steps`` env steps (per env-seed, summed over envs)."""
 
-    kind: str = "linear"
-    start: float = 1.0
-    end: float = 0.05
-    steps: int = 100_000
+    kind: str
+    start: float
+    end: float
+    steps: int
 
 
 @dataclass
@@ -38,10 +43,10 @@ class PqnConfig:
     ``td_lambda``-returns of that rollout with the current network, then learns on it for
     ``epochs`` passes of ``minibatches`` minibatches."""
 
-    td_lambda: float = 0.65
-    rollout_steps: int = 32
-    epochs: int = 4
-    minibatches: int = 8
+    td_lambda: float = default("agent.pqn.td_lambda")
+    rollout_steps: int = default("agent.pqn.rollout_steps")
+    epochs: int = default("agent.pqn.epochs")
+    minibatches: int = default("agent.pqn.minibatches")
 
 
 @dataclass
@@ -53,7 +58,9 @@ class AgentConfig:
     settings. ``layer_norm`` puts a LayerNorm before each hidden ReLU (PQN's stabiliser).
 
     ``lr_decay_updates > 0`` decays the learning rate linearly to 0 over that many updates
-    (a fixed horizon, so extending ``total_steps`` on resume changes nothing already run).
+    (a fixed horizon, so extending ``total_steps`` on resume changes nothing already run);
+    ``auto`` is the run's planned updates rounded up to a hundred (`decay_updates`), which
+    ``hmk8s.train.config.resolve`` turns into that number before anything reads it.
     ``priority_exponent > 0`` turns on prioritised replay (``alpha``; 0 is uniform replay),
     with importance-sampling exponent ``priority_beta`` and priorities ``|TD error| +
     priority_epsilon``.
@@ -64,26 +71,26 @@ class AgentConfig:
     are logged and evaluated on the env's reward.
     """
 
-    kind: str = "dqn"
-    hidden: list[int] = field(default_factory=lambda: [256, 256])
-    layer_norm: bool = False
-    learning_rate: float = 2.5e-4
-    lr_decay_updates: int = 0
-    gamma: float = 0.99
-    batch_size: int = 128
-    buffer_size: int = 100_000
-    learning_starts: int = 10_000
-    updates_per_step: float = 0.25
-    double: bool = True
-    huber_delta: float = 1.0
-    max_grad_norm: float = 10.0
-    target_period: int = 500
-    target_tau: float = 1.0
-    priority_exponent: float = 0.0
-    priority_beta: float = 0.4
-    priority_epsilon: float = 1e-6
-    sla_penalty: float = 0.0
-    epsilon: ScheduleConfig = field(default_factory=ScheduleConfig)
+    kind: str = default("agent.kind")
+    hidden: list[int] = default("agent.hidden")
+    layer_norm: bool = default("agent.layer_norm")
+    learning_rate: float = default("agent.learning_rate")
+    lr_decay_updates: int | str = default("agent.lr_decay_updates")
+    gamma: float = default("agent.gamma")
+    batch_size: int = default("agent.batch_size")
+    buffer_size: int = default("agent.buffer_size")
+    learning_starts: int = default("agent.learning_starts")
+    updates_per_step: float = default("agent.updates_per_step")
+    double: bool = default("agent.double")
+    huber_delta: float = default("agent.huber_delta")
+    max_grad_norm: float = default("agent.max_grad_norm")
+    target_period: int = default("agent.target_period")
+    target_tau: float = default("agent.target_tau")
+    priority_exponent: float = default("agent.priority_exponent")
+    priority_beta: float = default("agent.priority_beta")
+    priority_epsilon: float = default("agent.priority_epsilon")
+    sla_penalty: float = default("agent.sla_penalty")
+    epsilon: ScheduleConfig = default("agent.epsilon", ScheduleConfig)
     pqn: PqnConfig = field(default_factory=PqnConfig)
 
 
@@ -95,12 +102,10 @@ class HaqlConfig:
     ``argmax [Q + deployed_xi H]``; ``None`` keeps ``xi.end``, the weight it ended training with.
     """
 
-    eta: float = 1.0
-    in_target: bool = True
-    xi: ScheduleConfig = field(
-        default_factory=lambda: ScheduleConfig(kind="linear", start=1.0, end=0.5, steps=200_000)
-    )
-    deployed_xi: float | None = None
+    eta: float = default("haql.eta")
+    in_target: bool = default("haql.in_target")
+    xi: ScheduleConfig = default("haql.xi", ScheduleConfig)
+    deployed_xi: float | None = default("haql.deployed_xi")
 
 
 def iteration_shape(num_envs: int, updates_per_step: float) -> tuple[int, int]:
@@ -120,6 +125,21 @@ def planned_updates(agent: AgentConfig, num_envs: int, total_steps: int) -> int:
     steps_per_iter, updates_per_iter = iteration_shape(num_envs, agent.updates_per_step)
     learning_steps = max(total_steps - max(agent.learning_starts, agent.batch_size), 0)
     return math.ceil(learning_steps / (steps_per_iter * num_envs)) * updates_per_iter
+
+
+def decay_updates(agent: AgentConfig, num_envs: int, total_steps: int) -> int:
+    """``agent.lr_decay_updates`` as a number: ``auto`` is the run's planned updates rounded up
+    to a hundred (the README run's 18,128 give 18,200), so the rate reaches 0 at about the
+    run's end; a number is kept as it is."""
+    if agent.lr_decay_updates != AUTO:
+        return int(agent.lr_decay_updates)
+    return math.ceil(planned_updates(agent, num_envs, total_steps) / 100) * 100
+
+
+def learner_haql(heuristic: bool, haql: HaqlConfig) -> HaqlConfig | None:
+    """The heuristic the agent learns and acts with: ``haql`` when the user's switch
+    ``heuristic`` is on (HAQL), None for a pure DQN. The one place this choice is made."""
+    return haql if heuristic else None
 
 
 def xi_schedule(haql: HaqlConfig | None) -> optax.Schedule:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from hmk8s.agents import dqn
-from hmk8s.agents.config import AgentConfig, HaqlConfig, heuristic_bonus, xi_schedule
+from hmk8s.agents.config import AUTO, AgentConfig, HaqlConfig, heuristic_bonus, xi_schedule
 from hmk8s.agents.network import QNetwork
 from hmk8s.agents.replay import importance_weights, make_buffer, new_priorities
 
@@ -87,6 +87,11 @@ def make_agent_parts(
     """The pieces for ``num_actions`` actions; ``haql=None`` is a pure DQN (``xi = eta = 0``);
     ``axis_name`` averages the update's gradients over that mesh axis (data parallelism), where
     each of the ``replay_shards`` devices keeps ``buffer_size / replay_shards`` transitions."""
+    if agent.lr_decay_updates == AUTO:
+        raise ValueError(
+            "agent.lr_decay_updates=auto becomes a number once the run's length is known: "
+            "take the agent of hmk8s.train.config.resolve's spec (or set the number)"
+        )
     network = QNetwork(tuple(agent.hidden), num_actions, agent.layer_norm)
     optimizer = dqn.make_optimizer(agent.learning_rate, agent.max_grad_norm, agent.lr_decay_updates)
     update = dqn.make_update(

@@ -14,6 +14,7 @@ in the same process, so their ratios share the machine's state.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
 from hmk8s.train.anakin.loop import make_trainer
 from hmk8s.train.cli import register_schema
-from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.config import ConfigError, RunSpec, resolve
 
 AGENTS = {"dqn": False, "haql": True}
 MARGINS = (0.0, 10.0)
@@ -74,8 +75,8 @@ def check_names(variants: Sequence[Variant]) -> None:
         raise ConfigError(f"give one or more configs with different names, got {names}")
 
 
-def compose_config(usecase: str, heuristic: bool, overrides: Sequence[str]) -> TrainConfig:
-    """The validated `TrainConfig` of ``scripts/train.py usecase=... heuristic=... overrides``."""
+def compose_config(usecase: str, heuristic: bool, overrides: Sequence[str]) -> RunSpec:
+    """The `RunSpec` of ``scripts/train.py usecase=... heuristic=... overrides``."""
     register_schema()
     args = [f"usecase={usecase}", f"heuristic={str(heuristic).lower()}", *overrides]
     try:
@@ -83,8 +84,7 @@ def compose_config(usecase: str, heuristic: bool, overrides: Sequence[str]) -> T
             cfg = OmegaConf.to_object(compose("config", overrides=args))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"{' '.join(args)}: {err}".splitlines()[0]) from err
-    validate(cfg)
-    return cfg
+    return resolve(cfg, usecase)
 
 
 def first_reach(steps: np.ndarray, seconds: np.ndarray, curve: np.ndarray, level: float) -> dict:
@@ -107,15 +107,12 @@ def holds_from(steps: np.ndarray, seconds: np.ndarray, curve: np.ndarray, level:
     return {"steps": float(steps[first]), "seconds": float(seconds[first])}
 
 
-def measure(
-    usecase: str, agent: str, cfg: TrainConfig, every: int, log: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Train ``cfg`` and read its greedy curve: hpa's return on the same episodes, the curve
+def measure(run: RunSpec, every: int, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``run`` and read its greedy curve: hpa's return on the same episodes, the curve
     (IQM over ``cfg.seeds``), when it first reaches hpa and hpa + 10, and from when it stays
     there."""
-    env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
-    env, params = sim.make(dict(cfg.usecase), env_cfg, name=usecase)
-    haql = cfg.haql if AGENTS[agent] else None
+    cfg, haql = run.config, run.haql
+    env, params = sim.make(run.usecase, dataclasses.asdict(cfg.env))
     trainer = make_trainer(
         sim_env_spec(env, params, cfg.env.encoder), cfg.agent, cfg.num_envs, haql
     )
@@ -131,8 +128,8 @@ def measure(
     result: AgentRun = train_agent(trainer, cfg, points, curve, log)
     iqm_curve = np.array([stats.iqm(col) for col in result.curves.T])
     return {
-        "usecase": usecase,
-        "agent": agent,
+        "usecase": run.name,
+        "agent": "dqn" if haql is None else "haql",
         "seeds": cfg.seeds,
         "hpa": hpa,
         "env_steps": int(result.steps[-1]),
@@ -182,7 +179,7 @@ def time_to_quality(
         for v in variants
     ]
     rows = []
-    for usecase, agent, variant, cfg in plan:
-        log(f"{usecase} {agent} {variant.name}: {cfg.total_steps} env steps")
-        rows.append({"config": variant.name, **measure(usecase, agent, cfg, every, log)})
+    for usecase, agent, variant, run in plan:
+        log(f"{usecase} {agent} {variant.name}: {run.config.total_steps} env steps")
+        rows.append({"config": variant.name, **measure(run, every, log)})
     return rows

@@ -43,7 +43,7 @@ from pydantic import ConfigDict, Field, FiniteFloat, StringConstraints, Validati
 from pydantic.dataclasses import dataclass as checked_dataclass
 
 from hmk8s import sim
-from hmk8s.agents.config import HaqlConfig, deployed_bonus
+from hmk8s.agents.config import HaqlConfig, deployed_bonus, learner_haql
 from hmk8s.agents.network import QNetwork
 from hmk8s.encoders import get_encoder
 from hmk8s.observation import Observation
@@ -300,7 +300,7 @@ def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
         env_cfg = dict(config["env"])
         hidden = list(config["agent"]["hidden"])
         layer_norm = bool(config["agent"].get("layer_norm", False))
-        haql = _haql(config) if config.get("heuristic") else None
+        haql = learner_haql(bool(config.get("heuristic")), _haql(config))
     except (KeyError, TypeError) as err:
         raise AgentError(f"{where}: not an hmk8s use-case run (config lacks {err})") from None
     try:

@@ -24,6 +24,7 @@ from hmk8s import sim
 from hmk8s.encoders import get_encoder
 from hmk8s.observation import Observation
 from hmk8s.sim.env import check_steppable
+from hmk8s.sim.params import ENV_DEFAULTS
 
 #: The process that imported hmk8s; another pid with the module already loaded is a fork of it.
 _IMPORTED_IN = os.getpid()
@@ -61,10 +62,10 @@ class SimClusterEnv(gym.Env):
     def __init__(
         self,
         usecase: str | Mapping[str, Any] = "ml",
-        encoder: str = "onehot",
-        noop: bool = True,
-        start: str = "empty",
-        episode_steps: int = 120,
+        encoder: str = ENV_DEFAULTS["encoder"],
+        noop: bool = ENV_DEFAULTS["noop"],
+        start: str = ENV_DEFAULTS["start"],
+        episode_steps: int = ENV_DEFAULTS["episode_steps"],
     ) -> None:
         env_cfg = {"encoder": encoder, "noop": noop, "start": start, "episode_steps": episode_steps}
         self.env, self.params = sim.make(usecase, env_cfg)

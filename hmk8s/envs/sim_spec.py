@@ -9,10 +9,12 @@ from hmk8s.envs.spec import EnvSpec, Timestep
 from hmk8s.metrics import STEP_METRICS
 from hmk8s.policies.heuristics import recommend
 from hmk8s.sim.env import ClusterEnv, auto_reset
-from hmk8s.sim.params import EnvParams
+from hmk8s.sim.params import ENV_DEFAULTS, EnvParams
 
 
-def sim_env_spec(env: ClusterEnv, params: EnvParams, encoder: str = "onehot") -> EnvSpec:
+def sim_env_spec(
+    env: ClusterEnv, params: EnvParams, encoder: str = ENV_DEFAULTS["encoder"]
+) -> EnvSpec:
     """Wrap the functional simulator for the trainer; resets ended episodes automatically."""
     encode = get_encoder(encoder)
 

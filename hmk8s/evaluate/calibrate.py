@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmk8s.configs import default
 from hmk8s.policies.baselines import Policy, hpa_exact_policy, hpa_policy, static_policy
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.env import ClusterEnv
@@ -32,12 +33,10 @@ class CalibrationGrid:
     """The knob values tried: the HPA's target utilisation, tolerance and scale-down
     stabilisation window (for `hpa` and `hpa_exact`), and `static`'s headroom."""
 
-    targets: list[float] = field(
-        default_factory=lambda: [0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]
-    )
-    tolerances: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2])
-    windows_s: list[float] = field(default_factory=lambda: [0.0, 60.0, 150.0, 300.0])
-    headrooms: list[float] = field(default_factory=lambda: [0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    targets: list[float] = default("evaluate.calibration.targets", root="evaluate")
+    tolerances: list[float] = default("evaluate.calibration.tolerances", root="evaluate")
+    windows_s: list[float] = default("evaluate.calibration.windows_s", root="evaluate")
+    headrooms: list[float] = default("evaluate.calibration.headrooms", root="evaluate")
 
 
 def _hpa_knobs(grid: CalibrationGrid) -> dict[str, list[float]]:

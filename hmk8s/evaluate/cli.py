@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hmk8s.configs import SEARCH_PATH
+from hmk8s.configs import SEARCH_PATH, default
 from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
@@ -31,7 +31,7 @@ from hmk8s.sim.scenarios import ScenarioError, check_scenarios
 from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME, check_overrides
-from hmk8s.train.config import ConfigError, TrainConfig, config_differences, validate
+from hmk8s.train.config import ConfigError, TrainConfig, config_differences, resolve
 from hmk8s.train.run import LOCK_FILE, RunDirError, hold_run_dir
 from hmk8s.train.stop import exit_status, forget, requested, signal_name, stop_on_signals
 from hmk8s.usecases import CONFIG_DIR, UseCaseError
@@ -53,7 +53,7 @@ class EvaluateRoot(TrainConfig):
     (their own configs then decide how they trained)."""
 
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    runs_from: str | None = None
+    runs_from: str | None = default("runs_from", root="evaluate")
 
 
 def register_schema() -> None:
@@ -93,7 +93,7 @@ def run(cfg: DictConfig) -> Path:
     if choices["backend"] != "sim":
         raise ConfigError(f"backend={choices['backend']}: the evaluation runs on the simulator")
     typed: EvaluateRoot = OmegaConf.to_object(cfg)
-    validate(typed)
+    resolve(dataclasses.replace(typed, usecase=None))
     if any(xi < 0 for xi in typed.evaluate.deployed_xi_grid):
         grid = typed.evaluate.deployed_xi_grid
         raise ConfigError(f"evaluate.deployed_xi_grid must hold weights >= 0, got {grid}")
@@ -103,7 +103,8 @@ def run(cfg: DictConfig) -> Path:
                 f"evaluate.agent_by_usecase: unknown use case {name!r} "
                 f"(one of {', '.join(ALL_USECASES)})"
             )
-        validate(dataclasses.replace(typed, agent=usecase_agent(typed.agent, name, typed.evaluate)))
+        agent = usecase_agent(typed.agent, name, typed.evaluate)
+        resolve(dataclasses.replace(typed, usecase=None, agent=agent))
     try:
         check_scenarios(typed.evaluate.scenarios)
     except ScenarioError as err:

@@ -8,6 +8,7 @@ policy meets exactly the same episodes, because `rollout` keys the env by episod
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
@@ -24,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
 from hmk8s.agents.config import AgentConfig, deployed_bonus, deployed_weight, heuristic_bonus
+from hmk8s.configs import default
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.calibrate import CalibrationGrid, calibrate
@@ -32,10 +34,10 @@ from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
-from hmk8s.sim.scenarios import SCENARIOS, check_scenarios, stacked
+from hmk8s.sim.scenarios import check_scenarios, stacked
 from hmk8s.train.anakin.loop import Trainer, init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.cache import ScoreCache
-from hmk8s.train.config import ConfigError, TrainConfig
+from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.stop import requested
 
 AGENTS = ("dqn", "haql")
@@ -54,21 +56,24 @@ TIMELINE_KEYS = ("rates", "pods_per_cluster", "latency_ratio")
 
 @dataclass
 class EvaluateConfig:
-    """What `scripts/evaluate.py` adds to the training config."""
+    """What `scripts/evaluate.py` adds to the training config (defaults: the ``evaluate``
+    block of ``configs/evaluate.yaml``)."""
 
-    episodes: int = 32
-    curve_points: int = 20
-    key: int = 2_000_003
-    bootstrap_reps: int = 2000
-    threshold: float = 0.9
-    budgets: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
-    timeline: list[str] = field(default_factory=lambda: ["haql", "hpa"])
-    deployed_xi_grid: list[float] = field(default_factory=list)
-    deployed_xi_sla: bool = True
-    agent_by_usecase: dict[str, dict[str, Any]] = field(default_factory=dict)
-    train_together: bool = True
+    episodes: int = default("evaluate.episodes", root="evaluate")
+    curve_points: int = default("evaluate.curve_points", root="evaluate")
+    key: int = default("evaluate.key", root="evaluate")
+    bootstrap_reps: int = default("evaluate.bootstrap_reps", root="evaluate")
+    threshold: float = default("evaluate.threshold", root="evaluate")
+    budgets: list[float] = default("evaluate.budgets", root="evaluate")
+    timeline: list[str] = default("evaluate.timeline", root="evaluate")
+    deployed_xi_grid: list[float] = default("evaluate.deployed_xi_grid", root="evaluate")
+    deployed_xi_sla: bool = default("evaluate.deployed_xi_sla", root="evaluate")
+    agent_by_usecase: dict[str, dict[str, Any]] = default(
+        "evaluate.agent_by_usecase", root="evaluate"
+    )
+    train_together: bool = default("evaluate.train_together", root="evaluate")
     calibration: CalibrationGrid = field(default_factory=CalibrationGrid)
-    scenarios: list[str] = field(default_factory=lambda: list(SCENARIOS))
+    scenarios: list[str] = default("evaluate.scenarios", root="evaluate")
 
 
 def usecase_agent(agent: AgentConfig, usecase: str, ev: EvaluateConfig) -> AgentConfig:
@@ -377,11 +382,16 @@ def evaluate_usecase(
     (named ``usecase``). Returns the JSON-ready results and the plot data (learning curves, the
     baselines' curve-episode returns, one timeline episode per policy in ``ev.timeline``).
     ``scores`` keeps the baselines' scores between evaluations (None: computed every time)."""
+    run = resolve(
+        dataclasses.replace(
+            cfg, usecase=dict(mapping), agent=usecase_agent(cfg.agent, usecase, ev)
+        ),
+        usecase,
+    )
+    cfg, agent = run.config, run.config.agent
     source = source or train_in_process(usecase, cfg, ev, log)
-    env_cfg = {k: getattr(cfg.env, k) for k in ("noop", "start", "episode_steps", "encoder")}
-    env, params = sim.make(dict(mapping), env_cfg, name=usecase)
+    env, params = sim.make(run.usecase, dataclasses.asdict(cfg.env))
     spec = sim_env_spec(env, params, cfg.env.encoder)
-    agent = usecase_agent(cfg.agent, usecase, ev)
     curve_key, eval_key = jax.random.split(jax.random.PRNGKey(ev.key))
     reps = ev.bootstrap_reps
 

@@ -39,6 +39,7 @@ from hmk8s.observation import Observation, chain_latency_ratio
 from hmk8s.reward import reward as reward_fn
 from hmk8s.sim.dynamics import apply_action
 from hmk8s.sim.env import check_steppable
+from hmk8s.sim.params import ENV_DEFAULTS
 from hmk8s.sim.state import EnvState
 from hmk8s.usecases import UseCase, load_usecase
 
@@ -118,7 +119,7 @@ class KubernetesClusterEnv(gym.Env):
         self.observer = ClusterObserver(
             self.clients, self.cmap, self.params, self.run_id, self.homes
         )
-        self._encoder = _jitted_encoder(cfg.get("encoder", "onehot"))
+        self._encoder = _jitted_encoder(cfg.get("encoder", ENV_DEFAULTS["encoder"]))
         dim = int(
             jax.eval_shape(
                 lambda k: self._encode(_sim_reset(k, self.params)[0]), jax.random.PRNGKey(0)

@@ -18,7 +18,7 @@ from hmk8s.policies.baselines import Policy
 from hmk8s.policies.heuristics import recommend
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams
+from hmk8s.sim.params import ENV_DEFAULTS, EnvParams
 from hmk8s.sim.scenarios import shifted
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
@@ -27,7 +27,7 @@ ApplyFn = Callable[[Any, jax.Array], jax.Array]
 def q_policy(
     apply_fn: ApplyFn,
     q_params: Any,
-    encoder: str = "onehot",
+    encoder: str = ENV_DEFAULTS["encoder"],
     heuristic_bonus: float | jax.Array = 0.0,
 ) -> Policy:
     """Greedy over the actions the mask allows: ``argmax_a [Q(encode(s), a) + b H(s, a)]`` with
@@ -50,7 +50,7 @@ def make_seed_rollout(
     params: EnvParams,
     apply_fn: ApplyFn,
     num_episodes: int,
-    encoder: str = "onehot",
+    encoder: str = ENV_DEFAULTS["encoder"],
 ) -> Callable[..., dict[str, jax.Array]]:
     """``run(seed_params, key, heuristic_bonus=0.0, shifts=None)``: `rollout` of each seed's
     greedy agent (``seed_params`` stacked on a leading seed axis, `q_policy` with

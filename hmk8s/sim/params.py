@@ -10,17 +10,15 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from hmk8s.configs import shipped_value
 from hmk8s.spaces import ActionLayout
 from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
 
 START_MODES = ("empty", "minimal", "random")
 ENCODERS = ("onehot", "continuous")
-ENV_DEFAULTS: dict[str, Any] = {
-    "encoder": "onehot",
-    "noop": True,
-    "start": "empty",
-    "episode_steps": 120,
-}
+#: The env settings a key nobody set gets: the root config's ``env`` block (configs/config.yaml),
+#: for the trainer, `hmk8s.sim.make`, the gymnasium envs and the policies alike.
+ENV_DEFAULTS: dict[str, Any] = shipped_value("env")
 #: Utilisation above which the stationary queueing term stops growing; past it the fluid
 #: backlog carries the overload instead of an unbounded M/M/1 wait.
 RHO_MAX = 0.95

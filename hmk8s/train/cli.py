@@ -19,7 +19,6 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hmk8s.agents.config import deployed_bonus
 from hmk8s.configs import SEARCH_PATH
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
@@ -29,11 +28,11 @@ from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
-from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.distributed import TopologyError, initialize
 from hmk8s.train.run import DiskFullError, NonFiniteError, RunDirError, resolve_run_dir
 from hmk8s.train.stop import exit_status
-from hmk8s.usecases import UseCaseError, load_usecase
+from hmk8s.usecases import UseCaseError
 
 SCHEMA_NAME = "train_schema"
 EXIT_BAD_INPUT = 2
@@ -94,42 +93,27 @@ def resolve_trace(cfg: DictConfig, choice: str) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train as ``cfg`` says on the backend Hydra chose; the run's summary."""
-    choices = HydraConfig.get().runtime.choices
-    usecase, backend = choices["usecase"], cfg.backend.name  # `local` is a k8s map
+    usecase = HydraConfig.get().runtime.choices["usecase"]
     resolve_trace(cfg, usecase)
     typed: TrainConfig = OmegaConf.to_object(cfg)
-    validate(typed)
     typed.run_dir = sweep_job_dir(typed)
+    run = resolve(typed, usecase)
     cache = cache_root(typed.cache.dir)
     if typed.cache.compile:
         enable_compile_cache(cache)
     initialize(typed.distributed)
-    load_usecase(typed.usecase, source=f"usecase={usecase}")
     run_dir = resolve_run_dir(typed, usecase)
-    if backend == "k8s":
+    if run.backend == "k8s":
         if jax.process_count() > 1:
             raise ConfigError("backend=k8s trains in one process: distributed.* is for backend=sim")
-        if typed.seed_devices != 1:
-            raise ConfigError("backend=k8s trains on one device: seed_devices is for backend=sim")
-        if typed.agent.kind != "dqn":
-            raise ConfigError(
-                f"backend=k8s trains DQN / HAQL from a replay: agent.kind={typed.agent.kind} "
-                "runs on backend=sim"
-            )
         from hmk8s.train.actor_learner.k8s_run import run_async_training
 
-        return run_async_training(cfg, run_dir=run_dir)
-    if backend != "sim":
-        raise ConfigError(f"backend={choices['backend']}: expected sim, k8s or local")
+        return run_async_training(run, run_dir=run_dir)
     from hmk8s.train.anakin.sim_eval import sim_setup
 
-    config = OmegaConf.to_container(cfg, resolve=True)
-    bonus = deployed_bonus(typed.haql if typed.heuristic else None)
     scores = score_cache(cache, typed.cache.scores)
-    spec, evaluator = sim_setup(
-        typed.usecase, config["env"], usecase, typed.eval.episodes, bonus, scores
-    )
-    return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
+    env, evaluator = sim_setup(run, scores)
+    return run_training(run, env, run_dir, evaluator=evaluator)
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:

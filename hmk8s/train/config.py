@@ -1,14 +1,17 @@
-"""The typed schema of the root Hydra config, and value checks Hydra cannot do.
+"""The typed schema of the root Hydra config, and `resolve`: the one check of a run's settings.
 
-Hydra merges `configs/` onto these dataclasses, which rejects unknown keys and
-wrong types; `validate` then rejects bad values before any work starts. The
-trainer core reads the same dataclasses, so a setting has one definition.
+Hydra merges `configs/` onto these dataclasses, which rejects unknown keys and wrong types.
+The dataclasses are the schema only: every default is read from the shipped YAML
+(`hmk8s.configs.default`), so a value is written once. `resolve` then checks every value,
+parses the use case, settles ``agent.lr_decay_updates: auto`` and makes the HAQL-or-DQN
+choice, all before any work starts, and returns the `RunSpec` every trainer takes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,16 +19,22 @@ from omegaconf import MISSING
 
 from hmk8s.agents.config import (
     AGENT_KINDS,
+    AUTO,
     SCHEDULE_KINDS,
     AgentConfig,
     HaqlConfig,
     ScheduleConfig,
+    decay_updates,
+    learner_haql,
     planned_updates,
 )
+from hmk8s.configs import default, shipped
+from hmk8s.sim.params import EnvConfigError, validate_env_config
 from hmk8s.train.distributed import DistributedConfig
+from hmk8s.usecases import UseCase, UseCaseError, load_usecase
 
-ENCODERS = ("onehot", "continuous")
-STARTS = ("empty", "minimal", "random")
+#: The backends a run trains on (``backend=local`` is a ``k8s`` map of one local node).
+BACKENDS = ("sim", "k8s")
 
 # Keys that may differ between a checkpoint's config and the resuming run's: they change how
 # long the run goes, what is logged or how the trained agent is evaluated, not what it computes.
@@ -56,72 +65,93 @@ class ConfigError(ValueError):
 class EnvConfig:
     """How the hmk8s environment is built (consumed by `hmk8s.sim.make`)."""
 
-    encoder: str = "continuous"
-    noop: bool = True
-    start: str = "empty"
-    episode_steps: int = 120
+    encoder: str = default("env.encoder")
+    noop: bool = default("env.noop")
+    start: str = default("env.start")
+    episode_steps: int = default("env.episode_steps")
 
 
 @dataclass
 class CheckpointConfig:
     """Orbax checkpoints under ``<run_dir>/checkpoints``."""
 
-    enabled: bool = True
-    every_chunks: int = 1
-    keep: int = 3
-    replay: bool = True
+    enabled: bool = default("checkpoint.enabled")
+    every_chunks: int = default("checkpoint.every_chunks")
+    keep: int = default("checkpoint.keep")
+    replay: bool = default("checkpoint.replay")
 
 
 @dataclass
 class LogConfig:
     """Host-side outputs between chunks."""
 
-    tensorboard: bool = True
-    progress: bool = True
+    tensorboard: bool = default("log.tensorboard")
+    progress: bool = default("log.progress")
 
 
 @dataclass
 class EvalConfig:
     """Greedy evaluation of the trained Q-network (and baselines on hmk8s)."""
 
-    enabled: bool = True
-    episodes: int = 32
+    enabled: bool = default("eval.enabled")
+    episodes: int = default("eval.episodes")
 
 
 @dataclass
 class CacheConfig:
     """The user cache of compiled programs and fixed policies' scores (`hmk8s.train.cache`)."""
 
-    dir: str | None = None
-    compile: bool = True
-    scores: bool = True
+    dir: str | None = default("cache.dir")
+    compile: bool = default("cache.compile")
+    scores: bool = default("cache.scores")
 
 
 @dataclass
 class TrainConfig:
-    """The root config of `scripts/train.py`."""
+    """The root config of `scripts/train.py`. The use case and the backend have default
+    choices (``configs/config.yaml``'s defaults list), not default values."""
 
     usecase: Any = MISSING
     backend: Any = MISSING
     agent: AgentConfig = field(default_factory=AgentConfig)
-    heuristic: bool = False
+    heuristic: bool = default("heuristic")
     haql: HaqlConfig = field(default_factory=HaqlConfig)
     env: EnvConfig = field(default_factory=EnvConfig)
-    seed: int = 0
-    seeds: int = 1
-    total_steps: int = 300_000
-    num_envs: int = 64
-    chunk_steps: int = 50_000
-    run_dir: str | None = None
-    resume: str | None = None
+    seed: int = default("seed")
+    seeds: int = default("seeds")
+    total_steps: int = default("total_steps")
+    num_envs: int = default("num_envs")
+    chunk_steps: int = default("chunk_steps")
+    run_dir: str | None = default("run_dir")
+    resume: str | None = default("resume")
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
-    halt_on_nan: bool = True
-    devices: int | None = None
-    seed_devices: int = 1
+    halt_on_nan: bool = default("halt_on_nan")
+    devices: int | None = default("devices")
+    seed_devices: int = default("seed_devices")
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """A checked run: what the trainers, the evaluation and the benchmarks take.
+
+    ``config`` holds every value checked and ``agent.lr_decay_updates`` as a number;
+    ``usecase`` is parsed once (None for an env that is not a use case, such as a gymnax
+    one); ``haql`` is the heuristic the agent learns with, None for a pure DQN."""
+
+    config: TrainConfig
+    name: str
+    backend: str
+    usecase: UseCase | None
+    haql: HaqlConfig | None
+
+    def saved(self) -> dict[str, Any]:
+        """The config as a plain dict: what ``config.yaml`` and the checkpoints hold, and what
+        a resume compares (`resume_mismatches`)."""
+        return dataclasses.asdict(self.config)
 
 
 def _positive(errors: list[str], name: str, value: float) -> None:
@@ -151,11 +181,49 @@ def _non_finite(node: Any, path: str = "") -> list[str]:
     return []
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Raise `ConfigError` listing every bad value in ``cfg``."""
+def resolve(cfg: TrainConfig, name: str | None = None) -> RunSpec:
+    """Check every value of ``cfg`` and turn it into the run's `RunSpec`; `ConfigError`, one
+    line listing every bad value, when any is bad.
+
+    ``name`` is the use case's name as chosen (``usecase=ml``; default: the name in its
+    YAML). A ``cfg.usecase`` of None or unset is a run on an env that is no use case."""
     errors: list[str] = _non_finite(cfg)
     if errors:
         raise ConfigError("invalid config: " + "; ".join(errors))
+    usecase = _usecase(cfg.usecase, name)
+    backend = _backend(cfg)
+    errors += _value_errors(cfg, backend)
+    if errors:
+        raise ConfigError("invalid config: " + "; ".join(errors))
+    agent = cfg.agent
+    decay = decay_updates(agent, cfg.num_envs, cfg.total_steps)
+    typed = dataclasses.replace(cfg, agent=dataclasses.replace(agent, lr_decay_updates=decay))
+    label = name or (usecase.name if usecase is not None else "")
+    return RunSpec(typed, label, backend, usecase, learner_haql(cfg.heuristic, cfg.haql))
+
+
+def _usecase(node: Any, name: str | None) -> UseCase | None:
+    if node is None or node == MISSING:
+        return None
+    if isinstance(node, UseCase):
+        return node
+    try:
+        return load_usecase(node, source=f"usecase={name}" if name else None)
+    except UseCaseError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _backend(cfg: TrainConfig) -> str:
+    """The backend's kind: ``sim`` or ``k8s`` (the ``name`` of a backend map)."""
+    node = cfg.backend
+    if isinstance(node, Mapping):
+        return str(node.get("name", "sim"))
+    return "sim" if node is None or node == MISSING else str(node)
+
+
+def _value_errors(cfg: TrainConfig, backend: str) -> list[str]:
+    """Every bad value of ``cfg``, each as one phrase naming the setting."""
+    errors: list[str] = []
     a = cfg.agent
     for name in ("seeds", "seed_devices", "total_steps", "num_envs", "chunk_steps"):
         _positive(errors, name, getattr(cfg, name))
@@ -187,16 +255,20 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"agent.gamma must be in [0, 1], got {a.gamma}")
     if not 0.0 < a.target_tau <= 1.0:
         errors.append(f"agent.target_tau must be in (0, 1], got {a.target_tau}")
-    if a.lr_decay_updates < 0:
-        errors.append(f"agent.lr_decay_updates must be >= 0, got {a.lr_decay_updates}")
-    elif a.updates_per_step > 0 and cfg.num_envs > 0:
+    if a.lr_decay_updates != AUTO and (
+        not isinstance(a.lr_decay_updates, int) or a.lr_decay_updates < 0
+    ):
+        errors.append(
+            f"agent.lr_decay_updates must be {AUTO} or a number >= 0, got {a.lr_decay_updates!r}"
+        )
+    elif a.lr_decay_updates != AUTO and a.updates_per_step > 0 and cfg.num_envs > 0:
         planned = planned_updates(a, cfg.num_envs, cfg.total_steps)
         if 0 < a.lr_decay_updates < planned:
             errors.append(
                 f"agent.lr_decay_updates={a.lr_decay_updates:,} is below the run's "
                 f"{planned:,} updates: the learning rate would be 0 for the last "
-                f"{planned - a.lr_decay_updates:,}; set agent.lr_decay_updates={planned} "
-                "(or 0 for a constant rate)"
+                f"{planned - a.lr_decay_updates:,}; set agent.lr_decay_updates={AUTO} (or "
+                "0 for a constant rate)"
             )
     for name in ("priority_exponent", "priority_beta"):
         if not 0.0 <= getattr(a, name) <= 1.0:
@@ -220,17 +292,35 @@ def validate(cfg: TrainConfig) -> None:
         errors.append(f"haql.eta must be >= 0, got {cfg.haql.eta}")
     if cfg.haql.deployed_xi is not None and cfg.haql.deployed_xi < 0:
         errors.append(f"haql.deployed_xi must be >= 0 or null, got {cfg.haql.deployed_xi}")
-    if cfg.env.encoder not in ENCODERS:
-        errors.append(f"env.encoder must be one of {ENCODERS}, got {cfg.env.encoder!r}")
-    if cfg.env.start not in STARTS:
-        errors.append(f"env.start must be one of {STARTS}, got {cfg.env.start!r}")
-    _positive(errors, "env.episode_steps", cfg.env.episode_steps)
+    try:
+        validate_env_config(dataclasses.asdict(cfg.env))
+    except EnvConfigError as err:
+        errors.append(str(err))
     _positive(errors, "checkpoint.every_chunks", cfg.checkpoint.every_chunks)
     _positive(errors, "checkpoint.keep", cfg.checkpoint.keep)
     if cfg.eval.episodes < 0:
         errors.append(f"eval.episodes must be >= 0, got {cfg.eval.episodes}")
-    if errors:
-        raise ConfigError("invalid config: " + "; ".join(errors))
+    errors += _backend_errors(cfg, backend)
+    return errors
+
+
+def _backend_errors(cfg: TrainConfig, backend: str) -> list[str]:
+    """What the backend cannot run: the clusters train one DQN / HAQL seed on one device."""
+    if backend not in BACKENDS:
+        return [f"backend={backend}: expected sim, k8s or local"]
+    if backend == "sim":
+        return []
+    errors = []
+    if cfg.seeds != 1:
+        errors.append("backend=k8s trains one seed at a time (seeds=1)")
+    if cfg.seed_devices != 1:
+        errors.append("backend=k8s trains on one device: seed_devices is for backend=sim")
+    if cfg.agent.kind != "dqn":
+        errors.append(
+            f"backend=k8s trains DQN / HAQL from a replay: agent.kind={cfg.agent.kind} runs "
+            "on backend=sim"
+        )
+    return errors
 
 
 def _pqn(errors: list[str], a: AgentConfig, num_envs: int) -> None:
@@ -272,8 +362,8 @@ def config_differences(
 def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Dotted keys whose values differ between two plain config dicts, safe keys excepted. A
     setting the checkpoint's config lacks was added after it was written, so that run had the
-    setting's built-in default (`TrainConfig`'s, which keeps the earlier behaviour)."""
-    filled = _with_defaults(saved, current, dataclasses.asdict(TrainConfig()))
+    setting's shipped default (`hmk8s.configs.shipped`, which keeps the earlier behaviour)."""
+    filled = _with_defaults(saved, current, shipped())
     return [
         f"{path}: checkpoint has {was!r}, now {now!r}"
         for path, was, now in config_differences(filled, current, RESUME_SAFE_KEYS)

@@ -19,6 +19,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from hmk8s.configs import default
+
 T = TypeVar("T")
 
 #: Environment variables read for any ``distributed.*`` setting left null.
@@ -38,10 +40,10 @@ class DistributedConfig:
     """One program on several processes (hosts): ``coordinator_address`` (``host:port`` of
     process 0) null means a single process unless ``HMK8S_COORDINATOR_ADDRESS`` is set."""
 
-    coordinator_address: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-    timeout_s: int = 60
+    coordinator_address: str | None = default("distributed.coordinator_address")
+    num_processes: int | None = default("distributed.num_processes")
+    process_id: int | None = default("distributed.process_id")
+    timeout_s: int = default("distributed.timeout_s")
 
 
 def process_settings(

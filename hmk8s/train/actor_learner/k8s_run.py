@@ -33,10 +33,10 @@ from hmk8s.train.actor_learner.core import host_books, make_async_fns
 from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
 from hmk8s.train.actor_learner.history import HistoryWriter
 from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_async
-from hmk8s.train.config import ConfigError, TrainConfig, validate
+from hmk8s.train.config import ConfigError, RunSpec, TrainConfig
 from hmk8s.train.run import LOCK_FILE, holds_run, open_run, resolve_run_dir
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import UseCase, load_usecase
+from hmk8s.usecases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +128,6 @@ def cleanup_command(envs: Sequence[BlockingEnv], index: int) -> str:
     return f"remove them with python scripts/cleanup.py {which}{spread}"
 
 
-def _train_config(cfg: Any) -> tuple[TrainConfig, dict[str, Any]]:
-    if isinstance(cfg, TrainConfig):
-        return cfg, dataclasses.asdict(cfg)
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_object(cfg), OmegaConf.to_container(cfg, resolve=True)
-
-
 def _without_actor(config: dict[str, Any]) -> dict[str, Any]:
     """The config minus ``backend.actor`` and ``backend.allow_env_loss``: how the actor runs
     (timeouts, cluster sets, whether it may lose an env) may change between a run and its
@@ -146,10 +138,6 @@ def _without_actor(config: dict[str, Any]) -> dict[str, Any]:
         if k not in ("actor", "allow_env_loss")
     }
     return {**config, "backend": backend}
-
-
-def _usecase(node: Any) -> UseCase:
-    return node if isinstance(node, UseCase) else load_usecase(node)
 
 
 def _k8s_factory(usecase: UseCase, env_cfg: dict[str, Any]) -> EnvFactory:
@@ -163,9 +151,10 @@ def _k8s_factory(usecase: UseCase, env_cfg: dict[str, Any]) -> EnvFactory:
 
 
 def run_async_training(
-    cfg: Any, env_factory: EnvFactory | None = None, run_dir: str | Path | None = None
+    spec: RunSpec, env_factory: EnvFactory | None = None, run_dir: str | Path | None = None
 ) -> dict[str, Any]:
-    """Train on ``cfg.num_envs`` cluster envs; returns the run summary (also in summary.json).
+    """Train on ``cfg.num_envs`` cluster envs, ``cfg`` being ``spec.config``; returns the run
+    summary (also in summary.json).
 
     ``run_dir`` (else ``cfg.resume``, else ``cfg.run_dir``, else ``runs/<usecase>-<algo>-<time>``)
     holds the run; with ``cfg.resume`` set the newest checkpoint there is restored first.
@@ -175,11 +164,9 @@ def run_async_training(
     ``backend.allow_env_loss``) is raised after the same cleanup. A fresh run refused before
     any env is built (credentials, server, namespaces) leaves no folder behind.
     """
-    tc, config = _train_config(cfg)
-    validate(tc)
-    if tc.seeds != 1:
-        raise ConfigError("backend=k8s trains one seed at a time (seeds=1)")
-    usecase = _usecase(tc.usecase)
+    tc, usecase = spec.config, spec.usecase
+    if usecase is None:
+        raise ConfigError("backend=k8s trains on a use case: usecase is unset")
     env_cfg = dataclasses.asdict(tc.env)
     data, actor = split_backend(tc.backend)
     maps = env_cluster_maps(data, tc.num_envs, actor.get("cluster_sets"))
@@ -190,7 +177,9 @@ def run_async_training(
     created = not directory.exists()
     built = False
     try:
-        with open_run(tc, config, directory, resume_view=_without_actor, interrupt=True) as run:
+        with open_run(
+            tc, spec.saved(), directory, resume_view=_without_actor, interrupt=True
+        ) as run:
             envs: list[BlockingEnv] = []
             history: HistoryWriter | None = None
             try:
@@ -201,7 +190,7 @@ def run_async_training(
                     int(probe.action_space.n),
                     tc.agent,
                     tc.num_envs,
-                    tc.haql if tc.heuristic else None,
+                    spec.haql,
                 )
                 obs_dim = int(probe.observation_space.shape[0])
                 state = run.restore(
@@ -235,7 +224,7 @@ def run_async_training(
                 result = train_async(
                     fns,
                     envs,
-                    heuristic_hint if tc.heuristic else no_hint,
+                    heuristic_hint if spec.haql is not None else no_hint,
                     state,
                     settings,
                     on_write=history.write,

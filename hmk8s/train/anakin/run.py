@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from hmk8s.train.anakin.loop import (
     make_chunk_fn,
     make_trainer,
 )
-from hmk8s.train.config import ConfigError, TrainConfig
+from hmk8s.train.config import ConfigError, RunSpec
 from hmk8s.train.distributed import check_topology, resolve_devices, topology
 from hmk8s.train.profile import WallTime
 from hmk8s.train.run import open_run
@@ -65,15 +65,10 @@ def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) ->
 
 
 def run_training(
-    cfg: TrainConfig,
-    spec: EnvSpec,
-    config: Mapping[str, Any],
-    run_dir: Path,
-    *,
-    name: str,
-    evaluator: Evaluator | None = None,
+    run_spec: RunSpec, spec: EnvSpec, run_dir: Path, *, evaluator: Evaluator | None = None
 ) -> dict[str, Any]:
-    """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each; summary.
+    """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each, ``cfg``
+    being ``run_spec.config``; summary.
 
     A stop signal (`hmk8s.train.stop`) ends the run at the next chunk boundary, also when it
     came while compiling: the state reached is checkpointed (a complete checkpoint, which
@@ -82,20 +77,20 @@ def run_training(
     other (`WallTime`)."""
     wall0 = time.perf_counter()
     wall = WallTime()
+    cfg, name = run_spec.config, run_spec.name
     a = cfg.agent
     devices = resolve_devices(
         cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size, cfg.seed_devices, cfg.seeds
     )
     if a.kind == "pqn" and devices != 1:
         raise ConfigError(f"agent.kind=pqn trains on one device: set devices=1 (not {devices})")
-    haql = cfg.haql if cfg.heuristic else None
-    trainer = make_trainer(spec, a, cfg.num_envs, haql, devices, cfg.seed_devices)
+    trainer = make_trainer(spec, a, cfg.num_envs, run_spec.haql, devices, cfg.seed_devices)
     where = topology(devices, cfg.seed_devices)
     per_iter = trainer.env_steps_per_iter
     chunk_iters = max(1, cfg.chunk_steps // per_iter)
     total_iters = math.ceil(cfg.total_steps / per_iter)
 
-    with open_run(cfg, config, run_dir) as run:
+    with open_run(cfg, run_spec.saved(), run_dir) as run:
         if run.resume_step is not None:
             check_topology(run.checkpoints.read_config(run.resume_step)[2], where)
         state = run.restore(init_seeds(trainer, cfg.seed, cfg.seeds))

@@ -9,6 +9,7 @@ from the score cache (`hmk8s.train.cache`) when an earlier run computed it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ import jax
 import numpy as np
 
 from hmk8s import sim
+from hmk8s.agents.config import deployed_bonus
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.envs.spec import EnvSpec
 from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
@@ -25,25 +27,21 @@ from hmk8s.policies.rollout import evaluate_policy
 from hmk8s.train.anakin.loop import Trainer
 from hmk8s.train.anakin.run import Evaluator
 from hmk8s.train.cache import ScoreCache
+from hmk8s.train.config import RunSpec
 
 
 def _summary(result: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(result[k]) for k in POLICY_METRIC_NAMES}
 
 
-def sim_setup(
-    usecase: Mapping[str, Any],
-    env_cfg: Mapping[str, Any],
-    name: str,
-    episodes: int,
-    heuristic_bonus: float = 0.0,
-    scores: ScoreCache | None = None,
-) -> tuple[EnvSpec, Evaluator]:
-    """The simulator for ``usecase`` (a use-case mapping) and its evaluator; the agent is
-    evaluated as deployed, with ``heuristic_bonus`` on the rulebook's action (HAQL). ``scores``
-    keeps HPA's score between runs (None: computed every time)."""
-    env, params = sim.make(dict(usecase), dict(env_cfg), name=name)
-    encoder = env_cfg["encoder"]
+def sim_setup(run: RunSpec, scores: ScoreCache | None = None) -> tuple[EnvSpec, Evaluator]:
+    """The simulator of the run's use case and its evaluator on ``run.config.eval.episodes``
+    episodes; the agent is evaluated as deployed, with `deployed_bonus` on the rulebook's
+    action (HAQL). ``scores`` keeps HPA's score between runs (None: computed every time)."""
+    env, params = sim.make(run.usecase, dataclasses.asdict(run.config.env))
+    encoder = run.config.env.encoder
+    episodes = run.config.eval.episodes
+    heuristic_bonus = deployed_bonus(run.haql)
     scores = scores or ScoreCache(None)
 
     def evaluator(trainer: Trainer, seed_params: Any, key: jax.Array) -> dict[str, Any]:
