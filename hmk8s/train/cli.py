@@ -27,7 +27,7 @@ from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
-from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
+from hmk8s.train.cache import cache_root, enable_compile_cache, program_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, validate
 from hmk8s.train.distributed import TopologyError, initialize
@@ -126,10 +126,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     config = OmegaConf.to_container(cfg, resolve=True)
     bonus = deployed_bonus(typed.haql if typed.heuristic else None)
     scores = score_cache(cache, typed.cache.scores)
-    spec, evaluator = sim_setup(
-        typed.usecase, config["env"], usecase, typed.eval.episodes, bonus, scores
+    programs = program_cache(cache, typed.cache.compile, config)
+    spec, evaluator, programs = sim_setup(
+        typed.usecase, config["env"], usecase, typed.eval.episodes, bonus, scores, programs
     )
-    return run_training(typed, spec, config, run_dir, name=usecase, evaluator=evaluator)
+    return run_training(
+        typed, spec, config, run_dir, name=usecase, evaluator=evaluator, programs=programs
+    )
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:

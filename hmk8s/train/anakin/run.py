@@ -23,6 +23,7 @@ from hmk8s.train.anakin.loop import (
     make_chunk_fn,
     make_trainer,
 )
+from hmk8s.train.cache import ProgramCache
 from hmk8s.train.config import ConfigError, TrainConfig
 from hmk8s.train.distributed import check_topology, resolve_devices, topology
 from hmk8s.train.profile import WallTime
@@ -72,6 +73,7 @@ def run_training(
     *,
     name: str,
     evaluator: Evaluator | None = None,
+    programs: ProgramCache | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each; summary.
 
@@ -79,9 +81,11 @@ def run_training(
     came while compiling: the state reached is checkpointed (a complete checkpoint, which
     ``resume`` continues), the evaluation is skipped and the summary names the signal. The
     summary's ``seconds`` split the wall time into compile, train, evaluate, checkpoint and
-    other (`WallTime`)."""
+    other (`WallTime`). ``programs`` keeps the init and chunk programs between runs (None:
+    compiled every time)."""
     wall0 = time.perf_counter()
     wall = WallTime()
+    programs = programs or ProgramCache(None, {})
     a = cfg.agent
     devices = resolve_devices(
         cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size, cfg.seed_devices, cfg.seeds
@@ -98,7 +102,7 @@ def run_training(
     with open_run(cfg, config, run_dir) as run:
         if run.resume_step is not None:
             check_topology(run.checkpoints.read_config(run.resume_step)[2], where)
-        state = run.restore(init_seeds(trainer, cfg.seed, cfg.seeds))
+        state = run.restore(init_seeds(trainer, cfg.seed, cfg.seeds, programs))
         done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
         plan = chunk_plan(done_iters, total_iters, chunk_iters)
         log = run.start_log(total_iters * per_iter, done_iters * per_iter)
@@ -112,7 +116,7 @@ def run_training(
 
         for index, n in enumerate(plan):
             if n not in compiled and run.signal is None:
-                compiled[n] = make_chunk_fn(trainer, n).lower(state).compile()
+                compiled[n] = programs.compile(f"chunk/{n}", make_chunk_fn(trainer, n), state)
             if run.signal is not None:
                 break
             with wall.phase("train"):

@@ -3,8 +3,9 @@ that scores every seed's greedy agent beside the HPA baseline on identical episo
 comparison with every baseline is `hmk8s.evaluate`'s job).
 
 The agents' rollout is one program, compiled once, vmapped over the seeds and the episodes
-with the weights as its argument; HPA's score depends on none of the training, so it comes
-from the score cache (`hmk8s.train.cache`) when an earlier run computed it.
+with the weights as its argument, and kept in the program cache; HPA's score depends on none
+of the training, so it comes from the score cache (`hmk8s.train.cache`) when an earlier run
+computed it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
 from hmk8s.train.anakin.loop import Trainer
 from hmk8s.train.anakin.run import Evaluator
-from hmk8s.train.cache import ScoreCache
+from hmk8s.train.cache import ProgramCache, ScoreCache, tree_digest
 
 
 def _summary(result: Mapping[str, Any]) -> dict[str, float]:
@@ -38,17 +39,21 @@ def sim_setup(
     episodes: int,
     heuristic_bonus: float = 0.0,
     scores: ScoreCache | None = None,
-) -> tuple[EnvSpec, Evaluator]:
-    """The simulator for ``usecase`` (a use-case mapping) and its evaluator; the agent is
+    programs: ProgramCache | None = None,
+) -> tuple[EnvSpec, Evaluator, ProgramCache]:
+    """The simulator for ``usecase`` (a use-case mapping), its evaluator and ``programs`` for
+    programs on it (keyed by its parameters too, the trace's content included); the agent is
     evaluated as deployed, with ``heuristic_bonus`` on the rulebook's action (HAQL). ``scores``
-    keeps HPA's score between runs (None: computed every time)."""
+    keeps HPA's score between runs, ``programs`` the agents' rollout (None: neither is kept)."""
     env, params = sim.make(dict(usecase), dict(env_cfg), name=name)
     encoder = env_cfg["encoder"]
     scores = scores or ScoreCache(None)
+    programs = (programs or ProgramCache(None, {})).within(env=tree_digest(params))
 
     def evaluator(trainer: Trainer, seed_params: Any, key: jax.Array) -> dict[str, Any]:
         run = make_seed_rollout(env, params, trainer.network.apply, episodes, encoder)
-        records = jax.device_get(run(seed_params, key, heuristic_bonus))
+        args = (seed_params, key, heuristic_bonus)
+        records = jax.device_get(programs.compile(f"rollout/{episodes}", run, *args)(*args))
         seeds = jax.tree.leaves(seed_params)[0].shape[0]
         per_seed = [
             _summary(summarise(jax.tree.map(lambda x, i=i: x[i], records))) for i in range(seeds)
@@ -62,4 +67,4 @@ def sim_setup(
         )
         return {"eval": {**agent, "per_seed": per_seed}, "baselines": {"hpa": hpa}}
 
-    return sim_env_spec(env, params, encoder), evaluator
+    return sim_env_spec(env, params, encoder), evaluator, programs
