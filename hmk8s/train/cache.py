@@ -172,13 +172,17 @@ class ProgramCache:
     keeps nothing: every program is compiled (JAX's own cache still serves XLA).
     """
 
-    def __init__(self, folder: Path | None, context: Mapping[str, Any]) -> None:
+    def __init__(
+        self, folder: Path | None, context: Mapping[str, Any], loaded: list[str] | None = None
+    ) -> None:
         self.folder = folder
         self.context = dict(context)
+        #: the names of the programs read back, not compiled (shared with `within`'s caches)
+        self.loaded = [] if loaded is None else loaded
 
     def within(self, **context: Any) -> ProgramCache:
         """This cache for programs that also close over ``context``."""
-        return ProgramCache(self.folder, {**self.context, **context})
+        return ProgramCache(self.folder, {**self.context, **context}, self.loaded)
 
     def key(self, name: str, args: tuple) -> str:
         tree, leaves = _abstract(args)
@@ -200,6 +204,7 @@ class ProgramCache:
         path = self.folder / f"{self.key(name, args)}.bin"
         loaded = _load(path, args)
         if loaded is not None:
+            self.loaded.append(name)
             return loaded
         compiled = jitted.lower(*args).compile()
         with contextlib.suppress(Exception):  # a program XLA cannot serialise is just not kept

@@ -157,6 +157,7 @@ def run_training(
             **results,
             "seconds": wall.split(),
             "programs_compiled": wall.programs_compiled(),
+            "programs_loaded": len(programs.loaded),
         }
         run.finish(summary)
     return summary
