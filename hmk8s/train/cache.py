@@ -29,11 +29,11 @@ import pickle
 import tempfile
 from collections.abc import Callable, Mapping
 from functools import cache
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import jax
-import jaxlib
 import numpy as np
 from jax.experimental import serialize_executable
 
@@ -142,11 +142,15 @@ def score_cache(root: Path, enabled: bool) -> ScoreCache:
     return ScoreCache(root / "scores" if enabled else None)
 
 
+#: The libraries whose code a program traces besides hmk8s's own.
+_TRACED = ("jax", "jaxlib", "flax", "optax")
+
+
 def _platform() -> dict[str, Any]:
-    """What besides the program decides its executable: jax, XLA's flags and the devices."""
+    """What besides hmk8s decides an executable: the libraries it traces, XLA's flags and
+    the devices."""
     return {
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
+        "versions": {name: metadata.version(name) for name in _TRACED},
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         "x64": bool(jax.config.jax_enable_x64),
         "devices": [f"{d.platform}:{d.device_kind}:{d.id}" for d in jax.devices()],
@@ -185,6 +189,7 @@ class ProgramCache:
         return ProgramCache(self.folder, {**self.context, **context}, self.loaded)
 
     def key(self, name: str, args: tuple) -> str:
+        """The file name of program ``name`` compiled for ``args`` in this context."""
         tree, leaves = _abstract(args)
         parts = {
             "name": name,
