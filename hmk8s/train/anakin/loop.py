@@ -177,7 +177,9 @@ def init_seeds(
     keys = seed_keys(seed, seeds)
     if trainer.mesh is not None:
         return init_over_mesh(init, trainer.mesh)(keys)
-    return (programs or ProgramCache(None, {})).compile("init", jax.jit(init), keys)(keys)
+    if programs is None:  # also traceable (`jax.eval_shape`), which a compiled program is not
+        return jax.jit(init)(keys)
+    return programs.compile("init", jax.jit(init), keys)(keys)
 
 
 def seed_keys(seed: int, seeds: int) -> Array:
