@@ -169,11 +169,12 @@ class ProgramCache:
 
     A program is found by what determines it: ``context`` (the run's settings and the
     simulator's parameters), its name (static arguments included), the abstract arguments, the
-    source of hmk8s, jax and the devices. A file is a sha256 of its payload, then the payload
-    (the serialised executable and its argument trees); one that is missing, fails the
-    checksum, does not load or expects other arguments is compiled again and replaced, so a
-    damaged or stale entry costs a compile, never a crash or a wrong program. ``folder=None``
-    keeps nothing: every program is compiled (JAX's own cache still serves XLA).
+    source of hmk8s, the versions of the libraries it traces and the devices; any change to
+    them is another file, never a stale hit. A file is a sha256 of its payload, then the
+    payload (the serialised executable and its argument trees); one that is missing, fails the
+    checksum, does not load or takes other arguments is compiled again and replaced, so a
+    damaged entry costs a compile, never a crash. ``folder=None`` keeps nothing: every program
+    is compiled (JAX's own cache still serves XLA).
     """
 
     def __init__(
