@@ -147,16 +147,18 @@ def test_evaluate_and_a_multirun_refuse_a_used_directory(tmp_path):
     assert (used / "results.json").read_text() == "{}"
 
 
-def test_the_profile_of_a_warm_run_compiles_nothing_and_trains_the_same(tmp_path):
+def test_the_profile_of_a_warm_run_reads_its_programs_back_and_trains_the_same(tmp_path):
     tiny = [o for o in TINY_RUN if o != "eval.enabled=false"] + ["eval.episodes=2"]
     out = run_script("benchmark.py", tmp_path, "--profile", "--", *tiny)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[1].split() == ["cold", "s", "cold", "%", "warm", "s", "warm", "%"]
-    assert [line.split()[0] for line in lines[2:9]] == [*PHASES, "wall", "not"]
+    assert [line.split()[0] for line in lines[2:11]] == [*PHASES, "wall", "not", "programs", "read"]
     result = json.loads(lines[-1])
     cold, warm = result["cold"], result["warm"]
     assert cold["programs_compiled"] > 0 and warm["programs_compiled"] == 0
+    # the warm run reads its programs back whole: init, the one chunk length, the rollout
+    assert cold["programs_loaded"] == 0 and warm["programs_loaded"] == 3
     assert warm["params_sha256"] == cold["params_sha256"]
     assert warm["eval"] == cold["eval"] and warm["baselines"] == cold["baselines"]
     for run in (cold, warm):

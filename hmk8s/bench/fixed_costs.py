@@ -1,8 +1,8 @@
 """A training command's fixed costs, cold and warm: where its wall time goes besides training.
 
 `profile_command` runs ``scripts/train.py`` twice with an empty cache folder of its own: the
-first run (cold) compiles every program and scores the baseline, the second (warm) finds them
-in the cache. Each run's ``summary.json`` splits the training's wall time (`WallTime`); the
+first run (cold) compiles every program and scores the baseline, the second (warm) reads them
+back from the cache. Each run's ``summary.json`` splits the training's wall time (`WallTime`); the
 time before it (Python, JAX and Hydra starting, the config checked) is added to ``other``.
 """
 
@@ -42,6 +42,7 @@ def _run(train_script: Path, overrides: list[str], run_dir: Path, cache: Path) -
         "seconds": seconds,
         "fixed_share": sum(seconds[p] for p in FIXED) / wall,
         "programs_compiled": summary["programs_compiled"],
+        "programs_loaded": summary["programs_loaded"],
         "params_sha256": summary["params_sha256"],
         "eval": summary.get("eval"),
         "baselines": summary.get("baselines"),
@@ -72,6 +73,7 @@ def table(result: dict[str, dict[str, Any]]) -> str:
     lines.append(f"{'wall':12} {' '.join(walls)}")
     shares = [f"{'':>8} {100 * r['fixed_share']:>7.1f}" for r in result.values()]
     lines.append(f"{'not train':12} {' '.join(shares)}")
-    compiled = [f"{r['programs_compiled']:>8d} {'':>7}" for r in result.values()]
-    lines.append(f"{'programs':12} {' '.join(compiled)}")
+    for label, field in (("programs", "programs_compiled"), ("read back", "programs_loaded")):
+        counts = [f"{r[field]:>8d} {'':>7}" for r in result.values()]
+        lines.append(f"{label:12} {' '.join(counts)}")
     return "\n".join(lines)

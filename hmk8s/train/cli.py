@@ -26,7 +26,7 @@ from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
-from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
+from hmk8s.train.cache import cache_root, enable_compile_cache, program_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.distributed import TopologyError, initialize
@@ -112,8 +112,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     from hmk8s.train.anakin.sim_eval import sim_setup
 
     scores = score_cache(cache, typed.cache.scores)
-    env, evaluator = sim_setup(run, scores)
-    return run_training(run, env, run_dir, evaluator=evaluator)
+    programs = program_cache(cache, typed.cache.compile, run.saved())
+    env, evaluator, programs = sim_setup(run, scores, programs)
+    return run_training(run, env, run_dir, evaluator=evaluator, programs=programs)
 
 
 def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:

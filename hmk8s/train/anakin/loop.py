@@ -41,6 +41,7 @@ from hmk8s.train.anakin.trainer import (
     make_act,
     reductions,
 )
+from hmk8s.train.cache import ProgramCache
 from hmk8s.train.state import TrainState
 
 __all__ = ["SEEDS", "Trainer", "greedy_returns", "init_seeds", "make_chunk_fn", "make_trainer"]
@@ -163,18 +164,22 @@ def make_trainer(
     )
 
 
-def init_seeds(trainer: Trainer, seed: int, seeds: int) -> TrainState:
+def init_seeds(
+    trainer: Trainer, seed: int, seeds: int, programs: ProgramCache | None = None
+) -> TrainState:
     """Train states of ``seeds`` independent runs stacked on a leading axis (placed over the
-    trainer's mesh when it has one)."""
+    trainer's mesh when it has one); ``programs`` keeps the init program between runs."""
     if seeds % trainer.seed_devices:
         raise ValueError(
             f"seeds={seeds} does not split evenly over seed_devices={trainer.seed_devices}"
         )
     init = jax.vmap(trainer.init)
     keys = seed_keys(seed, seeds)
-    if trainer.mesh is None:
+    if trainer.mesh is not None:
+        return init_over_mesh(init, trainer.mesh)(keys)
+    if programs is None:  # also traceable (`jax.eval_shape`), which a compiled program is not
         return jax.jit(init)(keys)
-    return init_over_mesh(init, trainer.mesh)(keys)
+    return programs.compile("init", jax.jit(init), keys)(keys)
 
 
 def seed_keys(seed: int, seeds: int) -> Array:

@@ -23,6 +23,7 @@ from hmk8s.train.anakin.loop import (
     make_chunk_fn,
     make_trainer,
 )
+from hmk8s.train.cache import ProgramCache
 from hmk8s.train.config import ConfigError, RunSpec
 from hmk8s.train.distributed import check_topology, resolve_devices, topology
 from hmk8s.train.profile import WallTime
@@ -65,7 +66,12 @@ def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) ->
 
 
 def run_training(
-    run_spec: RunSpec, spec: EnvSpec, run_dir: Path, *, evaluator: Evaluator | None = None
+    run_spec: RunSpec,
+    spec: EnvSpec,
+    run_dir: Path,
+    *,
+    evaluator: Evaluator | None = None,
+    programs: ProgramCache | None = None,
 ) -> dict[str, Any]:
     """Train ``cfg.seeds`` seeds on ``spec`` for ``cfg.total_steps`` env steps each, ``cfg``
     being ``run_spec.config``; summary.
@@ -74,10 +80,12 @@ def run_training(
     came while compiling: the state reached is checkpointed (a complete checkpoint, which
     ``resume`` continues), the evaluation is skipped and the summary names the signal. The
     summary's ``seconds`` split the wall time into compile, train, evaluate, checkpoint and
-    other (`WallTime`)."""
+    other (`WallTime`). ``programs`` keeps the init and chunk programs between runs (None:
+    compiled every time)."""
     wall0 = time.perf_counter()
     wall = WallTime()
     cfg, name = run_spec.config, run_spec.name
+    programs = programs or ProgramCache(None, {})
     a = cfg.agent
     devices = resolve_devices(
         cfg.devices, cfg.num_envs, a.buffer_size, a.batch_size, cfg.seed_devices, cfg.seeds
@@ -93,7 +101,7 @@ def run_training(
     with open_run(cfg, run_spec.saved(), run_dir) as run:
         if run.resume_step is not None:
             check_topology(run.checkpoints.read_config(run.resume_step)[2], where)
-        state = run.restore(init_seeds(trainer, cfg.seed, cfg.seeds))
+        state = run.restore(init_seeds(trainer, cfg.seed, cfg.seeds, programs))
         done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
         plan = chunk_plan(done_iters, total_iters, chunk_iters)
         log = run.start_log(total_iters * per_iter, done_iters * per_iter)
@@ -107,7 +115,7 @@ def run_training(
 
         for index, n in enumerate(plan):
             if n not in compiled and run.signal is None:
-                compiled[n] = make_chunk_fn(trainer, n).lower(state).compile()
+                compiled[n] = programs.compile(f"chunk/{n}", make_chunk_fn(trainer, n), state)
             if run.signal is not None:
                 break
             with wall.phase("train"):
@@ -148,6 +156,7 @@ def run_training(
             **results,
             "seconds": wall.split(),
             "programs_compiled": wall.programs_compiled(),
+            "programs_loaded": len(programs.loaded),
         }
         run.finish(summary)
     return summary

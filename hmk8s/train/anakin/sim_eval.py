@@ -3,8 +3,9 @@ that scores every seed's greedy agent beside the HPA baseline on identical episo
 comparison with every baseline is `hmk8s.evaluate`'s job).
 
 The agents' rollout is one program, compiled once, vmapped over the seeds and the episodes
-with the weights as its argument; HPA's score depends on none of the training, so it comes
-from the score cache (`hmk8s.train.cache`) when an earlier run computed it.
+with the weights as its argument, and kept in the program cache; HPA's score depends on none
+of the training, so it comes from the score cache (`hmk8s.train.cache`) when an earlier run
+computed it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
 from hmk8s.train.anakin.loop import Trainer
 from hmk8s.train.anakin.run import Evaluator
-from hmk8s.train.cache import ScoreCache
+from hmk8s.train.cache import ProgramCache, ScoreCache, tree_digest
 from hmk8s.train.config import RunSpec
 
 
@@ -34,19 +35,25 @@ def _summary(result: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(result[k]) for k in POLICY_METRIC_NAMES}
 
 
-def sim_setup(run: RunSpec, scores: ScoreCache | None = None) -> tuple[EnvSpec, Evaluator]:
-    """The simulator of the run's use case and its evaluator on ``run.config.eval.episodes``
-    episodes; the agent is evaluated as deployed, with `deployed_bonus` on the rulebook's
-    action (HAQL). ``scores`` keeps HPA's score between runs (None: computed every time)."""
+def sim_setup(
+    run: RunSpec, scores: ScoreCache | None = None, programs: ProgramCache | None = None
+) -> tuple[EnvSpec, Evaluator, ProgramCache]:
+    """The simulator of the run's use case, its evaluator on ``run.config.eval.episodes``
+    episodes and ``programs`` for programs on it (keyed by its parameters too, the trace's
+    content included); the agent is evaluated as deployed, with `deployed_bonus` on the
+    rulebook's action (HAQL). ``scores`` keeps HPA's score between runs, ``programs`` the
+    agents' rollout (None: neither is kept)."""
     env, params = sim.make(run.usecase, dataclasses.asdict(run.config.env))
     encoder = run.config.env.encoder
     episodes = run.config.eval.episodes
     heuristic_bonus = deployed_bonus(run.haql)
     scores = scores or ScoreCache(None)
+    programs = (programs or ProgramCache(None, {})).within(env=tree_digest(params))
 
     def evaluator(trainer: Trainer, seed_params: Any, key: jax.Array) -> dict[str, Any]:
         run = make_seed_rollout(env, params, trainer.network.apply, episodes, encoder)
-        records = jax.device_get(run(seed_params, key, heuristic_bonus))
+        args = (seed_params, key, heuristic_bonus)
+        records = jax.device_get(programs.compile(f"rollout/{episodes}", run, *args)(*args))
         seeds = jax.tree.leaves(seed_params)[0].shape[0]
         per_seed = [
             _summary(summarise(jax.tree.map(lambda x, i=i: x[i], records))) for i in range(seeds)
@@ -60,4 +67,4 @@ def sim_setup(run: RunSpec, scores: ScoreCache | None = None) -> tuple[EnvSpec, 
         )
         return {"eval": {**agent, "per_seed": per_seed}, "baselines": {"hpa": hpa}}
 
-    return sim_env_spec(env, params, encoder), evaluator
+    return sim_env_spec(env, params, encoder), evaluator, programs
