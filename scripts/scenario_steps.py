@@ -4,10 +4,11 @@
         --target 0.6 --tolerance 0.1 --window 0 --phases 0,10,40,120
 
 On the evaluation's held-out episodes (`scripts/evaluate.py`'s key), per policy and phase of
-the episode: return, SLA violations, pods, pods added or removed per step and, for the agent's
-seeds, what their one action a step did (deploy, remove, re-route, no-op; repeated re-routes;
-deployed configs). Give `hpa_exact` the calibrated knobs of the evaluation's `results.json`
-(`calibration.hpa_exact.knobs`). Prints a table and one JSON line. Code: `hmk8s.evaluate.phases`.
+the episode: return, SLA violations, pods, steps with a cluster at its pod cap, pods added or
+removed per step and, for the agent's seeds, what their one action a step did (deploy, remove,
+re-route, no-op; repeated re-routes; deployed configs). Give `hpa_exact` the calibrated knobs
+of the evaluation's `results.json` (`calibration.hpa_exact.knobs`). Prints a table and one
+JSON line. Code: `hmk8s.evaluate.phases`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def _row(name: str, s: dict) -> str:
         f"{s['return']:.1f}",
         f"{s['sla_violation_rate']:.3f}",
         f"{s['mean_pods']:.2f}",
+        f"{s['steps_at_cap']:.2f}",
         f"{s['pods_changed']:.2f}",
         f"{s['steps_changing_more_than_one']:.2f}",
     ]
@@ -80,11 +82,12 @@ def main() -> None:
         sys.exit(EXIT_BAD_INPUT)
 
     print(
-        "| policy | steps | return | SLA violations | mean pods | pods changed per step "
+        "| policy | steps | return | SLA violations | mean pods | steps with a cluster full "
+        "| pods changed per step "
         "| steps changing > 1 pod | deploy / remove / re-route / no-op | repeated re-routes "
         "| deployed small / medium / large |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | --- |")
     for name, scores in out["policies"].items():
         for s in [scores["episode"], *scores["phases"]]:
             print(_row(name, s))

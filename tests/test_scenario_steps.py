@@ -41,18 +41,20 @@ def test_phase_scores_split_an_episode_at_the_bounds():
         "pods": np.array([[1, 3, 3, 2]]),
         "pods_per_cluster": np.array([[[1, 0], [3, 0], [3, 0], [1, 1]]]),
     }
-    first, rest = phase_scores(records, [0, 1, 4])
+    first, rest = phase_scores(records, [0, 1, 4], max_pods=3)
     assert first == {
         "steps": [0, 1],
         "return": 1.0,
         "sla_violation_rate": 1.0,
         "mean_pods": 1.0,
+        "steps_at_cap": 0.0,
         "pods_changed": 1.0,
         "steps_changing_more_than_one": 0.0,
     }
     assert rest["steps"] == [1, 4] and rest["return"] == 9.0
     assert rest["sla_violation_rate"] == pytest.approx(1 / 3)
     assert rest["mean_pods"] == pytest.approx(8 / 3)
+    assert rest["steps_at_cap"] == pytest.approx(2 / 3)  # cluster 0 holds 3 pods twice
     assert rest["pods_changed"] == pytest.approx(5 / 3)  # 2, 0 and 3 pods
     assert rest["steps_changing_more_than_one"] == pytest.approx(2 / 3)
 

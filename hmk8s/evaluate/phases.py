@@ -79,14 +79,19 @@ def action_mix(actions: np.ndarray, layout: ActionLayout, steps: slice) -> dict[
 
 
 def phase_scores(
-    records: dict[str, np.ndarray], bounds: Sequence[int], layout: ActionLayout | None = None
+    records: dict[str, np.ndarray],
+    bounds: Sequence[int],
+    max_pods: int,
+    layout: ActionLayout | None = None,
 ) -> list[dict[str, Any]]:
     """One policy's rollout records [episodes, steps, ...] per phase, steps [b_i, b_i+1) for
     consecutive ``bounds``: the return over the phase (summed over its steps, mean over
-    episodes), its SLA violation rate, mean pods, pods added or removed per step and the share
-    of steps that change more than one pod; with ``layout``, the `action_mix` of a policy that
-    acts one action a step."""
+    episodes), its SLA violation rate, mean pods, the share of steps with a cluster at its
+    ``max_pods`` (where only a bigger config or another cluster adds capacity), pods added or
+    removed per step and the share of steps that change more than one pod; with ``layout``, the
+    `action_mix` of a policy that acts one action a step."""
     changed = pods_changed(records["pods_per_cluster"])
+    at_cap = (np.asarray(records["pods_per_cluster"]) >= max_pods).any(axis=-1)
     rows = []
     for start, end in pairwise(bounds):
         steps = slice(start, end)
@@ -95,6 +100,7 @@ def phase_scores(
             "return": float(np.asarray(records["reward"])[:, steps].sum(axis=1).mean()),
             "sla_violation_rate": float(np.asarray(records["sla_violated"])[:, steps].mean()),
             "mean_pods": float(np.asarray(records["pods"])[:, steps].mean()),
+            "steps_at_cap": float(at_cap[:, steps].mean()),
             "pods_changed": float(changed[:, steps].mean()),
             "steps_changing_more_than_one": float((changed[:, steps] > 1).mean()),
         }
@@ -171,8 +177,8 @@ def run_phases(
         "episodes": episodes,
         "policies": {
             name: {
-                "episode": phase_scores(records, whole, layout)[0],
-                "phases": phase_scores(records, bounds, layout),
+                "episode": phase_scores(records, whole, params.max_pods, layout)[0],
+                "phases": phase_scores(records, bounds, params.max_pods, layout),
             }
             for name, (records, layout) in policies.items()
         },
