@@ -3,6 +3,9 @@ foreign entry is compiled again and replaced, never run."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,3 +77,42 @@ def test_a_damaged_or_stale_entry_is_compiled_again_and_replaced(tmp_path):
     again = ProgramCache(tmp_path, {})
     again.compile("f", f(), x, 0.5)
     assert len(traces) == 5 and again.loaded == ["f"]  # the replacement is read back
+
+
+KEEP_TWICE = """
+import sys
+from pathlib import Path
+import jax, jax.numpy as jnp
+from hmk8s.train.cache import ProgramCache
+jax.config.update("jax_compilation_cache_dir", sys.argv[1])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+def f(x):
+    return jax.lax.scan(lambda c, _: (jnp.tanh(c @ c.T) * 2 + c.sum(), None), x, None, length=3)[0]
+x = jnp.ones((4, 4))
+out = ProgramCache(Path(sys.argv[2]), {"run": sys.argv[3]}).compile("f", jax.jit(f), x)(x)
+print(float(out.sum()))
+"""
+
+
+def test_a_program_from_jax_s_own_cache_is_not_kept_and_a_kept_one_runs_elsewhere(tmp_path):
+    """XLA:CPU serialises an executable that JAX's persistent cache handed back without its
+    kernels, so only fresh compiles are kept; a kept one runs in another process."""
+    jax_cache, programs = tmp_path / "jax", tmp_path / "programs"
+
+    def run(context: str) -> float:
+        done = subprocess.run(
+            [sys.executable, "-c", KEEP_TWICE, str(jax_cache), str(programs), context],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        return float(done.stdout)
+
+    first = run("a")  # compiled fresh: kept
+    assert len(list(programs.glob("*.bin"))) == 1
+    assert run("b") == first  # another context, the same program from JAX's cache: not kept
+    assert len(list(programs.glob("*.bin"))) == 1
+    assert run("a") == first  # the kept program read back in a new process, and run

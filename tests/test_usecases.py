@@ -391,7 +391,7 @@ def test_missing_trace_file(tmp_path, usecase_mapping):
 
 def test_validate_env_config_defaults():
     assert validate_env_config(None) == {
-        "encoder": "onehot",
+        "encoder": "continuous",  # the one encoder default (configs/config.yaml)
         "noop": True,
         "start": "empty",
         "episode_steps": 120,

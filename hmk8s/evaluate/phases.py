@@ -20,8 +20,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
 from hmk8s.agents.config import deployed_bonus
+from hmk8s.configs import shipped_value
 from hmk8s.envs.sim_spec import sim_env_spec
-from hmk8s.evaluate.experiment import EvaluateConfig
 from hmk8s.policies.baselines import hpa_exact_policy
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
@@ -117,12 +117,14 @@ def run_phases(
     bounds: Sequence[int],
     xi: float | None = None,
     episodes: int = 32,
-    key: int = EvaluateConfig.key,
+    key: int | None = None,
 ) -> dict[str, Any]:
     """A training run's greedy seeds (its last checkpoint; HAQL at weight ``xi``, default its
     deployed one) and `hpa_exact` with ``hpa_knobs`` on ``load`` ("default" or a scenario), on
     the evaluation's held-out episodes of ``key``: every policy's `phase_scores` and whole-episode
-    scores. `ConfigError` for an unknown load or a run that does not start `empty`."""
+    scores (``key`` None: the shipped `evaluate.key`). `ConfigError` for an unknown load or a run
+    that does not start `empty`."""
+    key = shipped_value("evaluate.key", "evaluate") if key is None else key
     step, config, seed_params = load_params(run_dir)
     try:
         cfg = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(TrainConfig), config))

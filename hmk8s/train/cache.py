@@ -37,6 +37,8 @@ import jax
 import numpy as np
 from jax.experimental import serialize_executable
 
+from hmk8s.train.profile import persistent_cache_hits
+
 #: Moves the cache folder when the ``cache.dir`` setting is null.
 CACHE_ENV = "HMK8S_CACHE_DIR"
 _PACKAGE = Path(__file__).resolve().parents[1]
@@ -212,7 +214,12 @@ class ProgramCache:
         if loaded is not None:
             self.loaded.append(name)
             return loaded
+        hits = persistent_cache_hits()
         compiled = jitted.lower(*args).compile()
+        if persistent_cache_hits() != hits:
+            # XLA:CPU serialises an executable JAX's cache handed back without its kernels (it
+            # loads, then fails "Function ... not found" when run): keep only fresh compiles
+            return compiled
         with contextlib.suppress(Exception):  # a program XLA cannot serialise is just not kept
             payload = pickle.dumps(serialize_executable.serialize(compiled))
             _write_atomic(path, hashlib.sha256(payload).digest() + payload)

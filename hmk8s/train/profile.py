@@ -52,6 +52,12 @@ def _listen() -> None:
     jax.monitoring.register_event_listener(count)
 
 
+def persistent_cache_hits() -> int:
+    """Programs this process has had back from JAX's persistent compilation cache so far."""
+    _listen()
+    return _TOTAL.hits
+
+
 class WallTime:
     """The split of the wall time since it was made into `PHASES`."""
 
