@@ -170,7 +170,8 @@ def test_an_async_vector_env_that_forks_is_refused_not_hung(tmp_path):
     done = subprocess.run(
         [sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False
     )
-    assert done.stdout.split()[0] in ("ForkedProcessError", "ConnectionResetError", "EOFError")
+    broken = ("BrokenPipeError", "ConnectionResetError", "EOFError")  # the worker has exited
+    assert done.stdout.split()[0] in ("ForkedProcessError", *broken)
     said = done.stdout + done.stderr
     assert "ForkedProcessError: hmk8s envs cannot run in a process forked after JAX" in said
     assert "vector_kwargs={'context': 'spawn'}" in said
