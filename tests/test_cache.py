@@ -9,8 +9,21 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from hmk8s.train.cache import ProgramCache, program_cache
+
+
+@pytest.fixture(autouse=True)
+def nothing_into_jax_s_cache():
+    """These tests count fresh compiles: nothing they compile goes into JAX's persistent cache,
+    which an in-process training run of another test may have switched on for this process
+    (a program handed back from it would not be kept)."""
+    key = "jax_persistent_cache_min_compile_time_secs"
+    before = getattr(jax.config, key)
+    jax.config.update(key, 1e9)
+    yield
+    jax.config.update(key, before)
 
 
 class _Counting:

@@ -762,5 +762,6 @@ def test_the_paced_load_generator_follows_the_steps_it_is_given(functions, proxy
     assert proc.returncode == 0, err
     reports = [json.loads(line) for line in out.splitlines()]
     assert [r["step"] for r in reports] == [0, 1]
-    assert 14 <= reports[0]["sent"] <= 16 and reports[0]["ok"] == reports[0]["sent"]
-    assert 19 <= reports[1]["sent"] <= 21 and reports[1]["ok"] == reports[1]["sent"]
+    # within a few requests: the steps' edges are this process's sleeps on a busy machine
+    assert reports[0]["sent"] == pytest.approx(15, abs=3) and reports[0]["ok"] == reports[0]["sent"]
+    assert reports[1]["sent"] == pytest.approx(20, abs=4) and reports[1]["ok"] == reports[1]["sent"]
