@@ -18,11 +18,7 @@ from pathlib import Path
 
 import jax
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict
 
-from hmk8s.configs import CONFIG_DIR
 from hmk8s.train import cli
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
@@ -59,16 +55,8 @@ def shown_warnings() -> Iterator[None]:
 def train_in_process(args: list[str]) -> int:
     """``scripts/train.py args`` in this process: its exit status (a traceback is printed)."""
     try:
-        cli.register_schema()
-        cli.check_overrides("config", args)
-        overrides = cli._config_dir_overrides(args)
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=overrides, return_hydra_config=True)
-            HydraConfig.instance().set_config(cfg)
-            with open_dict(cfg):
-                del cfg["hydra"]
-            with shown_warnings():
-                cli.main(cfg)
+        with shown_warnings():
+            cli.run(args)
     except SystemExit as exit_:
         return int(exit_.code or 0)
     except Exception:

@@ -22,7 +22,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -36,6 +35,7 @@ from hmk8s.evaluate.experiment import AgentRun, seed_returns, train_agent
 from hmk8s.policies.baselines import hpa_policy
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
+from hmk8s.shell.compose import compose
 from hmk8s.train.anakin.loop import make_trainer
 from hmk8s.train.cli import register_schema
 from hmk8s.train.config import ConfigError, RunSpec, resolve
@@ -80,8 +80,7 @@ def compose_config(usecase: str, heuristic: bool, overrides: Sequence[str]) -> R
     register_schema()
     args = [f"usecase={usecase}", f"heuristic={str(heuristic).lower()}", *overrides]
     try:
-        with initialize_config_module("hmk8s.configs", version_base="1.3"):
-            cfg = OmegaConf.to_object(compose("config", overrides=args))
+        cfg = OmegaConf.to_object(compose("config", args))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"{' '.join(args)}: {err}".splitlines()[0]) from err
     return resolve(cfg, usecase)

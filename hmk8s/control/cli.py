@@ -26,9 +26,8 @@ from hmk8s.control.config import (
 )
 from hmk8s.control.loop import Backend, Controller, Sink, Summary
 from hmk8s.control.observe import ControllerMetrics, DecisionLog, DryRunPrinter, LiveView
+from hmk8s.shell.exit import refuse
 from hmk8s.sim.params import START_MODES
-
-EXIT_BAD_INPUT = 2
 
 
 class Stop(threading.Event):
@@ -191,8 +190,7 @@ def main(argv: Sequence[str]) -> int:
         try:
             summary = control(parse(argv), stop)
         except bad_input_errors() as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return refuse(err)
     print(json.dumps(summary.as_dict()))
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
@@ -211,8 +209,7 @@ def export_main(argv: Sequence[str]) -> int:
         agent = load_agent(cfg.run, cfg.step, seed=cfg.seed, usecase=cfg.usecase)
         folder = export_agent(agent, cfg.out, cfg.sign_key)
     except (ControlConfigError, AgentError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return refuse(err)
     m: dict[str, Any] = {
         "out": str(folder),
         "usecase": agent.manifest.usecase,

@@ -20,6 +20,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from hmk8s.configs import default
+from hmk8s.shell.exit import EXIT_BAD_INPUT
 
 T = TypeVar("T")
 
@@ -95,7 +96,6 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
 
 #: JAX's own deadline is this much later than the run's, so that the run's comes first.
 JAX_GRACE_S = 10
-EXIT_BAD_INPUT = 2
 
 
 def initialize(cfg: DistributedConfig) -> None:

@@ -29,12 +29,13 @@ import numpy as np
 
 from hmk8s.k8s.config import env_cluster_maps, split_backend
 from hmk8s.policies.heuristics import recommend
+from hmk8s.shell.run_dir import LOCK_FILE, holds_files
 from hmk8s.train.actor_learner.core import host_books, make_async_fns
 from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
 from hmk8s.train.actor_learner.history import HistoryWriter
 from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_async
 from hmk8s.train.config import ConfigError, RunSpec, TrainConfig
-from hmk8s.train.run import LOCK_FILE, holds_run, open_run, resolve_run_dir
+from hmk8s.train.run import holds_run, open_run, resolve_run_dir
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import UseCase
 
@@ -259,7 +260,7 @@ def _remove_empty(directory: Path, created: bool) -> None:
     for folder in (directory / "checkpoints", directory / "history"):
         with contextlib.suppress(OSError):
             folder.rmdir()
-    if directory.is_dir() and {p.name for p in directory.iterdir()} <= {LOCK_FILE}:
+    if directory.is_dir() and not holds_files(directory):
         (directory / LOCK_FILE).unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):
