@@ -27,8 +27,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
-from hmk8s.agents.config import heuristic_bonus
-from hmk8s.configs import CONFIG_DIR
+from hmk8s.agents.config import AGENTS, heuristic_bonus
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.experiment import AgentRun, seed_returns, train_agent
@@ -39,8 +38,8 @@ from hmk8s.shell.compose import compose
 from hmk8s.train.anakin.loop import make_trainer
 from hmk8s.train.cli import register_schema
 from hmk8s.train.config import ConfigError, RunSpec, resolve
+from hmk8s.usecases import available_usecases
 
-AGENTS = {"dqn": False, "haql": True}
 MARGINS = (0.0, 10.0)
 
 
@@ -62,7 +61,7 @@ def parse_variant(text: str) -> Variant:
 
 def check_usecases(usecases: Sequence[str]) -> None:
     """Refuse a use case that has no file under `hmk8s/configs/usecase/`."""
-    known = sorted(p.stem for p in (CONFIG_DIR / "usecase").glob("*.yaml"))
+    known = sorted(available_usecases())
     bad = sorted(set(usecases) - set(known))
     if bad:
         raise ConfigError(f"unknown use case(s) {bad}: expected some of {known}")

@@ -36,12 +36,9 @@ from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.cli import SCHEMA_NAME
 from hmk8s.train.config import ConfigError, TrainConfig, config_differences, resolve
 from hmk8s.train.stop import exit_status, forget, requested, signal_name, stop_on_signals
-from hmk8s.usecases import CONFIG_DIR, UseCaseError
+from hmk8s.usecases import CONFIG_DIR, UseCaseError, available_usecases
 
 ALL = "all"
-#: What ``usecase=all`` evaluates. It is registered as an option of the ``usecase`` group in
-#: Python, not as a file under `configs/usecase/`, which holds only real use cases.
-ALL_USECASES = ("ehr", "ml", "stream")
 #: The settings an evaluation ran with, saved beside its results (a resume must match them).
 CONFIG_FILE = "config.yaml"
 #: What may change when a stopped evaluation is resumed: where it is and what it prints.
@@ -64,12 +61,14 @@ def register_schema() -> None:
     ``usecase=all``."""
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=EvaluateRoot)
-    store.store(group="usecase", name=ALL, node={ALL: list(ALL_USECASES)})
+    store.store(group="usecase", name=ALL, node={ALL: list(available_usecases())})
 
 
 def usecases(choice: str, mapping: Any) -> dict[str, dict[str, Any]]:
     """Use-case mappings by name: the chosen one (with any command-line changes), or each of
-    `ALL_USECASES` as its YAML file defines it."""
+    shipped use case (`available_usecases`) as its YAML file defines it. ``usecase=all`` is
+    registered in Python (`register_schema`), not as a file under `configs/usecase/`, which
+    holds only real use cases."""
     if choice != ALL:
         return {choice: OmegaConf.to_container(mapping, resolve=True)}
     return {n: yaml.safe_load((CONFIG_DIR / f"{n}.yaml").read_text()) for n in mapping["all"]}
@@ -100,10 +99,10 @@ def run(cfg: DictConfig) -> Path:
         grid = typed.evaluate.deployed_xi_grid
         raise ConfigError(f"evaluate.deployed_xi_grid must hold weights >= 0, got {grid}")
     for name in typed.evaluate.agent_by_usecase:
-        if name not in ALL_USECASES:
+        if name not in available_usecases():
             raise ConfigError(
                 f"evaluate.agent_by_usecase: unknown use case {name!r} "
-                f"(one of {', '.join(ALL_USECASES)})"
+                f"(one of {', '.join(available_usecases())})"
             )
         agent = usecase_agent(typed.agent, name, typed.evaluate)
         resolve(dataclasses.replace(typed, usecase=None, agent=agent))

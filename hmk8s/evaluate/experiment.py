@@ -24,7 +24,13 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
-from hmk8s.agents.config import AgentConfig, deployed_bonus, deployed_weight, heuristic_bonus
+from hmk8s.agents.config import (
+    AGENTS,
+    AgentConfig,
+    deployed_bonus,
+    deployed_weight,
+    heuristic_bonus,
+)
 from hmk8s.configs import default
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
@@ -40,7 +46,6 @@ from hmk8s.train.cache import ScoreCache
 from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.stop import requested
 
-AGENTS = ("dqn", "haql")
 #: the baselines HAQL must beat on return with no higher SLA violation rate (`targets`)
 TARGET_BASELINES = ("hpa_exact_calibrated", "hpa", "heuristic")
 #: the baselines scored on the shifted loads beside the agents

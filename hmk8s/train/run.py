@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 
+from hmk8s.agents.config import agent_name
 from hmk8s.shell.run_dir import LOCK_FILE, RunDirError, hold_run_dir, make_writable, timestamped
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
 from hmk8s.train.config import ConfigError, TrainConfig
@@ -67,7 +68,7 @@ def resolve_run_dir(cfg: TrainConfig, usecase: str) -> Path:
             f"a run of {jax.process_count()} processes needs run_dir=<a directory every process "
             "reaches>, the same on each (or resume=)"
         )
-    return timestamped(usecase, "haql" if cfg.heuristic else "dqn")
+    return timestamped(usecase, agent_name(cfg.heuristic))
 
 
 def holds_run(directory: Path) -> bool:
