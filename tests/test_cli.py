@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from script_runs import run_script
 
+from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train import cli
 from hmk8s.usecases import CONFIG_DIR, load_usecase
 
@@ -74,7 +75,7 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, monkeypatch, capsys, overri
     monkeypatch.chdir(tmp_path)
     with composed(*overrides) as cfg, pytest.raises(SystemExit) as exit:
         cli.main(cfg)
-    assert exit.value.code == cli.EXIT_BAD_INPUT
+    assert exit.value.code == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
@@ -154,7 +155,7 @@ def test_bad_usecase_values_exit_2_with_one_line(tmp_path, monkeypatch, capsys, 
     (tmp_path / "latin1.csv").write_bytes("10,\xe9,3\n".encode("latin-1"))
     with composed(override) as cfg, pytest.raises(SystemExit) as exit:
         cli.main(cfg)
-    assert exit.value.code == cli.EXIT_BAD_INPUT
+    assert exit.value.code == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: usecase=ml: ") and err.count("\n") == 1, err
     assert message in err

@@ -29,6 +29,7 @@ from hmk8s.control.sim_backend import SimBackend
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
+from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.config import TrainConfig, resolve
 from hmk8s.train.runlog import params_sha256
@@ -177,7 +178,7 @@ def test_a_foreign_agent_stops_the_controller_with_one_line(trained, tmp_path):
 )
 def test_bad_settings_are_one_line_and_exit_2(args, message, capsys, tmp_path):
     agent = [] if not args or args == ["dry_run"] else [f"agent={tmp_path}"]
-    assert cli.main(agent + args) == cli.EXIT_BAD_INPUT
+    assert cli.main(agent + args) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err, err
 
@@ -241,7 +242,7 @@ def test_exports_are_checked_not_trusted(agent, tmp_path, capsys, tamper, messag
     tamper(export)
     with pytest.raises(AgentError, match=message.replace(".", r"\.").replace("(", r"\(")):
         hmk8s.load_agent(export)
-    assert cli.main([f"agent={export}", "backend=sim", "steps=1"]) == cli.EXIT_BAD_INPUT
+    assert cli.main([f"agent={export}", "backend=sim", "steps=1"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
 
@@ -303,7 +304,7 @@ def test_a_signed_export_proves_its_origin(trained, agent, tmp_path, capsys, sch
     # a digest can be recomputed; the signature cannot
     rewrite(out, first_kernel(lambda k: k * 2))
     assert hmk8s.load_agent(out).manifest.bonus == agent.manifest.bonus  # integrity alone holds
-    assert cli.main([f"agent={out}", f"agent_key={verify}", "steps=1"]) == cli.EXIT_BAD_INPUT
+    assert cli.main([f"agent={out}", f"agent_key={verify}", "steps=1"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.endswith("the signature does not verify with the key given") and "\n" not in err
     unsigned = export_agent(agent, tmp_path / "unsigned")

@@ -21,6 +21,7 @@ from pathlib import Path
 import yaml
 
 from hmk8s.k8s.local import fidelity
+from hmk8s.shell.exit import refuse
 from hmk8s.usecases import UseCaseError, load_usecase
 
 
@@ -30,8 +31,7 @@ def measure(args: argparse.Namespace) -> int:
     for seed in range(args.episodes):
         target = args.out / f"episode-{seed}.json"
         if target.exists():
-            print(f"error: {target} exists; record into a new --out", file=sys.stderr)
-            return 2
+            return refuse(f"{target} exists; record into a new --out")
         rec = fidelity.replay(
             args.node,
             usecase,
@@ -98,8 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return measure(args) if args.action == "measure" else calibrate(args)
     except (UseCaseError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
 
 
 def entry() -> None:
