@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
 from hmk8s.shell.compose import MULTIRUN_FLAGS, compose, overrides_of, run_command
-from hmk8s.shell.exit import EXIT_RUN_FAILED, fail, one_line_warning
+from hmk8s.shell.exit import EXIT_RUN_FAILED, fail, one_line_warning, refuse
 from hmk8s.shell.run_dir import RunDirError
 from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.actor import EnvLost
@@ -137,9 +137,8 @@ def main(cfg: DictConfig) -> None:
     except jax.errors.JaxRuntimeError as err:
         if jax.process_count() == 1:
             raise
-        print(f"error: {lost_process(err)}", file=sys.stderr, flush=True)
         # JAX's exit would wait at a shutdown barrier for the lost process, then abort
-        os._exit(EXIT_RUN_FAILED)
+        os._exit(refuse(lost_process(err), EXIT_RUN_FAILED))
     if "signal" in summary:  # stopped cleanly by SIGINT / SIGTERM: say so in the exit status
         sys.exit(exit_status(signal.Signals[summary["signal"]]))
 

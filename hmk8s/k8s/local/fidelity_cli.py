@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import yaml
@@ -48,10 +47,7 @@ def measure(args: argparse.Namespace) -> int:
 def calibrate(args: argparse.Namespace) -> int:
     episodes = sorted(args.recordings.glob("episode-*.json"))
     if len(episodes) < 2:
-        print(
-            f"error: {args.recordings}: needs two recorded episodes (fit, check)", file=sys.stderr
-        )
-        return 2
+        return refuse(f"{args.recordings}: needs two recorded episodes (fit, check)")
     episodes.sort(key=lambda p: int(p.stem.split("-")[1]))  # episode-10 after episode-9
     recs = [fidelity.Recording.from_json(json.loads(p.read_text())) for p in episodes]
     usecase = load_usecase(recs[0].usecase)
