@@ -65,7 +65,7 @@ def register_schema() -> None:
 
 
 def usecases(choice: str, mapping: Any) -> dict[str, dict[str, Any]]:
-    """Use-case mappings by name: the chosen one (with any command-line changes), or each of
+    """Use-case mappings by name: the chosen one (with any command-line changes), or each
     shipped use case (`available_usecases`) as its YAML file defines it. ``usecase=all`` is
     registered in Python (`register_schema`), not as a file under `configs/usecase/`, which
     holds only real use cases."""
