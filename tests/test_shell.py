@@ -5,6 +5,8 @@ lock), the one-line error text, and one composition of the shipped configs."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -106,3 +108,21 @@ def test_overrides_and_config_folders_compose_hydra_flags_do_not():
     assert overrides_of(["-m", "seed=0,1"]) is None
     backend = compose("sim", folder=Path(__file__).parents[1] / "hmk8s/configs/backend")
     assert backend["name"] == "sim"
+
+
+def test_the_shell_imports_neither_jax_nor_the_kubernetes_client_nor_hydra():
+    """Every program imports it first; the training core stays importable without the client."""
+    modules = ("jax", "kubernetes", "hydra")
+    code = (
+        "import sys; import hmk8s.shell.compose, hmk8s.shell.exit, hmk8s.shell.programs, "
+        f"hmk8s.shell.run_dir; print([m for m in {modules!r} if m in sys.modules])"
+    )
+    root = Path(__file__).parents[1]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert out.stdout.strip() == "[]"
