@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 from script_runs import run_script
-from tiny_run import TINY_RUN
+from tiny import tiny_overrides
 
 import hmk8s
 from hmk8s import sim
@@ -26,7 +26,7 @@ from hmk8s.train.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-TINY = [*TINY_RUN, "log.tensorboard=false"]
+TINY = tiny_overrides(narrow=True)
 
 
 @pytest.fixture(scope="module")
