@@ -66,11 +66,6 @@ def on_two_processes(cwd: Path, cache: Path, *overrides: str) -> list[tuple[int,
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("jax-cache")
-
-
-@pytest.fixture(scope="module")
 def trained(tmp_path_factory, cache) -> tuple[Path, list[tuple[int, str]]]:
     """A two-chunk run of two seeds over two processes, with TensorBoard on."""
     cwd = tmp_path_factory.mktemp("two")

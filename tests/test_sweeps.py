@@ -29,12 +29,6 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 TINY = tiny_overrides(narrow=True)
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """One compilation cache: the jobs of every sweep here compile the same program."""
-    return tmp_path_factory.mktemp("jax-cache")
-
-
 def sweep(tmp_path: Path, cache: Path, launcher: str, *extra: str) -> Path:
     sweep_dir = tmp_path / "sweep"
     done = run_script(
