@@ -47,12 +47,12 @@ def tiny_overrides(*overrides: str, narrow: bool = False) -> list[str]:
     return [*(o for o in own if o.split("=", 1)[0] not in given), *overrides]
 
 
-def tiny_config(narrow: bool = False, **changes: Any) -> TrainConfig:
+def tiny_config(**changes: Any) -> TrainConfig:
     """The tiny run as a `TrainConfig`, with ``changes`` merged in: plain values or nested
     mappings (``eval={"episodes": 32}`` changes one setting of the block), or a config object
     (``agent=AgentConfig(...)`` replaces the tiny agent whole)."""
     schema = OmegaConf.structured(TrainConfig)
-    return OmegaConf.to_object(OmegaConf.merge(schema, tiny_settings(narrow), changes))
+    return OmegaConf.to_object(OmegaConf.merge(schema, tiny_settings(), changes))
 
 
 def _flat(settings: dict[str, Any], prefix: str = "") -> dict[str, Any]:
