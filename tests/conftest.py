@@ -86,6 +86,19 @@ def usecase_mapping() -> Callable[..., dict[str, Any]]:
     return build
 
 
+@pytest.fixture(scope="module")
+def ml() -> EnvParams:
+    """ML as shipped (noise included) in episodes of 12 steps."""
+    return params_from_usecase(load_usecase("ml"), {"episode_steps": 12})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A compilation cache of the module's own, for the runs it starts as processes: they
+    compile the same programs, and each compile costs seconds."""
+    return tmp_path_factory.mktemp("jax-cache")
+
+
 @pytest.fixture(scope="session")
 def quiet_params(usecase_mapping) -> Callable[..., EnvParams]:
     """`quiet_params("ml", env_cfg, wave=False, **yaml_changes)`: noiseless simulator params."""

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization as keys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flax import serialization
 from script_runs import run_script
+from tiny import tiny_config
 
 import hmk8s
 from hmk8s import sim
@@ -31,7 +32,7 @@ from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
 from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train.anakin.run import run_training
-from hmk8s.train.config import TrainConfig, resolve
+from hmk8s.train.config import resolve
 from hmk8s.train.runlog import params_sha256
 from hmk8s.usecases import CONFIG_DIR
 
@@ -39,22 +40,19 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 EPISODES = 32
 
 
-def train_tiny(run_dir, agent_cfg: AgentConfig):
-    """A tiny HAQL run on ML, and the per-step records of the trainer's own evaluation of it:
-    `q_policy` of the trainer's network and parameters on 32 episodes, as `sim_eval` runs it."""
+def train_tiny(run_dir, agent: AgentConfig | None = None):
+    """A tiny HAQL run on ML (the tiny run's agent, or ``agent``), and the per-step records of
+    the trainer's own evaluation of it: `q_policy` of the trainer's network and parameters on
+    32 episodes, as `sim_eval` runs it."""
     usecase = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
-    cfg = TrainConfig(
+    cfg = tiny_config(
         usecase=usecase,
         backend={"name": "sim"},
-        agent=agent_cfg,
         heuristic=True,
-        total_steps=256,
-        num_envs=16,
-        chunk_steps=256,
+        env={"episode_steps": 40},
+        eval={"enabled": True, "episodes": EPISODES},
+        **({} if agent is None else {"agent": agent}),
     )
-    cfg.env.episode_steps = 40
-    cfg.eval.episodes = EPISODES
-    cfg.log.progress = cfg.log.tensorboard = False
     config = dataclasses.asdict(cfg)
     env, params = sim.make(usecase, config["env"], name="ml")
     captured = {}
@@ -74,8 +72,7 @@ def train_tiny(run_dir, agent_cfg: AgentConfig):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    agent_cfg = AgentConfig(hidden=[16], batch_size=16, buffer_size=1024, learning_starts=64)
-    return train_tiny(tmp_path_factory.mktemp("run"), agent_cfg)
+    return train_tiny(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
