@@ -16,8 +16,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from script_runs import run_script
 
+from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
 from hmk8s.train import cli
-from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 TINY = [
     "total_steps=512",

@@ -23,10 +23,11 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from hmk8s.configs import SEARCH_PATH, default
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import CONFIG_DIR, UseCaseError
 from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
-from hmk8s.sim.params import EnvConfigError
 from hmk8s.sim.scenarios import ScenarioError, check_scenarios
 from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
@@ -34,7 +35,6 @@ from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME, check_overrides
 from hmk8s.train.config import ConfigError, TrainConfig, config_differences, resolve
 from hmk8s.train.run import LOCK_FILE, RunDirError, hold_run_dir
 from hmk8s.train.stop import exit_status, forget, requested, signal_name, stop_on_signals
-from hmk8s.usecases import CONFIG_DIR, UseCaseError
 
 ALL = "all"
 #: What ``usecase=all`` evaluates. It is registered as an option of the ``usecase`` group in

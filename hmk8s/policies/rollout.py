@@ -11,12 +11,12 @@ from typing import Any
 
 import jax
 
-from hmk8s.metrics import summarise
-from hmk8s.observation import Observation
+from hmk8s.domain.metrics import summarise
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.placement import scale_instances
 from hmk8s.policies.baselines import Policy
-from hmk8s.sim.dynamics import scale_instances
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams
 
 #: A rollout program is compiled once and run a few times, so compiling is most of its cost. The
 #: CPU backend's optimisation level 1 compiles one 30-50 % faster than the default level, with

@@ -20,9 +20,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from hmk8s.configs import SEARCH_PATH
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import UseCaseError
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
-from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
@@ -32,7 +33,6 @@ from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.distributed import TopologyError, initialize
 from hmk8s.train.run import DiskFullError, NonFiniteError, RunDirError, resolve_run_dir
 from hmk8s.train.stop import exit_status
-from hmk8s.usecases import UseCaseError
 
 SCHEMA_NAME = "train_schema"
 EXIT_BAD_INPUT = 2

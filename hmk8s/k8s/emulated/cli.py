@@ -29,12 +29,12 @@ from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCase, load_usecase
 from hmk8s.k8s import setup
 from hmk8s.k8s.config import CONFIG_PATH, load_cluster_map
 from hmk8s.k8s.emulated import apiserver
 from hmk8s.k8s.emulated.apiclusters import ApiClusters
 from hmk8s.k8s.emulated.twin import Clusters, TwinPool
-from hmk8s.usecases import UseCase, load_usecase
 
 FAULT_OPTIONS = ("api_latency", "fault_rate", "no_metrics")
 

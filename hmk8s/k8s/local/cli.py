@@ -25,12 +25,12 @@ from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCase, UseCaseError, load_usecase
 from hmk8s.k8s import objects, setup
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import shipped_backend
 from hmk8s.k8s.emulated.apiserver import REPO
 from hmk8s.k8s.local import images, node
-from hmk8s.usecases import UseCase, UseCaseError, load_usecase
 
 FUNCTIONS_MANIFEST = REPO / "deploy" / "functions.yaml"
 CONTROLLER_MANIFESTS = [REPO / "deploy" / "controller" / f for f in ("crd", "rbac", "controller")]

@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hmk8s.metrics import STEP_METRICS
+from hmk8s.domain.metrics import STEP_METRICS
 from hmk8s.train.actor_learner.core import (
     AsyncFns,
     advance_books,
