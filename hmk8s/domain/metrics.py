@@ -1,26 +1,94 @@
 """Every metric name, defined once: what an env reports per step, what a training run logs,
 what a step history records, and how a policy is scored over episodes (`summarise`).
 
-A new metric is one entry here; the simulator spec, the actor/learner, ``metrics.csv``, the
-history files, the training summary and the evaluation tables all read these names.
+A new step metric is one `STEP_METRICS` entry: the envs' ``info``, the simulator spec, the
+actor/learner, ``metrics.csv``, the history files, the rollout records, `summarise` and the
+evaluation tables all iterate over it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-#: Per-step env metrics (in every env's ``info`` and in the trainer's ``Timestep.metrics``),
-#: each mapped to the name of its mean over steps in ``metrics.csv``.
-STEP_METRICS: dict[str, str] = {
-    "sla_violated": "sla_violation_rate",
-    "pods": "mean_pods",
-    "latency_ratio": "latency_ratio",
-    "invalid": "invalid_rate",
+
+class StepMetric(NamedTuple):
+    """One per-step metric: how a step's outcome gives it, and how each consumer names it.
+
+    compute:  (latency_ratio, pods, invalid) of a step -> the metric (a traced scalar)
+    host:     the Python type `info` carries it as in the gymnasium envs
+    column:   the name of its mean over steps in ``metrics.csv``
+    score:    the name of the policy score over episodes, with its table label and format
+    reduce:   [episodes, steps] values -> that score
+    """
+
+    compute: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
+    host: type
+    column: str
+    score: str
+    label: str
+    fmt: str
+    reduce: Callable[[jax.Array], jax.Array]
+
+
+def _p95(values: jax.Array) -> jax.Array:
+    return jnp.percentile(values, 95)
+
+
+#: The per-step metrics, in every env's ``info``, the trainer's ``Timestep.metrics``, the
+#: rollout records and the policy scores, in this order.
+STEP_METRICS: dict[str, StepMetric] = {
+    "sla_violated": StepMetric(
+        lambda ratio, pods, invalid: ratio > 1.0,
+        bool,
+        "sla_violation_rate",
+        "sla_violation_rate",
+        "SLA violations",
+        "{:.3f}",
+        jnp.mean,
+    ),
+    "pods": StepMetric(
+        lambda ratio, pods, invalid: pods,
+        int,
+        "mean_pods",
+        "mean_pods",
+        "mean pods",
+        "{:.2f}",
+        jnp.mean,
+    ),
+    "latency_ratio": StepMetric(
+        lambda ratio, pods, invalid: ratio,
+        float,
+        "latency_ratio",
+        "p95_latency_ratio",
+        "p95 latency / SLA",
+        "{:.2f}",
+        _p95,
+    ),
+    "invalid": StepMetric(
+        lambda ratio, pods, invalid: invalid,
+        bool,
+        "invalid_rate",
+        "invalid_rate",
+        "invalid actions",
+        "{:.3f}",
+        jnp.mean,
+    ),
 }
+
+
+def step_metrics(latency_ratio: jax.Array, pods: jax.Array, invalid: jax.Array) -> dict:
+    """Every `STEP_METRICS` entry of one step, as traced values."""
+    return {name: m.compute(latency_ratio, pods, invalid) for name, m in STEP_METRICS.items()}
+
+
+def host_metrics(info: Mapping[str, Any]) -> dict[str, Any]:
+    """The step metrics of ``info`` as the Python values a gymnasium ``info`` carries."""
+    return {name: m.host(info[name]) for name, m in STEP_METRICS.items()}
+
 
 #: Columns of a training run's ``metrics.csv``: one row per seed and logged chunk.
 TRAIN_COLUMNS: tuple[str, ...] = (
@@ -29,7 +97,7 @@ TRAIN_COLUMNS: tuple[str, ...] = (
     "updates",
     "episode_return",
     "episodes",
-    *STEP_METRICS.values(),
+    *(m.column for m in STEP_METRICS.values()),
     "loss",
     "epsilon",
     "xi",
@@ -60,10 +128,7 @@ HISTORY_COLUMNS: tuple[str, ...] = (
 #: How a policy is scored over whole episodes: name, table label, number format.
 POLICY_METRICS: tuple[tuple[str, str, str], ...] = (
     ("return", "episode return", "{:.1f}"),
-    ("sla_violation_rate", "SLA violations", "{:.3f}"),
-    ("mean_pods", "mean pods", "{:.2f}"),
-    ("p95_latency_ratio", "p95 latency / SLA", "{:.2f}"),
-    ("invalid_rate", "invalid actions", "{:.3f}"),
+    *((m.score, m.label, m.fmt) for m in STEP_METRICS.values()),
 )
 POLICY_METRIC_NAMES: tuple[str, ...] = tuple(name for name, _, _ in POLICY_METRICS)
 
@@ -76,8 +141,5 @@ def summarise(records: Mapping[str, jax.Array]) -> dict[str, Any]:
         "return": float(returns.mean()),
         "return_std": float(returns.std()),
         "episode_returns": [float(r) for r in returns],
-        "sla_violation_rate": float(records["sla_violated"].mean()),
-        "mean_pods": float(records["pods"].mean()),
-        "p95_latency_ratio": float(jnp.percentile(records["latency_ratio"], 95)),
-        "invalid_rate": float(records["invalid"].mean()),
+        **{m.score: float(m.reduce(records[name])) for name, m in STEP_METRICS.items()},
     }

@@ -28,6 +28,7 @@ import numpy as np
 
 from hmk8s.domain.encoders import get_encoder
 from hmk8s.domain.episode import check_steppable
+from hmk8s.domain.metrics import host_metrics, step_metrics
 from hmk8s.domain.observation import Observation, chain_latency_ratio
 from hmk8s.domain.placement import apply_action, start_state
 from hmk8s.domain.reward import reward as reward_fn
@@ -203,10 +204,7 @@ class KubernetesClusterEnv(gym.Env):
         )
         info = {
             "action_mask": np.asarray(obs.action_mask, bool),
-            "latency_ratio": float(ratio),
-            "pods": int(pods),
-            "sla_violated": bool(ratio > 1.0),
-            "invalid": bool(invalid),
+            **host_metrics(step_metrics(ratio, pods, invalid)),
             **extra,
         }
         self._check_api(extra["api_errors"])

@@ -11,7 +11,7 @@ from typing import Any
 
 import jax
 
-from hmk8s.domain.metrics import summarise
+from hmk8s.domain.metrics import STEP_METRICS, summarise
 from hmk8s.domain.observation import Observation
 from hmk8s.domain.params import EnvParams
 from hmk8s.domain.placement import scale_instances
@@ -54,10 +54,7 @@ def rollout(
             obs, state, reward, _, _, info = env.step_env(k_env, state, action, params)
             record = {
                 "reward": reward,
-                "latency_ratio": info["latency_ratio"],
-                "sla_violated": info["sla_violated"],
-                "pods": info["pods"],
-                "invalid": info["invalid"],
+                **{name: info[name] for name in STEP_METRICS},
                 "action": action,
                 "rates": obs.rates,
                 "pods_per_cluster": obs.pods,

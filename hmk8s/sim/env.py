@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from hmk8s.domain.episode import auto_reset
+from hmk8s.domain.metrics import step_metrics
 from hmk8s.domain.observation import Observation, chain_latency_ratio
 from hmk8s.domain.params import EnvParams
 from hmk8s.domain.placement import apply_action, start_state
@@ -58,10 +59,7 @@ class ClusterEnv:
         truncated = state.time >= params.episode_steps
         info = {
             "action_mask": obs.action_mask,
-            "latency_ratio": ratio,
-            "pods": pods,
-            "sla_violated": ratio > 1.0,
-            "invalid": invalid,
+            **step_metrics(ratio, pods, invalid),
         }
         return obs, state, r, jnp.zeros((), bool), truncated, info
 

@@ -249,5 +249,5 @@ class LearnerThread:
             "sps": w.steps / elapsed,
         }
         for name, total in w.metrics.items():
-            row[STEP_METRICS[name]] = total / max(w.steps, 1)
+            row[STEP_METRICS[name].column] = total / max(w.steps, 1)
         self.on_log(row)
