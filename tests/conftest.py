@@ -22,13 +22,15 @@ import pytest
 import yaml
 from script_runs import session_cache
 
-from hmk8s.observation import Measurement
+from hmk8s.domain import placement
+from hmk8s.domain.observation import Measurement
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
 from hmk8s.sim import dynamics
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams, params_from_usecase
-from hmk8s.sim.state import EnvState
 from hmk8s.train.cache import CACHE_ENV
-from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 # what the tests run in this process keeps its compiled programs and scores in the session's
 # temporary cache, never in the user's
@@ -174,9 +176,9 @@ def jitted() -> SimpleNamespace:
         reset=jax.jit(env.reset),
         step_env=jax.jit(env.step_env),
         get_obs=jax.jit(env.get_obs),
-        apply_action=jax.jit(dynamics.apply_action),
+        apply_action=jax.jit(placement.apply_action),
         request_rates=jax.jit(dynamics.request_rates),
-        instance_load=jax.jit(dynamics.instance_load),
+        instance_load=jax.jit(placement.instance_load),
         serve=jax.jit(dynamics.serve),
         chain_latency=jax.jit(dynamics.chain_latency),
         cpu_utilisation=jax.jit(dynamics.cpu_utilisation),

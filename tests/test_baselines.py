@@ -12,8 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.metrics import summarise
-from hmk8s.observation import Observation
+from hmk8s.domain.metrics import summarise
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.spaces import OP_DEPLOY, OP_REMOVE, action_mask
+from hmk8s.domain.usecases import load_usecase
 from hmk8s.policies.baselines import (
     BASELINES,
     hpa_desired,

@@ -15,7 +15,6 @@ from tiny import tiny_overrides
 
 from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train import cli
-from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 #: Two chunks, evaluated, with TensorBoard: a run that writes every file a run writes.
 RUN = ("total_steps=512", "eval.enabled=true", "log.tensorboard=true")

@@ -27,6 +27,7 @@ from hmk8s.control.agent import MANIFEST, PARAMS, SIGNATURE, AgentError, export_
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
 from hmk8s.control.sim_backend import SimBackend
+from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
@@ -34,7 +35,6 @@ from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.config import resolve
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 EPISODES = 32

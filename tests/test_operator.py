@@ -52,6 +52,8 @@ from hmk8s.control.lease import LeaderElector, lease_name, lease_namespace
 from hmk8s.control.loop import Controller
 from hmk8s.control.operator import LeaseSettings, Operator, OperatorConfig
 from hmk8s.control.serving import Endpoints
+from hmk8s.domain.spaces import OP_REMOVE
+from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import connect, new_api_client
 from hmk8s.k8s.emulated.harness import on_server

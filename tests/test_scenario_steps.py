@@ -10,8 +10,8 @@ import pytest
 from script_runs import run_script
 from tiny import tiny_overrides
 
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY
 from hmk8s.evaluate.phases import action_mix, phase_scores, pods_changed
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY
 
 LARGE = 2
 

@@ -17,9 +17,9 @@ from tiny import tiny_overrides
 
 import hmk8s
 from hmk8s import sim
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.evaluate.experiment import EvaluateConfig
 from hmk8s.evaluate.sweep import read_sweep
-from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout
 from hmk8s.train.config import ConfigError

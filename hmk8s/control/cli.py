@@ -166,10 +166,10 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     """The failures that mean the input is wrong, not the program."""
     from hmk8s.control.cluster import AdoptError
     from hmk8s.control.lease import LeaseHeldError
+    from hmk8s.domain.settings import EnvConfigError
+    from hmk8s.domain.usecases import UseCaseError
     from hmk8s.k8s.client import ClusterAccessError
     from hmk8s.k8s.config import ClusterMapError
-    from hmk8s.sim.params import EnvConfigError
-    from hmk8s.usecases import UseCaseError
 
     return (
         ControlConfigError,

@@ -36,7 +36,6 @@ import jax
 from omegaconf import MISSING
 from prometheus_client import Counter, Gauge
 
-from hmk8s import sim
 from hmk8s.control import resource
 from hmk8s.control.agent import PARAMS, Agent, AgentError, action_text, load_agent
 from hmk8s.control.cli import controller_identity, stop_on_signals
@@ -437,7 +436,7 @@ class Operator:
         except AgentError as err:
             log.debug("standby: the agent does not load (%s)", err)
             return
-        obs, _ = sim.ClusterEnv().reset(jax.random.PRNGKey(0), agent.env_params)
+        obs = observe(start_state(jax.random.PRNGKey(0), agent.env_params), agent.env_params)
         obs = jax.device_get(obs)
         s = spec.settings
         Controller(agent, s.guard, s.fallback).decide(Reading(obs))

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from hmk8s.control.agent import AgentError, load_agent
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
 from hmk8s.k8s import objects
 from hmk8s.k8s.local import fidelity
 from hmk8s.policies.baselines import heuristic_policy, hpa_exact_policy

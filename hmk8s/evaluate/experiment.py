@@ -32,11 +32,11 @@ from hmk8s.agents.config import (
     heuristic_bonus,
 )
 from hmk8s.configs import default
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.calibrate import CalibrationGrid, calibrate
 from hmk8s.evaluate.shifted import agent_on_scenarios, baseline_on_scenarios, scenario_results
-from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout

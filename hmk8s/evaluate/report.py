@@ -15,7 +15,6 @@ from hmk8s.evaluate import learning, plots
 from hmk8s.evaluate.calibrate import CALIBRATED
 from hmk8s.evaluate.experiment import TARGET_BASELINES
 from hmk8s.evaluate.stats import Interval
-from hmk8s.metrics import POLICY_METRICS
 
 BASELINE_ORDER = (
     "hpa_exact_calibrated",

@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from hmk8s.configs import CONFIG_DIR
-from hmk8s.usecases import CONFIG_NAMES, UseCase, validation_problems
+from hmk8s.domain.usecases import CONFIG_NAMES, UseCase, validation_problems
 
 CONFIG_PATH = CONFIG_DIR / "backend" / "k8s.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")

@@ -32,7 +32,6 @@ from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.distributed import TopologyError, initialize
 from hmk8s.train.run import DiskFullError, NonFiniteError, resolve_run_dir
 from hmk8s.train.stop import exit_status
-from hmk8s.usecases import UseCaseError
 
 SCHEMA_NAME = "train_schema"
 #: Errors in what the user asked for: one line and exit code 2, before any work starts.

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCase, load_usecase
 from hmk8s.k8s import setup
 from hmk8s.k8s.config import CONFIG_PATH, load_cluster_map
 from hmk8s.k8s.emulated import apiserver

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCase, UseCaseError, load_usecase
 from hmk8s.k8s import objects, setup
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import shipped_backend

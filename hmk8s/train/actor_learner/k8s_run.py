@@ -27,6 +27,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from hmk8s.domain.usecases import UseCase
 from hmk8s.k8s.config import env_cluster_maps, split_backend
 from hmk8s.policies.heuristics import recommend
 from hmk8s.shell.run_dir import LOCK_FILE, holds_files
@@ -37,7 +38,6 @@ from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_asy
 from hmk8s.train.config import ConfigError, RunSpec, TrainConfig
 from hmk8s.train.run import holds_run, open_run, resolve_run_dir
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ def heuristic_hint(env: Any) -> int:
 def action_namer(env: Any) -> Callable[[int], str]:
     """``k<cluster>/<op>/<config>/<function>/p<proxy>`` (or ``noop``) for an hmk8s env; the
     bare index for any other env."""
-    from hmk8s.spaces import OP_NAMES
-    from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
+    from hmk8s.domain.spaces import OP_NAMES
+    from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
     layout = getattr(getattr(env, "params", None), "layout", None)
     if layout is None:

@@ -19,9 +19,9 @@ import numpy as np
 
 from hmk8s import sim
 from hmk8s.agents.config import deployed_bonus
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.envs.spec import EnvSpec
-from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import hpa_policy
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
