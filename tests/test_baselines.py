@@ -14,9 +14,7 @@ import pytest
 
 from hmk8s.domain.metrics import summarise
 from hmk8s.domain.observation import Observation
-from hmk8s.domain.settings import params_from_usecase
 from hmk8s.domain.spaces import OP_DEPLOY, OP_REMOVE, action_mask
-from hmk8s.domain.usecases import load_usecase
 from hmk8s.policies.baselines import (
     BASELINES,
     hpa_desired,
@@ -27,7 +25,6 @@ from hmk8s.policies.baselines import (
 )
 from hmk8s.policies.rollout import rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.spaces import OP_DEPLOY, OP_REMOVE, action_mask
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

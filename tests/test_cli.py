@@ -13,6 +13,7 @@ from in_process import composed
 from script_runs import run_script
 from tiny import tiny_overrides
 
+from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
 from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train import cli
 

@@ -44,7 +44,6 @@ from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.k8s.reconcile import placement_of
 from hmk8s.policies.heuristics import recommend
 from hmk8s.shell.exit import EXIT_BAD_INPUT
-from hmk8s.spaces import OP_REMOVE
 from hmk8s.train.runlog import params_sha256
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

@@ -19,13 +19,10 @@ import pytest
 
 from hmk8s.domain.observation import Observation
 from hmk8s.domain.placement import scale_instances
-from hmk8s.domain.settings import params_from_usecase
 from hmk8s.domain.spaces import action_mask
-from hmk8s.domain.usecases import load_usecase
 from hmk8s.policies.baselines import hpa_exact_policy, hpa_normalise, hpa_recommendation
 from hmk8s.policies.rollout import rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.spaces import action_mask
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -59,8 +59,6 @@ from hmk8s.k8s.client import connect, new_api_client
 from hmk8s.k8s.emulated.harness import on_server
 from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.shell.exit import EXIT_BAD_INPUT
-from hmk8s.spaces import OP_REMOVE
-from hmk8s.usecases import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -38,7 +38,7 @@ import yaml
 from in_process import train_in_process
 from tiny import tiny_overrides
 
-from hmk8s.usecases import CONFIG_DIR
+from hmk8s.domain.usecases import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("fast_compile", "compile_cache")
 #: The run the checkpoint cases start from: two checkpoints, at 256 and 512 env steps.

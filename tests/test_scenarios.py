@@ -12,8 +12,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.domain.settings import params_from_usecase
-from hmk8s.domain.usecases import load_usecase
 from hmk8s.evaluate.calibrate import choose, score_grid
 from hmk8s.policies.baselines import static_policy
 from hmk8s.policies.rollout import rollout

@@ -28,6 +28,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
 from hmk8s.agents.config import AGENTS, heuristic_bonus
+from hmk8s.domain.usecases import available_usecases
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.experiment import AgentRun, seed_returns, train_agent
@@ -38,7 +39,6 @@ from hmk8s.shell.compose import compose
 from hmk8s.train.anakin.loop import make_trainer
 from hmk8s.train.cli import register_schema
 from hmk8s.train.config import ConfigError, RunSpec, resolve
-from hmk8s.usecases import available_usecases
 
 MARGINS = (0.0, 10.0)
 

@@ -19,10 +19,10 @@ import sys
 from hmk8s.agents.config import AGENTS
 from hmk8s.bench.sim import device_name
 from hmk8s.bench.time_to_quality import MARGINS, parse_variant, time_to_quality
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import UseCaseError
 from hmk8s.shell.exit import fail
-from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.config import ConfigError
-from hmk8s.usecases import UseCaseError
 
 
 def _names(text: str) -> list[str]:

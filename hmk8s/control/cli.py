@@ -26,8 +26,8 @@ from hmk8s.control.config import (
 )
 from hmk8s.control.loop import Backend, Controller, Sink, Summary
 from hmk8s.control.observe import ControllerMetrics, DecisionLog, DryRunPrinter, LiveView
+from hmk8s.domain.settings import START_MODES
 from hmk8s.shell.exit import refuse
-from hmk8s.sim.params import START_MODES
 
 
 class Stop(threading.Event):

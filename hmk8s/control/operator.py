@@ -45,6 +45,8 @@ from hmk8s.control.lease import LeaderElector, LeaseTiming, lease_name, lease_na
 from hmk8s.control.loop import Controller, Decision, Outcome, Reading, step_score
 from hmk8s.control.observe import ControllerMetrics
 from hmk8s.control.serving import Endpoints
+from hmk8s.domain.placement import start_state
+from hmk8s.domain.state import observe
 from hmk8s.shell.exit import refuse
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,6 @@ from hmk8s.k8s import objects
 from hmk8s.k8s.local import fidelity
 from hmk8s.policies.baselines import heuristic_policy, hpa_exact_policy
 from hmk8s.shell.exit import refuse
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
 
 HPA_TARGET = 0.8
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from hmk8s.usecases import available_usecases
+from hmk8s.domain.usecases import available_usecases
 
 #: The gymnasium id of every shipped use case: ``hmk8s/<NAME>-v0``.
 ENV_IDS = {usecase: f"hmk8s/{usecase.upper()}-v0" for usecase in available_usecases()}

@@ -23,20 +23,20 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from hmk8s.configs import default
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import CONFIG_DIR, UseCaseError, available_usecases
 from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
 from hmk8s.shell.compose import run_command
 from hmk8s.shell.exit import fail
 from hmk8s.shell.run_dir import RunDirError, claim_run_dir, holds_files, timestamped
-from hmk8s.sim.params import EnvConfigError
 from hmk8s.sim.scenarios import ScenarioError, check_scenarios
 from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.cli import SCHEMA_NAME
 from hmk8s.train.config import ConfigError, TrainConfig, config_differences, resolve
 from hmk8s.train.stop import exit_status, forget, requested, signal_name, stop_on_signals
-from hmk8s.usecases import CONFIG_DIR, UseCaseError, available_usecases
 
 ALL = "all"
 #: The settings an evaluation ran with, saved beside its results (a resume must match them).

@@ -17,12 +17,12 @@ import argparse
 import json
 import sys
 
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import UseCaseError
 from hmk8s.evaluate.phases import DEFAULT_LOAD, run_phases
 from hmk8s.shell.exit import fail
-from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError
-from hmk8s.usecases import UseCaseError
 
 
 def _bounds(text: str) -> list[int]:

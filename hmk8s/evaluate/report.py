@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hmk8s.agents.config import AGENTS
+from hmk8s.domain.metrics import POLICY_METRICS
 from hmk8s.evaluate import learning, plots
 from hmk8s.evaluate.calibrate import CALIBRATED
 from hmk8s.evaluate.experiment import TARGET_BASELINES

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCaseError, load_usecase
 from hmk8s.k8s import setup
 from hmk8s.k8s.client import ClusterAccessError, api_errors, kubeconfig_path
 from hmk8s.k8s.config import CONFIG_PATH, ClusterMapError
 from hmk8s.shell.exit import EXIT_RUN_FAILED, refuse
-from hmk8s.usecases import UseCaseError, load_usecase
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,9 +12,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from hmk8s.domain.usecases import UseCaseError, load_usecase
 from hmk8s.shell.exit import refuse
 from hmk8s.sim.load_trace import rate_trace, trace_csv
-from hmk8s.usecases import UseCaseError, load_usecase
 
 
 def main(argv: list[str] | None = None) -> int:

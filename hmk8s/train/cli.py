@@ -17,12 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import UseCaseError
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
 from hmk8s.shell.compose import MULTIRUN_FLAGS, compose, overrides_of, run_command
 from hmk8s.shell.exit import EXIT_RUN_FAILED, fail, one_line_warning, refuse
 from hmk8s.shell.run_dir import RunDirError
-from hmk8s.sim.params import EnvConfigError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training

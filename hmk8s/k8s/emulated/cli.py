@@ -36,7 +36,6 @@ from hmk8s.k8s.emulated import apiserver
 from hmk8s.k8s.emulated.apiclusters import ApiClusters
 from hmk8s.k8s.emulated.twin import Clusters, TwinPool
 from hmk8s.shell.exit import refuse
-from hmk8s.usecases import UseCase, load_usecase
 
 FAULT_OPTIONS = ("api_latency", "fault_rate", "no_metrics")
 

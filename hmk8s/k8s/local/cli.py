@@ -32,7 +32,6 @@ from hmk8s.k8s.config import shipped_backend
 from hmk8s.k8s.emulated.apiserver import REPO
 from hmk8s.k8s.local import images, node
 from hmk8s.shell.exit import EXIT_RUN_FAILED, refuse
-from hmk8s.usecases import UseCase, UseCaseError, load_usecase
 
 FUNCTIONS_MANIFEST = REPO / "deploy" / "functions.yaml"
 CONTROLLER_MANIFESTS = [REPO / "deploy" / "controller" / f for f in ("crd", "rbac", "controller")]

@@ -22,7 +22,6 @@ import yaml
 from hmk8s.domain.usecases import UseCaseError, load_usecase
 from hmk8s.k8s.local import fidelity
 from hmk8s.shell.exit import refuse
-from hmk8s.usecases import UseCaseError, load_usecase
 
 
 def measure(args: argparse.Namespace) -> int:
