@@ -31,7 +31,8 @@ def chunk_rows(metrics: Mapping[str, Any], sps: float) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"seed": seed, "sps": sps}
         for name, values in host.items():
             key = name.removeprefix("env/")
-            key = STEP_METRICS.get(key, key) if name.startswith("env/") else key
+            if name.startswith("env/") and key in STEP_METRICS:
+                key = STEP_METRICS[key].column
             value = values[seed].item()
             row[key] = value
         rows.append(row)
