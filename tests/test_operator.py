@@ -11,7 +11,6 @@ one step. Lease timings are shortened (1.5 s / 1.0 s / 0.2 s) so a hand-over tak
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import os
@@ -27,20 +26,23 @@ from typing import Any
 import jax
 import pytest
 import yaml
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-from script_runs import start_script
-from served import stored
-from test_control_cluster import (
+from control_support import (
     API,
     ENCRYPT,
     ENV,
     MEDIUM,
     Steps,
+    agent_configmap,
+    cluster_map_file,
     crafted_agent,
     desired,
     rogue_agent,
+    stepped_backend,
 )
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from script_runs import start_script
+from served import stored
 from waits import eventually
 
 from hmk8s.control import cli
@@ -97,22 +99,6 @@ def emu(apiserver, tmp_path):
         yield e
 
 
-def agent_configmap(core: k8s.CoreV1Api, namespace: str, agent, tmp_path: Path) -> str:
-    """The exported agent as ConfigMap `agent` (what the docs' `kubectl create configmap` makes);
-    its parameters' digest."""
-    folder = export_agent(agent, tmp_path / "agent")
-    blob = base64.b64encode((folder / "params.msgpack").read_bytes()).decode()
-    core.create_namespaced_config_map(
-        namespace,
-        {
-            "metadata": {"name": "agent"},
-            "data": {"agent.json": (folder / "agent.json").read_text()},
-            "binaryData": {"params.msgpack": blob},
-        },
-    )
-    return agent.manifest.params_sha256
-
-
 class Cluster:
     """The test's view: the admin clients, the ChainController API, and object snapshots."""
 
@@ -128,14 +114,8 @@ class Cluster:
 
     def backend(self, agent, **settings) -> ClusterBackend:
         """A controller's backend on these clusters, stepped by the twin."""
-        return ClusterBackend(
-            agent.env_params,
-            agent.usecase,
-            self.emu.cmap,
-            self.clients,
-            clock=TwinClock(self.emu.twin),
-            step_seconds=0,
-            **settings,
+        return stepped_backend(
+            agent, self.emu.cmap, self.clients, TwinClock(self.emu.twin), **settings
         )
 
     def bootstrap(self, agent) -> ClusterBackend:
@@ -533,8 +513,7 @@ def test_a_second_control_py_refuses_while_the_lease_is_held(cluster, tmp_path, 
         "the-other-controller",
     )
     assert other.try_acquire_or_renew()
-    cmap_file = tmp_path / "clusters.yaml"
-    cmap_file.write_text(yaml.safe_dump(cluster.emu.cmap.model_dump(mode="json")))
+    cmap_file = cluster_map_file(cluster.emu.cmap, tmp_path)
     export = export_agent(agent, tmp_path / "agent")
     before = cluster.objects()
     argv = [f"agent={export}", "backend=k8s", f"cluster_map={cmap_file}", "steps=1"]
@@ -606,8 +585,7 @@ def test_sigterm_stops_control_py_with_143_and_one_line(cluster, tmp_path):
     agent = crafted_agent([0.0] * 244, bonus=1.0)
     cluster.bootstrap(agent)
     export = export_agent(agent, tmp_path / "agent")
-    cmap_file = tmp_path / "clusters.yaml"
-    cmap_file.write_text(yaml.safe_dump(cluster.emu.cmap.model_dump(mode="json")))
+    cmap_file = cluster_map_file(cluster.emu.cmap, tmp_path)
     log = tmp_path / "decisions.jsonl"
     args = [f"agent={export}", "backend=k8s", f"cluster_map={cmap_file}", "dry_run=true"]
     args += ["step_seconds=600", f"log={log}", "live=off"]  # it waits out a long step
