@@ -2,8 +2,9 @@
 hand so their choices are known, a backend the twin steps, and the ways the tests read and hand
 over what is on the clusters.
 
-`crafted_agent` with Q = 0 and the rulebook's bonus acts as `hmk8s.policies.heuristics.recommend`;
-`rogue_agent` always proposes one given action when the mask allows it (else the no-op).
+`rulebook` has Q = 0 and the rulebook's bonus, so it acts as
+`hmk8s.policies.heuristics.recommend`; `rogue_agent` always proposes one given action when the
+mask allows it (else the no-op).
 """
 
 from __future__ import annotations
@@ -66,6 +67,11 @@ def crafted_agent(q: np.ndarray, bonus: float) -> Agent:
         params_sha256=params_sha256(weights),
     )
     return Agent(manifest, weights)
+
+
+def rulebook() -> Agent:
+    """An ML agent with Q = 0 and the rulebook's bonus: it acts as `recommend`."""
+    return crafted_agent(np.zeros(244), bonus=1.0)
 
 
 def rogue_agent(action: int) -> Agent:

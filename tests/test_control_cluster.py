@@ -31,9 +31,9 @@ from control_support import (
     MEDIUM,
     Steps,
     cluster_map_file,
-    crafted_agent,
     desired,
     rogue_agent,
+    rulebook,
     stepped_backend,
 )
 from served import SERVED, Call, Stored, Tap, played, stored
@@ -103,7 +103,7 @@ def live(request, tmp_path):
 
 @pytest.fixture(scope="module")
 def rulebook_agent() -> Agent:
-    return crafted_agent(np.zeros(244), bonus=1.0)
+    return rulebook()
 
 
 def backend(live: Live, agent: Agent, **options) -> ClusterBackend:

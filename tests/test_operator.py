@@ -34,9 +34,9 @@ from control_support import (
     Steps,
     agent_configmap,
     cluster_map_file,
-    crafted_agent,
     desired,
     rogue_agent,
+    rulebook,
     stepped_backend,
 )
 from kubernetes import client as k8s
@@ -239,7 +239,7 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
-    layout_agent = crafted_agent([0.0] * 244, bonus=1.0)
+    layout_agent = rulebook()
     rogue = rogue_agent(remove_encrypt(layout_agent))
     cluster.bootstrap(rogue)
     cluster.create("ml", cluster.agent_configmap(rogue, tmp_path), dryRun=True)
@@ -383,7 +383,7 @@ def test_the_schema_refuses_an_invalid_spec(cluster, spec, message):
 
 
 def test_two_replicas_one_leader_and_a_hand_over_when_it_is_killed(cluster, tmp_path):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     cluster.create("ml", cluster.agent_configmap(agent, tmp_path))
     writes: list = []
@@ -421,7 +421,7 @@ def test_two_replicas_one_leader_and_a_hand_over_when_it_is_killed(cluster, tmp_
 def test_a_deleted_chaincontroller_stands_down_and_a_new_one_is_followed(cluster, tmp_path):
     """Deleting the object ends the term and releases the Lease; one created again under the same
     name (generation 1 again, a new uid) is followed at once, with no restart."""
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     sha = cluster.agent_configmap(agent, tmp_path)
     cluster.create("ml", sha, dryRun=True)
@@ -443,7 +443,7 @@ def test_a_deleted_chaincontroller_stands_down_and_a_new_one_is_followed(cluster
 
 
 def test_the_controller_repairs_or_holds_what_others_edited(cluster):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     first = cluster.clients[0]
     chain = next(cm for cm in first.list("ConfigMap", "") if cm.metadata.name == "proxy0-chain")
@@ -504,7 +504,7 @@ def test_the_controller_repairs_or_holds_what_others_edited(cluster):
 
 
 def test_a_second_control_py_refuses_while_the_lease_is_held(cluster, tmp_path, capsys):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     other = LeaderElector(
         cluster.api,
@@ -582,7 +582,7 @@ def test_the_kill_switch_reads_yaml_booleans_and_fails_closed(value, paused):
 
 
 def test_sigterm_stops_control_py_with_143_and_one_line(cluster, tmp_path):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     export = export_agent(agent, tmp_path / "agent")
     cmap_file = cluster_map_file(cluster.emu.cmap, tmp_path)
