@@ -14,8 +14,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+from counting import SMALL, counting_env
 from jax.sharding import PartitionSpec as P
-from test_train import SMALL, counting_env
 
 from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.replay import Transition

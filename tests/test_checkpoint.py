@@ -16,19 +16,17 @@ import gymnax
 import jax
 import numpy as np
 import pytest
+from checkpoint_runs import AGENT, config, train
 
-from hmk8s.agents.config import AgentConfig, PqnConfig
+from hmk8s.agents.config import PqnConfig
 from hmk8s.envs.gymnax_spec import gymnax_env_spec
 from hmk8s.train.anakin.loop import init_seeds, make_chunk_fn, make_trainer
 from hmk8s.train.anakin.run import run_training
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError, CheckpointWarning
-from hmk8s.train.config import TrainConfig, resolve
+from hmk8s.train.config import resolve
 from hmk8s.train.run import RunDirError
 from hmk8s.train.runlog import params_sha256
 
-AGENT = AgentConfig(
-    hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200, lr_decay_updates=0
-)
 PER_AGENT = dataclasses.replace(AGENT, priority_exponent=0.6, priority_beta=0.4)
 PQN_AGENT = dataclasses.replace(
     AGENT, kind="pqn", layer_norm=True, pqn=PqnConfig(rollout_steps=8, minibatches=4)
@@ -39,33 +37,9 @@ DRIVER = """
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[4])
-from test_checkpoint import train
+from checkpoint_runs import train
 train(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] or None)
 """
-
-
-def config(
-    total_steps: int, resume: Path | None = None, agent: AgentConfig = AGENT, **changes
-) -> TrainConfig:
-    settings = {"num_envs": 4, "chunk_steps": 400, "seeds": 2, **changes}
-    cfg = TrainConfig(
-        agent=agent,
-        total_steps=total_steps,
-        resume=None if resume is None else str(resume),
-        **settings,
-    )
-    cfg.eval.enabled = False
-    cfg.log.progress = False
-    cfg.log.tensorboard = False
-    return cfg
-
-
-def train(
-    run_dir: Path, total_steps: int, resume: Path | None = None, agent: AgentConfig = AGENT
-) -> dict:
-    cfg = config(total_steps, resume, agent)
-    spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))
-    return run_training(resolve(cfg, "cartpole"), spec, run_dir)
 
 
 def run_driver(run_dir: Path, total_steps: int, resume: str = "") -> subprocess.Popen:

@@ -8,9 +8,10 @@ twin playing kubelet, the controllers and metrics-server there. The tests see th
 through the `Live` fixture: the controller's clients, a tap on what those clients send and the
 server answers, the cluster map, how cluster time passes, and how to take the metrics away.
 
-The agents are built by hand so their choices are known: `rulebook_agent` has Q = 0 and the
-rulebook's bonus, so it acts as `hmk8s.policies.heuristics.recommend`; `rogue_agent` always
-proposes one given action when the mask allows it (else the no-op).
+The agents are built by hand (tests/control_support.py) so their choices are known:
+`rulebook_agent` has Q = 0 and the rulebook's bonus, so it acts as
+`hmk8s.policies.heuristics.recommend`; `rogue_agent` always proposes one given action when the
+mask allows it (else the no-op).
 """
 
 from __future__ import annotations
@@ -20,16 +21,25 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from control_support import (
+    API,
+    ENCRYPT,
+    ENV,
+    MEDIUM,
+    Steps,
+    cluster_map_file,
+    desired,
+    rogue_agent,
+    rulebook,
+    stepped_backend,
+)
 from served import SERVED, Call, Stored, Tap, played, stored
 
-from hmk8s import sim
-from hmk8s.agents.network import QNetwork
 from hmk8s.control import cli
-from hmk8s.control.agent import Agent, Manifest, export_agent
+from hmk8s.control.agent import Agent, export_agent
 from hmk8s.control.cluster import SWITCH, ClusterBackend
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
@@ -48,19 +58,7 @@ from hmk8s.train.runlog import params_sha256
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-ENV = {"encoder": "onehot", "noop": True, "start": "minimal", "episode_steps": 120}
-# quick retries; the emulator's injected timeouts hold a call for 0.15 s
-API = {
-    "emulator": {
-        "timeout_s": 0.1,
-        "backoff_base_s": 0.005,
-        "backoff_max_s": 0.05,
-        "max_attempts": 8,
-    },
-    "apiserver": {"timeout_s": 5.0, "backoff_base_s": 0.05, "backoff_max_s": 0.5},
-}
 EMULATOR = {"retry_after": "0.05", "timeout_hold_s": 0.15}
-ENCRYPT, MEDIUM = 0, 1
 
 
 @dataclass
@@ -106,59 +104,13 @@ def live(request, tmp_path):
         )
 
 
-def crafted_agent(q: np.ndarray, bonus: float) -> Agent:
-    """An ML agent whose Q-values are ``q`` whatever it observes."""
-    mapping = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
-    _, params = sim.make(load_usecase(mapping), ENV)
-    net = QNetwork(hidden=(4,), num_actions=params.layout.num_actions)
-    obs_dim = onehot_size(params.layout.clusters, params.layout.functions)
-    weights = net.init(jax.random.PRNGKey(0), jnp.zeros((obs_dim,)))
-    weights = jax.tree.map(lambda x: np.zeros(x.shape, np.float32), weights)
-    weights["params"]["Dense_1"]["bias"] = np.asarray(q, np.float32)
-    manifest = Manifest(
-        usecase="ml",
-        usecase_config=mapping,
-        env=ENV,
-        hidden=[4],
-        num_actions=params.layout.num_actions,
-        obs_dim=obs_dim,
-        bonus=bonus,
-        source_run="crafted",
-        step=0,
-        seed=0,
-        params_sha256=params_sha256(weights),
-    )
-    return Agent(manifest, weights)
-
-
 @pytest.fixture(scope="module")
 def rulebook_agent() -> Agent:
-    return crafted_agent(np.zeros(244), bonus=1.0)
-
-
-def rogue_agent(action: int) -> Agent:
-    q = np.zeros(244)
-    q[action], q[-1] = 10.0, 5.0  # the action if allowed, else the no-op
-    return crafted_agent(q, bonus=0.0)
+    return rulebook()
 
 
 def backend(live: Live, agent: Agent, **options) -> ClusterBackend:
-    return ClusterBackend(
-        agent.env_params,
-        agent.usecase,
-        live.cmap,
-        live.clients,
-        clock=live.clock,
-        step_seconds=0,
-        **options,
-    )
-
-
-class Steps(list):
-    """A sink that keeps every (decision, outcome, reading after)."""
-
-    def record(self, decision, outcome, after) -> None:
-        self.append((decision, outcome, after))
+    return stepped_backend(agent, live.cmap, live.clients, live.clock, **options)
 
 
 class Writes(list):
@@ -175,10 +127,6 @@ class Writes(list):
 
 def accepted_dry_run(call: Call) -> bool:
     return call.dry_run and call.status is not None and 200 <= call.status < 300
-
-
-def desired(objects: dict[tuple[str, str, str], Stored]) -> dict[tuple[str, str, str], Stored]:
-    return {key: o.desired() for key, o in objects.items()}
 
 
 def decisions(path) -> list[dict]:
@@ -354,8 +302,7 @@ def test_bad_input_is_refused_and_changes_nothing_on_the_clusters(
 ):
     backend(live, rulebook_agent, bootstrap=True)
     before = live.objects()
-    cmap_file = tmp_path / "clusters.yaml"
-    cmap_file.write_text(yaml.safe_dump(live.cmap.model_dump(mode="json")))
+    cmap_file = cluster_map_file(live.cmap, tmp_path)
     (tmp_path / "empty" / "checkpoints").mkdir(parents=True)
     paths = {
         "missing": tmp_path / "missing",

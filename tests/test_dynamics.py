@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from indices import DEC, ENC, FW, LARGE, MEDIUM, SMALL, inst
 
 from hmk8s.domain.observation import Observation, chain_latency_ratio
 from hmk8s.domain.reward import perf_reward, resource_reward, reward
@@ -20,13 +21,7 @@ from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-ENC, DEC, FW = 0, 1, 2
-SMALL, MEDIUM, LARGE = 0, 1, 2
 KEY = jax.random.PRNGKey(0)
-
-
-def inst(k, c):
-    return k * 3 + c
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from indices import ENC, FW, LARGE, MEDIUM, SMALL, inst
 
 from hmk8s.domain.observation import Observation
 from hmk8s.domain.settings import params_from_usecase
@@ -24,13 +25,7 @@ from hmk8s.policies.heuristics import heuristic_values, recommend
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-ENC, DEC, FW = 0, 1, 2
-SMALL, MEDIUM, LARGE = 0, 1, 2
 NOOP = 243
-
-
-def inst(k, c):
-    return k * 3 + c
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from script_runs import SCRIPTS
+from control_support import agent_configmap, rogue_agent
+from script_runs import run_script
 from waits import eventually as _eventually
 
 from hmk8s import sim
@@ -59,16 +59,6 @@ def _why_not() -> str | None:
 pytestmark = pytest.mark.skipif(_why_not() is not None, reason=str(_why_not()))
 
 
-def script(name: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(SCRIPTS / name), *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-
-
 def eventually(fn, timeout: float, what: str):
     """Polled once a second: each look runs kubectl or sends requests."""
     return _eventually(fn, timeout, what, every=1.0)
@@ -90,14 +80,15 @@ def up(tmp_path_factory):
     """The node, up once for the module; down (and checked empty) after it."""
     root = tmp_path_factory.mktemp("node")
     started = time.monotonic()
-    done = script("local_cluster.py", "up", str(root), "--usecase", "ml", "--hpa-sync-period", "5s")
+    args = ("up", str(root), "--usecase", "ml", "--hpa-sync-period", "5s")
+    done = run_script("local_cluster.py", root.parent, *args)
     assert done.returncode == 0, done.stderr
     layout = node.Layout(root)
     layout.up_seconds = time.monotonic() - started
     try:
         yield layout
     finally:
-        down = script("local_cluster.py", "down", str(root))
+        down = run_script("local_cluster.py", root.parent, "down", str(root))
         state = node.NodeState.load(layout)
         assert down.returncode == 0, down.stderr
         assert node.leftovers(layout, state) == []
@@ -246,12 +237,17 @@ def test_real_hpa_scales_a_loaded_deployment(up):
 
 
 def test_refusals_are_one_line(up, tmp_path):
-    busy = script("local_cluster.py", "up", str(tmp_path / "second"))
+    busy = run_script("local_cluster.py", tmp_path, "up", str(tmp_path / "second"))
     assert busy.returncode == 2
     assert busy.stderr.startswith("error: busy: network device hmk8s0 exists")
     assert busy.stderr.count("\n") == 1
-    missing = script(
-        "local_cluster.py", "up", str(tmp_path / "third"), "--node-files", str(tmp_path / "nowhere")
+    missing = run_script(
+        "local_cluster.py",
+        tmp_path,
+        "up",
+        str(tmp_path / "third"),
+        "--node-files",
+        str(tmp_path / "nowhere"),
     )
     assert missing.returncode == 2
     assert missing.stderr.startswith(f"error: {tmp_path / 'nowhere'}: missing kubelet-1.20.2.gz")
@@ -278,13 +274,13 @@ def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
     the calibration (fit on one, checked on the other)."""
     out = tmp_path / "fidelity"
     tiny = ["--episodes", "2", "--steps", "3", "--step-seconds", "3", "--out", str(out)]
-    measure = script("fidelity.py", "measure", str(up.root), "--usecase", "ml", *tiny)
+    measure = run_script("fidelity.py", tmp_path, "measure", str(up.root), "--usecase", "ml", *tiny)
     assert measure.returncode == 0, measure.stderr[-2000:]
     recorded = json.loads((out / "episode-0.json").read_text())
     assert np.asarray(recorded["sent"]).sum() > 0
     assert 0 < recorded["load_scale"] <= 1
     assert recorded["start_delays_s"]["medium"]  # measured, creation to Ready
-    calibrate = script("fidelity.py", "calibrate", str(out))
+    calibrate = run_script("fidelity.py", tmp_path, "calibrate", str(out))
     assert calibrate.returncode == 0, calibrate.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
     check = report["held_out"]["episode-1.json"]
@@ -300,7 +296,7 @@ def test_sim_to_real_runs_the_rulebook_and_the_real_hpa(up, tmp_path):
     of one 2-step episode on the node, beside the simulator's prediction."""
     out = tmp_path / "s2r"
     tiny = ["--episodes", "1", "--steps", "2", "--step-seconds", "3", "--out", str(out)]
-    done = script("sim_to_real.py", str(up.root), "--usecase", "ml", *tiny)
+    done = run_script("sim_to_real.py", tmp_path, str(up.root), "--usecase", "ml", *tiny)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "results.json").read_text())
     assert set(summary["results"]) == {"rulebook", "hpa"}
@@ -331,15 +327,13 @@ def test_the_operator_runs_in_the_cluster_and_hands_over_on_default_leases(up, t
     metrics answering, a ChainController acting after its dry run, and a SIGKILLed leader's
     Lease taken over by the standby within 20 s on the default 15/10/2 s timings."""
     from kubernetes import client as k8s
-    from test_control_cluster import rogue_agent
-    from test_operator import agent_configmap
 
     from hmk8s.control.cluster import ClusterBackend
     from hmk8s.control.lease import lease_name, lease_namespace
     from hmk8s.k8s.client import connect
     from hmk8s.k8s.config import load_cluster_map
 
-    done = script("local_cluster.py", "controller", str(up.root), timeout=600)
+    done = run_script("local_cluster.py", tmp_path, "controller", str(up.root), timeout=600)
     assert done.returncode == 0, done.stderr
     pods = json.loads(
         kubectl(up, "-n", "hmk8s-system", "get", "pods", "-l", CONTROLLER_LABEL, "-o", "json")

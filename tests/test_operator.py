@@ -11,7 +11,6 @@ one step. Lease timings are shortened (1.5 s / 1.0 s / 0.2 s) so a hand-over tak
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import os
@@ -27,20 +26,23 @@ from typing import Any
 import jax
 import pytest
 import yaml
-from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
-from script_runs import start_script
-from served import stored
-from test_control_cluster import (
+from control_support import (
     API,
     ENCRYPT,
     ENV,
     MEDIUM,
     Steps,
-    crafted_agent,
+    agent_configmap,
+    cluster_map_file,
     desired,
     rogue_agent,
+    rulebook,
+    stepped_backend,
 )
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+from script_runs import start_script
+from served import stored
 from waits import eventually
 
 from hmk8s.control import cli
@@ -98,22 +100,6 @@ def emu(apiserver, tmp_path):
         yield e
 
 
-def agent_configmap(core: k8s.CoreV1Api, namespace: str, agent, tmp_path: Path) -> str:
-    """The exported agent as ConfigMap `agent` (what the docs' `kubectl create configmap` makes);
-    its parameters' digest."""
-    folder = export_agent(agent, tmp_path / "agent")
-    blob = base64.b64encode((folder / "params.msgpack").read_bytes()).decode()
-    core.create_namespaced_config_map(
-        namespace,
-        {
-            "metadata": {"name": "agent"},
-            "data": {"agent.json": (folder / "agent.json").read_text()},
-            "binaryData": {"params.msgpack": blob},
-        },
-    )
-    return agent.manifest.params_sha256
-
-
 class Cluster:
     """The test's view: the admin clients, the ChainController API, and object snapshots."""
 
@@ -129,14 +115,8 @@ class Cluster:
 
     def backend(self, agent, **settings) -> ClusterBackend:
         """A controller's backend on these clusters, stepped by the twin."""
-        return ClusterBackend(
-            agent.env_params,
-            agent.usecase,
-            self.emu.cmap,
-            self.clients,
-            clock=TwinClock(self.emu.twin),
-            step_seconds=0,
-            **settings,
+        return stepped_backend(
+            agent, self.emu.cmap, self.clients, TwinClock(self.emu.twin), **settings
         )
 
     def bootstrap(self, agent) -> ClusterBackend:
@@ -260,7 +240,7 @@ def http_get(port: int, path: str) -> tuple[int, str]:
 
 
 def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
-    layout_agent = crafted_agent([0.0] * 244, bonus=1.0)
+    layout_agent = rulebook()
     rogue = rogue_agent(remove_encrypt(layout_agent))
     cluster.bootstrap(rogue)
     cluster.create("ml", cluster.agent_configmap(rogue, tmp_path), dryRun=True)
@@ -404,7 +384,7 @@ def test_the_schema_refuses_an_invalid_spec(cluster, spec, message):
 
 
 def test_two_replicas_one_leader_and_a_hand_over_when_it_is_killed(cluster, tmp_path):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     cluster.create("ml", cluster.agent_configmap(agent, tmp_path))
     writes: list = []
@@ -442,7 +422,7 @@ def test_two_replicas_one_leader_and_a_hand_over_when_it_is_killed(cluster, tmp_
 def test_a_deleted_chaincontroller_stands_down_and_a_new_one_is_followed(cluster, tmp_path):
     """Deleting the object ends the term and releases the Lease; one created again under the same
     name (generation 1 again, a new uid) is followed at once, with no restart."""
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     sha = cluster.agent_configmap(agent, tmp_path)
     cluster.create("ml", sha, dryRun=True)
@@ -464,7 +444,7 @@ def test_a_deleted_chaincontroller_stands_down_and_a_new_one_is_followed(cluster
 
 
 def test_the_controller_repairs_or_holds_what_others_edited(cluster):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     first = cluster.clients[0]
     chain = next(cm for cm in first.list("ConfigMap", "") if cm.metadata.name == "proxy0-chain")
@@ -525,7 +505,7 @@ def test_the_controller_repairs_or_holds_what_others_edited(cluster):
 
 
 def test_a_second_control_py_refuses_while_the_lease_is_held(cluster, tmp_path, capsys):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     other = LeaderElector(
         cluster.api,
@@ -534,8 +514,7 @@ def test_a_second_control_py_refuses_while_the_lease_is_held(cluster, tmp_path, 
         "the-other-controller",
     )
     assert other.try_acquire_or_renew()
-    cmap_file = tmp_path / "clusters.yaml"
-    cmap_file.write_text(yaml.safe_dump(cluster.emu.cmap.model_dump(mode="json")))
+    cmap_file = cluster_map_file(cluster.emu.cmap, tmp_path)
     export = export_agent(agent, tmp_path / "agent")
     before = cluster.objects()
     argv = [f"agent={export}", "backend=k8s", f"cluster_map={cmap_file}", "steps=1"]
@@ -604,11 +583,10 @@ def test_the_kill_switch_reads_yaml_booleans_and_fails_closed(value, paused):
 
 
 def test_sigterm_stops_control_py_with_143_and_one_line(cluster, tmp_path):
-    agent = crafted_agent([0.0] * 244, bonus=1.0)
+    agent = rulebook()
     cluster.bootstrap(agent)
     export = export_agent(agent, tmp_path / "agent")
-    cmap_file = tmp_path / "clusters.yaml"
-    cmap_file.write_text(yaml.safe_dump(cluster.emu.cmap.model_dump(mode="json")))
+    cmap_file = cluster_map_file(cluster.emu.cmap, tmp_path)
     log = tmp_path / "decisions.jsonl"
     args = [f"agent={export}", "backend=k8s", f"cluster_map={cmap_file}", "dry_run=true"]
     args += ["step_seconds=600", f"log={log}", "live=off"]  # it waits out a long step

@@ -3,11 +3,8 @@ their refusals of bad input (the measurements themselves are in docs/benchmarks.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
+from script_runs import run_script
 
 from hmk8s.bench.time_to_quality import (
     Variant,
@@ -18,8 +15,6 @@ from hmk8s.bench.time_to_quality import (
     time_to_quality,
 )
 from hmk8s.train.config import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_first_reach_interpolates_steps_and_seconds_alike():
@@ -83,13 +78,8 @@ def test_bad_agent_or_every_is_refused_before_training():
         time_to_quality(["ml"], ["dqn"], [Variant("x", ()), Variant("x", ("seed=1",))], 1000)
 
 
-def test_bad_usecase_is_refused_with_one_line_and_exit_2():
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "time_to_quality.py"), "--usecases", "ml,foo"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+def test_bad_usecase_is_refused_with_one_line_and_exit_2(tmp_path):
+    done = run_script("time_to_quality.py", tmp_path, "--usecases", "ml,foo")
     assert done.returncode == 2
     assert done.stderr.strip() == (
         "error: unknown use case(s) ['foo']: expected some of ['ehr', 'ml', 'stream']"
