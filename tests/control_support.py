@@ -23,12 +23,12 @@ from hmk8s import sim
 from hmk8s.agents.network import QNetwork
 from hmk8s.control.agent import Agent, Manifest, export_agent
 from hmk8s.control.cluster import ClusterBackend
-from hmk8s.encoders import onehot_size
+from hmk8s.domain.encoders import onehot_size
+from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
 from hmk8s.k8s.client import ClusterClient
 from hmk8s.k8s.config import ClusterMap
 from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 ENV = {"encoder": "onehot", "noop": True, "start": "minimal", "episode_steps": 120}
 # quick retries; the emulator's injected timeouts hold a call for 0.15 s

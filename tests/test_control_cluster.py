@@ -44,9 +44,8 @@ from hmk8s.control.cluster import SWITCH, ClusterBackend
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
 from hmk8s.control.observe import ControllerMetrics, DecisionLog
-from hmk8s.domain.encoders import onehot_size
 from hmk8s.domain.spaces import OP_REMOVE
-from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
+from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.k8s.client import ClusterClient, connect
 from hmk8s.k8s.config import ClusterMap
 from hmk8s.k8s.emulated.harness import Emulation
@@ -54,7 +53,6 @@ from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.k8s.reconcile import placement_of
 from hmk8s.policies.heuristics import recommend
 from hmk8s.shell.exit import EXIT_BAD_INPUT
-from hmk8s.train.runlog import params_sha256
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
