@@ -9,10 +9,12 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from hmk8s.envs.spec import EnvSpec
@@ -29,6 +31,7 @@ from hmk8s.train.distributed import check_topology, resolve_devices, topology
 from hmk8s.train.profile import WallTime
 from hmk8s.train.run import open_run
 from hmk8s.train.runlog import chunk_rows, params_sha256
+from hmk8s.train.state import TrainState
 
 # evaluator(trainer, seed-stacked params, key) -> {"eval": {...}, "baselines": {...}}
 Evaluator = Callable[[Trainer, Any, jax.Array], dict[str, Any]]
@@ -38,9 +41,9 @@ GREEDY_MAX_STEPS = 1_000
 def chunk_plan(done_iters: int, total_iters: int, chunk_iters: int) -> list[int]:
     """Iterations per chunk from ``done_iters`` to ``total_iters``, at most ``chunk_iters`` each.
 
-    Every distinct chunk length is one more XLA compilation (seconds on a CPU), so the
-    remaining iterations are split into equal chunks when one of their divisors lies between
-    ``chunk_iters / 2`` and ``chunk_iters``; otherwise the last chunk is short.
+    The remaining iterations are split into equal chunks when one of their divisors lies
+    between ``chunk_iters / 2`` and ``chunk_iters`` (one program of that length); otherwise
+    the last chunk is short (`split_plan`).
     """
     remaining = total_iters - done_iters
     if remaining <= 0:
@@ -49,19 +52,98 @@ def chunk_plan(done_iters: int, total_iters: int, chunk_iters: int) -> list[int]
     equal = next(n for n in range(longest, 0, -1) if remaining % n == 0)  # 1 always divides
     if 2 * equal >= longest:
         return [equal] * (remaining // equal)
-    full, rest = divmod(remaining, chunk_iters)
+    return split_plan(remaining, chunk_iters)
+
+
+def split_plan(total_iters: int, chunk_iters: int) -> list[int]:
+    """``total_iters`` as chunks of ``chunk_iters``, the last one shorter when they do not
+    divide; a learning curve takes ``chunk_iters = ceil(total_iters / points)``, so its points
+    lie evenly and the run is exactly ``total_iters`` long."""
+    full, rest = divmod(total_iters, chunk_iters)
     return [chunk_iters] * full + ([rest] if rest else [])
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A chunk just run: its place in the plan, its iterations, the state after it, its
+    metrics (seed-stacked, on the host), the seconds it ran and those its program took to
+    compile first (0 after the first chunk)."""
+
+    index: int
+    iters: int
+    state: TrainState
+    metrics: dict[str, Any]
+    seconds: float
+    compile_seconds: float
+
+
+def chunk_program(
+    trainer: Trainer, plan: list[int], programs: ProgramCache, state: TrainState
+) -> Callable[[TrainState, int], tuple[TrainState, Any]]:
+    """``program(state, n)`` for every chunk of ``plan``, compiled once: of the chunk's
+    length when all chunks are equal, else one whose iteration count is an argument (a
+    shorter last chunk compiles no second program, `make_iterations`)."""
+    longest = max(plan)
+    if all(n == longest for n in plan):
+        fixed = programs.compile(f"chunk/{longest}", make_chunk_fn(trainer, longest), state)
+        return lambda s, n: fixed(s)
+    count = jnp.asarray(longest, jnp.int32)
+    chunk = make_chunk_fn(trainer, longest, counted=True)
+    counted = programs.compile(f"chunk/{longest}/counted", chunk, state, count)
+    return lambda s, n: counted(s, jnp.asarray(n, jnp.int32))
+
+
+def run_chunks(
+    trainer: Trainer,
+    state: TrainState,
+    plan: list[int],
+    *,
+    programs: ProgramCache | None = None,
+    check_finite: Callable[[Any], None],
+    on_chunk: Callable[[Chunk], None] = lambda chunk: None,
+    at_boundary: Callable[[Chunk], None] = lambda chunk: None,
+    stopped: Callable[[], bool] = lambda: False,
+    wall: WallTime | None = None,
+) -> TrainState:
+    """The one experiment loop: run the chunks of ``plan`` on ``state`` (all seeds, any
+    device layout, either learner) with one compiled program (`chunk_program`), and return
+    the state reached.
+
+    After each chunk, ``on_chunk`` sees it (the log), ``check_finite`` gets the weights
+    (raising halts the run before they are saved or evaluated) and ``at_boundary`` sees it
+    (checkpoints, learning-curve points). ``stopped()`` ends the loop before the next chunk,
+    also when it turned true while the program compiled. Training, the evaluation's
+    per-seed training and time to quality differ only in these."""
+    programs = programs or ProgramCache(None, {})
+    wall = wall or WallTime()
+    program = None
+    for index, n in enumerate(plan):
+        if stopped():
+            break
+        t0 = time.perf_counter()
+        if program is None:
+            program = chunk_program(trainer, plan, programs, state)
+            if stopped():
+                break
+        compile_seconds = time.perf_counter() - t0
+        with wall.phase("train"):
+            t0 = time.perf_counter()
+            state, metrics = program(state, n)
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - t0
+        chunk = Chunk(index, n, state, metrics, seconds, compile_seconds)
+        on_chunk(chunk)
+        check_finite(state.learner.params)
+        at_boundary(chunk)
+    return state
 
 
 def greedy_eval(trainer: Trainer, params: Any, key: jax.Array, episodes: int) -> dict[str, Any]:
     """Mean first-episode return of the greedy Q policy, per seed and overall (any env)."""
-    per_seed = []
-    for seed in range(jax.tree.leaves(params)[0].shape[0]):
-        seed_params = jax.tree.map(lambda x, i=seed: x[i], params)
-        returns, _ = greedy_returns(
-            trainer.spec, trainer.network.apply, seed_params, key, episodes, GREEDY_MAX_STEPS
-        )
-        per_seed.append(float(np.mean(returns)))
+    returns, _ = greedy_returns(
+        trainer.spec, trainer.network.apply, params, key, episodes, GREEDY_MAX_STEPS
+    )
+    per_seed = [float(r) for r in np.mean(np.asarray(returns), axis=1)]
     return {"return": float(np.mean(per_seed)), "per_seed": per_seed}
 
 
@@ -105,32 +187,37 @@ def run_training(
         done_iters = int(np.asarray(state.env_steps)[0]) // per_iter
         plan = chunk_plan(done_iters, total_iters, chunk_iters)
         log = run.start_log(total_iters * per_iter, done_iters * per_iter)
-        compiled: dict[int, Any] = {}
         train_seconds, steps_run = 0.0, 0
 
-        def save() -> None:
+        def save(state: TrainState) -> None:
             step = int(np.asarray(state.env_steps)[0])
             with wall.phase("checkpoint"):
                 run.save(step, state, {"name": name, "env_steps": step, "topology": where})
 
-        for index, n in enumerate(plan):
-            if n not in compiled and run.signal is None:
-                compiled[n] = programs.compile(f"chunk/{n}", make_chunk_fn(trainer, n), state)
-            if run.signal is not None:
-                break
-            with wall.phase("train"):
-                t0 = time.perf_counter()
-                state, metrics = compiled[n](state)
-                metrics = jax.device_get(metrics)
-                seconds = time.perf_counter() - t0
-            train_seconds += seconds
-            steps_run += n * per_iter * cfg.seeds
-            log.log_chunk(chunk_rows(metrics, n * per_iter * cfg.seeds / seconds))
-            run.check_finite(state.learner.params)
-            if index == len(plan) - 1 or (index + 1) % cfg.checkpoint.every_chunks == 0:
-                save()
+        def logged(chunk: Chunk) -> None:
+            nonlocal train_seconds, steps_run
+            steps = chunk.iters * per_iter * cfg.seeds
+            train_seconds += chunk.seconds
+            steps_run += steps
+            log.log_chunk(chunk_rows(chunk.metrics, steps / chunk.seconds))
+
+        def boundary(chunk: Chunk) -> None:
+            if chunk.index == len(plan) - 1 or (chunk.index + 1) % cfg.checkpoint.every_chunks == 0:
+                save(chunk.state)
+
+        state = run_chunks(
+            trainer,
+            state,
+            plan,
+            programs=programs,
+            check_finite=run.check_finite,
+            on_chunk=logged,
+            at_boundary=boundary,
+            stopped=lambda: run.signal is not None,
+            wall=wall,
+        )
         if run.signal is not None:
-            save()  # the state reached, unless that step is saved already
+            save(state)  # the state reached, unless that step is saved already
 
         params = jax.device_get(state.learner.params)  # replicated: each process has them all
         key = jax.random.PRNGKey(cfg.seed + 1)
