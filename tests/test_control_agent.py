@@ -90,9 +90,10 @@ def test_the_loaded_agent_acts_as_the_trainer_evaluated_it(trained, agent):
     assert m.env["encoder"] == "continuous" and m.source_run == str(run_dir.resolve())
     mine = agent.evaluate(captured["key"], EPISODES)  # the one evaluator: weights an argument
     np.testing.assert_array_equal(mine["action"], captured["records"]["action"])
-    # the evaluator is compiled apart from this rollout: equal up to float rounding
-    np.testing.assert_allclose(mine["reward"], captured["records"]["reward"], rtol=1e-6)
-    assert summarise(mine)["return"] == pytest.approx(summary["eval"]["return"], rel=1e-6)
+    # the evaluator is compiled apart from this rollout (at another optimisation level), so
+    # the env's floats round differently: equal up to that rounding
+    np.testing.assert_allclose(mine["reward"], captured["records"]["reward"], rtol=1e-4)
+    assert summarise(mine)["return"] == pytest.approx(summary["eval"]["return"], abs=1e-4)
 
 
 def test_an_export_round_trips_and_needs_nothing_else(trained, agent, tmp_path):
@@ -120,7 +121,7 @@ def test_a_pqn_agent_keeps_its_layer_norm_through_load_and_export(tmp_path):
     assert loaded.manifest.layer_norm and loaded.network.layer_norm
     mine = loaded.evaluate(captured["key"], EPISODES)
     np.testing.assert_array_equal(mine["action"], captured["records"]["action"])
-    assert summarise(mine)["return"] == pytest.approx(summary["eval"]["return"], rel=1e-6)
+    assert summarise(mine)["return"] == pytest.approx(summary["eval"]["return"], abs=1e-4)
     exported = hmk8s.load_agent(export_agent(loaded, tmp_path / "agent"))
     assert exported.manifest == loaded.manifest
 
@@ -318,12 +319,16 @@ def test_unguarded_on_the_simulator_it_is_the_evaluation_exactly(agent):
     controller.sinks.append(_Collect(steps))
     summary = controller.run(backend)
     backend.close()
-    evaluated = agent.evaluate(key, 1)  # the one greedy evaluator's episode
+    evaluated = jax.device_get(rollout(sim.ClusterEnv(), agent.env_params, agent.policy(), key, 1))
     np.testing.assert_array_equal([d.action for d, _, _ in steps], evaluated["action"][0])
     np.testing.assert_array_equal(backend.records["action"], evaluated["action"][0])
     np.testing.assert_array_equal(backend.records["reward"], evaluated["reward"][0])
     episode = jax.tree.map(lambda x: x[None], backend.records)
     assert summarise(episode) == summarise(evaluated)  # what evaluate_policy reports
+    # the one greedy evaluator, compiled apart, acts the same (its floats round differently)
+    greedy = agent.evaluate(key, 1)
+    np.testing.assert_array_equal(greedy["action"], evaluated["action"])
+    np.testing.assert_allclose(greedy["reward"], evaluated["reward"], rtol=1e-4)
     assert summary.steps == 40
     assert summary.total_reward == pytest.approx(float(evaluated["reward"].sum()), abs=1e-4)
     assert all(d.source == "agent" for d, _, _ in steps)

@@ -179,19 +179,14 @@ def seed_keys(seed: int, seeds: int) -> Array:
     )
 
 
-def make_chunk_fn(trainer: Trainer, num_iters: int, *, counted: bool = False) -> Callable[..., Any]:
-    """``chunk(states) -> (states, metrics)`` over all seeds running ``num_iters`` iterations,
-    compiled once; donates its input. ``counted``: ``chunk(states, n)`` runs ``n`` iterations,
-    any ``n`` up to ``num_iters`` with the one program (`make_iterations`)."""
-    if counted:
-        seeded = jax.vmap(
-            partial(trainer.run, length=num_iters), in_axes=(0, None), axis_name=SEEDS
-        )
-    else:
-        seeded = jax.vmap(partial(trainer.run, num_iters=num_iters), axis_name=SEEDS)
+def make_chunk_fn(
+    trainer: Trainer, num_iters: int
+) -> Callable[[TrainState], tuple[TrainState, Metrics]]:
+    """``chunk(states) -> (states, metrics)`` over all seeds, compiled once; donates its input."""
+    run = jax.vmap(partial(trainer.run, num_iters=num_iters), axis_name=SEEDS)
     if trainer.mesh is None:
-        return jax.jit(seeded, donate_argnums=0)
-    return chunk_over_mesh(seeded, trainer.mesh, counted=counted)
+        return jax.jit(run, donate_argnums=0)
+    return chunk_over_mesh(run, trainer.mesh)
 
 
 @partial(jax.jit, static_argnames=("spec", "apply_fn", "num_envs", "max_steps"))

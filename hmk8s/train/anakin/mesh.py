@@ -103,21 +103,18 @@ def init_over_mesh(init: Callable[[jax.Array], TrainState], mesh: Mesh) -> Calla
     return jax.jit(body)
 
 
-def chunk_over_mesh(run: Callable[..., tuple[TrainState, Any]], mesh: Mesh, counted: bool = False):
+def chunk_over_mesh(
+    run: Callable[[TrainState], tuple[TrainState, Any]], mesh: Mesh
+) -> Callable[[TrainState], tuple[TrainState, Any]]:
     """``global state -> (global state, metrics)``: ``run`` on every device's view of the state;
-    its metrics, seed-batched, must already be reduced over `DATA_AXIS`. ``counted``: ``run``
-    also takes the chunk's iteration count, the same on every device."""
+    its metrics, seed-batched, must already be reduced over `DATA_AXIS`."""
 
-    def body(state: TrainState, *count: Any) -> tuple[TrainState, Any]:
-        state, metrics = run(local_view(state), *count)
+    def body(state: TrainState) -> tuple[TrainState, Any]:
+        state, metrics = run(local_view(state))
         return global_view(state), metrics
 
     specs = state_specs()
     sharded = jax.shard_map(
-        body,
-        mesh=mesh,
-        in_specs=(specs, P()) if counted else (specs,),
-        out_specs=(specs, P(SEED_AXIS)),
-        check_vma=CHECK_VMA,
+        body, mesh=mesh, in_specs=(specs,), out_specs=(specs, P(SEED_AXIS)), check_vma=CHECK_VMA
     )
     return jax.jit(sharded, donate_argnums=0)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hmk8s.envs.spec import EnvSpec
@@ -77,20 +76,39 @@ class Chunk:
     compile_seconds: float
 
 
-def chunk_program(
-    trainer: Trainer, plan: list[int], programs: ProgramCache, state: TrainState
-) -> Callable[[TrainState, int], tuple[TrainState, Any]]:
-    """``program(state, n)`` for every chunk of ``plan``, compiled once: of the chunk's
-    length when all chunks are equal, else one whose iteration count is an argument (a
-    shorter last chunk compiles no second program, `make_iterations`)."""
-    longest = max(plan)
-    if all(n == longest for n in plan):
-        fixed = programs.compile(f"chunk/{longest}", make_chunk_fn(trainer, longest), state)
-        return lambda s, n: fixed(s)
-    count = jnp.asarray(longest, jnp.int32)
-    chunk = make_chunk_fn(trainer, longest, counted=True)
-    counted = programs.compile(f"chunk/{longest}/counted", chunk, state, count)
-    return lambda s, n: counted(s, jnp.asarray(n, jnp.int32))
+def piece_length(plan: list[int]) -> int:
+    """The length of the one chunk program that runs every chunk of ``plan``: their greatest
+    common divisor, so each chunk is a whole number of calls (a chunk's weights do not depend
+    on how its iterations are split into calls, tested), and a plan whose last chunk is
+    shorter compiles one program, not two."""
+    return math.gcd(*plan)
+
+
+def merge_pieces(pieces: list[dict[str, Any]], updates_before: Any) -> dict[str, Any]:
+    """One chunk's metrics from those of the calls it ran as (`chunk_metrics` of each):
+    counters and schedules at its end, its episodes summed, the mean return per episode and
+    the mean loss per update weighted by them, the env's per-step means averaged (the calls
+    take equal steps). ``updates_before``: the updates counter before the chunk."""
+    if len(pieces) == 1:
+        return pieces[0]
+    merged = dict(pieces[-1])
+    episodes = np.sum([p["episodes"] for p in pieces], axis=0)
+    returns = np.sum(
+        [np.where(p["episodes"] > 0, p["episode_return"] * p["episodes"], 0.0) for p in pieces],
+        axis=0,
+    )
+    counts = np.diff([np.asarray(updates_before), *[p["updates"] for p in pieces]], axis=0)
+    losses = np.sum(
+        [np.where(c > 0, p["loss"] * c, 0.0) for p, c in zip(pieces, counts, strict=True)], axis=0
+    )
+    updates = counts.sum(axis=0)
+    merged["episodes"] = episodes
+    merged["episode_return"] = np.where(episodes > 0, returns / np.maximum(episodes, 1), np.nan)
+    merged["loss"] = np.where(updates > 0, losses / np.maximum(updates, 1), np.nan)
+    for name in merged:
+        if name.startswith("env/"):
+            merged[name] = np.mean([p[name] for p in pieces], axis=0)
+    return {k: np.asarray(v, np.asarray(pieces[-1][k]).dtype) for k, v in merged.items()}
 
 
 def run_chunks(
@@ -106,7 +124,7 @@ def run_chunks(
     wall: WallTime | None = None,
 ) -> TrainState:
     """The one experiment loop: run the chunks of ``plan`` on ``state`` (all seeds, any
-    device layout, either learner) with one compiled program (`chunk_program`), and return
+    device layout, either learner) with one compiled program (`piece_length`), and return
     the state reached.
 
     After each chunk, ``on_chunk`` sees it (the log), ``check_finite`` gets the weights
@@ -116,20 +134,25 @@ def run_chunks(
     per-seed training and time to quality differ only in these."""
     programs = programs or ProgramCache(None, {})
     wall = wall or WallTime()
+    length = piece_length(plan) if plan else 0
     program = None
     for index, n in enumerate(plan):
         if stopped():
             break
         t0 = time.perf_counter()
         if program is None:
-            program = chunk_program(trainer, plan, programs, state)
+            program = programs.compile(f"chunk/{length}", make_chunk_fn(trainer, length), state)
             if stopped():
                 break
         compile_seconds = time.perf_counter() - t0
         with wall.phase("train"):
             t0 = time.perf_counter()
-            state, metrics = program(state, n)
-            metrics = jax.device_get(metrics)
+            before = jax.device_get(state.learner.updates) if n > length else None  # donated
+            pieces = []
+            for _ in range(n // length):
+                state, metrics = program(state)
+                pieces.append(metrics)
+            metrics = merge_pieces(jax.device_get(pieces), before)
             seconds = time.perf_counter() - t0
         chunk = Chunk(index, n, state, metrics, seconds, compile_seconds)
         on_chunk(chunk)

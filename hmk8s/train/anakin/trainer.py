@@ -38,9 +38,6 @@ class Trainer:
     are unbatched (one seed), and `run` runs under a `jax.vmap` over seeds named `SEEDS`
     (`make_chunk_fn`).
 
-    ``run(state, num_iters, length=None)`` runs ``num_iters`` iterations; with a ``length``
-    (`make_iterations`), ``num_iters`` may be traced and is at most ``length``.
-
     ``mesh`` is None on one device; otherwise `init` and `run` are the per-device programs
     of a run over its ``seed`` and ``data`` axes (call them through `init_seeds` and
     `make_chunk_fn`).
@@ -54,7 +51,7 @@ class Trainer:
     steps_per_iter: int
     updates_per_iter: int
     init: Callable[[Array], TrainState]
-    run: Callable[..., tuple[TrainState, Metrics]]
+    run: Callable[[TrainState, int], tuple[TrainState, Metrics]]
     epsilon: Callable[[Array], Array]
     xi: Callable[[Array], Array]
     mesh: Mesh | None = None
@@ -184,31 +181,13 @@ def make_iterations(
     axis: str | None,
 ) -> Callable[..., tuple[TrainState, Metrics]]:
     """A learner's `Trainer.run` from its ``iteration``: ``run(state, num_iters)`` scans
-    ``num_iters`` iterations and reports the chunk's metrics (`chunk_metrics`).
-
-    ``run(state, num_iters, length)`` loops ``num_iters`` times, ``num_iters`` traced and at most
-    ``length`` (a `jax.lax.while_loop` that fills the outputs as the scan does), so one program
-    runs chunks of every length up to ``length``: a plan whose last chunk is shorter compiles
-    one program, not two."""
+    ``num_iters`` iterations and reports the chunk's metrics (`chunk_metrics`)."""
     sums = partial(jax.tree.map, jnp.sum)
 
-    def run(state: TrainState, num_iters: Any, length: int | None = None):
-        if length is None:
-            state, (finished, step_metrics, losses) = jax.lax.scan(
-                iteration, state, None, length=num_iters
-            )
-        else:
-            _, shapes = jax.eval_shape(iteration, state, None)
-            sums0 = jax.tree.map(lambda x: jnp.zeros((length, *x.shape), x.dtype), shapes)
-
-            def step(i: Array, carry: tuple) -> tuple:
-                state, outputs = carry
-                state, out = iteration(state, None)
-                return state, jax.tree.map(lambda b, v: b.at[i].set(v), outputs, out)
-
-            state, (finished, step_metrics, losses) = jax.lax.fori_loop(
-                0, num_iters, step, (state, sums0)
-            )
+    def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
+        state, (finished, step_metrics, losses) = jax.lax.scan(
+            iteration, state, None, length=num_iters
+        )
         steps = num_iters * steps_per_iter
         return state, chunk_metrics(
             state, sums(finished), sums(step_metrics), sums(losses), schedules, steps, axis
