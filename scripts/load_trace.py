@@ -2,42 +2,10 @@
 
     python scripts/load_trace.py --usecase ml --steps 40 --seed 0 --out ml-rates.csv
 
-Rows are steps of the use case's `step_seconds`, columns its proxies (proxy0, proxy1, ...), drawn
-by the simulator's load process. Replay it with deploy/images/loadgen.py (deploy/loadgen.yaml).
+The program and its options: `hmk8s.sim.load_trace_cli`.
 """
 
-from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
-
-from hmk8s.sim.load_trace import rate_trace, trace_csv
-from hmk8s.usecases import UseCaseError, load_usecase
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--usecase", default="ml", help="a shipped use case or a YAML path")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, help="file to write (default: stdout)")
-    args = parser.parse_args(argv)
-    if args.steps < 1:
-        print("load_trace: --steps must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        usecase = load_usecase(args.usecase)
-    except UseCaseError as err:
-        print(f"load_trace: {err}", file=sys.stderr)
-        return 2
-    text = trace_csv(usecase, rate_trace(usecase, args.steps, args.seed))
-    if args.out is None:
-        sys.stdout.write(text)
-    else:
-        args.out.write_text(text)
-    return 0
-
+from hmk8s.sim.load_trace_cli import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

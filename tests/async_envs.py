@@ -9,12 +9,16 @@ from __future__ import annotations
 import _thread
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
+from tiny import tiny_config
 
 from hmk8s.agents.config import AgentConfig, ScheduleConfig
 from hmk8s.agents.replay import Transition
+from hmk8s.train.config import TrainConfig
 
 OBS_DIM = 4
 NUM_ACTIONS = 5
@@ -114,6 +118,33 @@ def small_agent(**changes) -> AgentConfig:
         "epsilon": ScheduleConfig(kind="linear", start=1.0, end=0.1, steps=200),
     }
     return AgentConfig(**{**base, **changes})
+
+
+#: The k8s backend the stand-in envs stand for: three clusters' contexts, never reached; an
+#: actor waiting on a stuck env gives up within seconds.
+FAKE_K8S: dict[str, Any] = {
+    "name": "k8s",
+    "clusters": [{"context": "kind-a", "namespace": f"hmk8s-{k}"} for k in range(3)],
+    "actor": {"max_seconds": 20.0, "shutdown_timeout_s": 10.0, "close_timeout_s": 10.0},
+}
+
+
+def fake_k8s(actor: dict[str, Any] | None = None, **changes: Any) -> dict[str, Any]:
+    """`FAKE_K8S` with ``changes``, and ``actor`` changing single settings of its actor."""
+    return {**FAKE_K8S, **changes, "actor": {**FAKE_K8S["actor"], **(actor or {})}}
+
+
+def k8s_run_config(run_dir: Path | None, backend: dict[str, Any], **changes: Any) -> TrainConfig:
+    """The tiny run (`tiny.tiny_config`) of `small_agent` on ``backend`` (a `fake_k8s`) in
+    chunks of 20 env steps, with ``changes``."""
+    return tiny_config(
+        usecase="ml",
+        backend=backend,
+        agent=small_agent(),
+        chunk_steps=20,
+        run_dir=None if run_dir is None else str(run_dir),
+        **changes,
+    )
 
 
 def written(buffer_state) -> Transition:

@@ -22,13 +22,15 @@ import pytest
 import yaml
 from script_runs import session_cache
 
-from hmk8s.observation import Measurement
+from hmk8s.domain import placement
+from hmk8s.domain.observation import Measurement
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
 from hmk8s.sim import dynamics
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams, params_from_usecase
-from hmk8s.sim.state import EnvState
 from hmk8s.train.cache import CACHE_ENV
-from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 # what the tests run in this process keeps its compiled programs and scores in the session's
 # temporary cache, never in the user's
@@ -84,6 +86,19 @@ def usecase_mapping() -> Callable[..., dict[str, Any]]:
         return mapping
 
     return build
+
+
+@pytest.fixture(scope="module")
+def ml() -> EnvParams:
+    """ML as shipped (noise included) in episodes of 12 steps."""
+    return params_from_usecase(load_usecase("ml"), {"episode_steps": 12})
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    """A compilation cache of the module's own, for the runs it starts as processes: they
+    compile the same programs, and each compile costs seconds."""
+    return tmp_path_factory.mktemp("jax-cache")
 
 
 @pytest.fixture(scope="session")
@@ -161,9 +176,9 @@ def jitted() -> SimpleNamespace:
         reset=jax.jit(env.reset),
         step_env=jax.jit(env.step_env),
         get_obs=jax.jit(env.get_obs),
-        apply_action=jax.jit(dynamics.apply_action),
+        apply_action=jax.jit(placement.apply_action),
         request_rates=jax.jit(dynamics.request_rates),
-        instance_load=jax.jit(dynamics.instance_load),
+        instance_load=jax.jit(placement.instance_load),
         serve=jax.jit(dynamics.serve),
         chain_latency=jax.jit(dynamics.chain_latency),
         cpu_utilisation=jax.jit(dynamics.cpu_utilisation),

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from async_envs import CountingEnv, interrupt_after, small_agent
+from async_envs import CountingEnv, fake_k8s, interrupt_after, k8s_run_config
 
 from hmk8s.agents.replay import Transition
 from hmk8s.k8s.config import env_cluster_maps, split_backend
@@ -19,33 +19,16 @@ from hmk8s.train.actor_learner.env_worker import StepRecord
 from hmk8s.train.actor_learner.history import HistoryWriter, history_path, read_history
 from hmk8s.train.actor_learner.k8s_run import run_async_training
 from hmk8s.train.checkpoint import Checkpointer
-from hmk8s.train.config import LogConfig, TrainConfig, resolve
+from hmk8s.train.config import TrainConfig, resolve
 
 NUM_ENVS = 3
-BACKEND = {
-    "name": "k8s",
-    "clusters": [{"context": "kind-a", "namespace": f"hmk8s-{k}"} for k in range(3)],
-    "run_id": "run-1",
-    "actor": {
-        "max_seconds": 20.0,
-        "shutdown_timeout_s": 10.0,
-        "close_timeout_s": 10.0,
-        "log_every": 5,
-    },
-}
+BACKEND = fake_k8s(run_id="run-1", actor={"log_every": 5})
 
 
 def config(run_dir: Path, total_steps: int, resume: bool = False) -> TrainConfig:
-    return TrainConfig(
-        usecase="ml",
-        backend=BACKEND,
-        agent=small_agent(),
-        num_envs=NUM_ENVS,
-        total_steps=total_steps,
-        chunk_steps=20,
-        run_dir=str(run_dir),
-        resume=str(run_dir) if resume else None,
-        log=LogConfig(tensorboard=False, progress=False),
+    resumed = str(run_dir) if resume else None
+    return k8s_run_config(
+        run_dir, BACKEND, num_envs=NUM_ENVS, total_steps=total_steps, resume=resumed
     )
 
 

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.metrics import summarise
-from hmk8s.observation import Observation
+from hmk8s.domain.metrics import summarise
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.spaces import OP_DEPLOY, OP_REMOVE, action_mask
 from hmk8s.policies.baselines import (
     BASELINES,
     hpa_desired,
@@ -24,20 +25,12 @@ from hmk8s.policies.baselines import (
 )
 from hmk8s.policies.rollout import rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import params_from_usecase
-from hmk8s.spaces import OP_DEPLOY, OP_REMOVE, action_mask
-from hmk8s.usecases import load_usecase
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 ENC, DEC, FW = 0, 1, 2
 SMALL, MEDIUM, LARGE = 0, 1, 2
 NOOP = 243
-
-
-@pytest.fixture(scope="module")
-def ml():
-    return params_from_usecase(load_usecase("ml"), {"episode_steps": 12})
 
 
 # --- the HPA rule -----------------------------------------------------------------------------

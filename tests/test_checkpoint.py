@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -34,25 +33,14 @@ PER_AGENT = dataclasses.replace(AGENT, priority_exponent=0.6, priority_beta=0.4)
 PQN_AGENT = dataclasses.replace(
     AGENT, kind="pqn", layer_norm=True, pqn=PqnConfig(rollout_steps=8, minibatches=4)
 )
+TESTS = str(Path(__file__).resolve().parent)
+#: `train` in a process of its own (the one the tests kill): run_dir, total_steps, resume or "".
 DRIVER = """
-import dataclasses, sys
+import sys
 from pathlib import Path
-import gymnax
-from hmk8s.agents.config import AgentConfig
-from hmk8s.train.config import TrainConfig, resolve
-from hmk8s.envs.gymnax_spec import gymnax_env_spec
-from hmk8s.train.anakin.run import run_training
-cfg = TrainConfig(
-    agent=AgentConfig(
-        hidden=[16], batch_size=16, buffer_size=2_000, learning_starts=200, lr_decay_updates=0
-    ),
-    total_steps=int(sys.argv[2]), num_envs=4, chunk_steps=400, seeds=2, resume=sys.argv[3] or None,
-)
-cfg.eval.enabled = False
-cfg.log.progress = False
-cfg.log.tensorboard = False
-spec = gymnax_env_spec(*gymnax.make("CartPole-v1"))
-run_training(resolve(cfg, "cartpole"), spec, Path(sys.argv[1]))
+sys.path.insert(0, sys.argv[4])
+from test_checkpoint import train
+train(Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] or None)
 """
 
 
@@ -81,9 +69,8 @@ def train(
 
 
 def run_driver(run_dir: Path, total_steps: int, resume: str = "") -> subprocess.Popen:
-    code = textwrap.dedent(DRIVER)
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(run_dir), str(total_steps), resume],
+        [sys.executable, "-c", DRIVER, str(run_dir), str(total_steps), resume, TESTS],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )

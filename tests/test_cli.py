@@ -5,30 +5,21 @@ from __future__ import annotations
 import csv
 import json
 import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from in_process import composed
 from script_runs import run_script
+from tiny import tiny_overrides
 
+from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
+from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train import cli
-from hmk8s.usecases import CONFIG_DIR, load_usecase
 
-TINY = [
-    "total_steps=512",
-    "num_envs=16",
-    "chunk_steps=256",
-    "agent.hidden=[16]",
-    "agent.batch_size=16",
-    "agent.buffer_size=1024",
-    "agent.learning_starts=64",
-    "log.progress=false",
-]
+#: Two chunks, evaluated, with TensorBoard: a run that writes every file a run writes.
+RUN = ("total_steps=512", "eval.enabled=true", "log.tensorboard=true")
+TINY = tiny_overrides(*RUN)
 
 
 def train(cwd: Path, *overrides: str, cache: Path | None = None) -> subprocess.CompletedProcess:
@@ -74,7 +65,7 @@ def test_bad_settings_exit_2_with_one_line(tmp_path, monkeypatch, capsys, overri
     monkeypatch.chdir(tmp_path)
     with composed(*overrides) as cfg, pytest.raises(SystemExit) as exit:
         cli.main(cfg)
-    assert exit.value.code == cli.EXIT_BAD_INPUT
+    assert exit.value.code == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1, err
     assert message in err
@@ -103,7 +94,9 @@ def test_haql_run_writes_its_files_and_resumes(tmp_path):
     assert any((run_dir / "tb").iterdir())
     assert "heuristic: true" in (run_dir / "config.yaml").read_text()
 
-    changed = train(tmp_path, f"resume={run_dir}", "heuristic=true", *TINY, "num_envs=32")
+    changed = train(
+        tmp_path, f"resume={run_dir}", "heuristic=true", *tiny_overrides(*RUN, "num_envs=32")
+    )
     assert changed.returncode == 2
     assert "num_envs: checkpoint has 16, now 32" in changed.stderr
 
@@ -111,26 +104,13 @@ def test_haql_run_writes_its_files_and_resumes(tmp_path):
     assert fresh_over_old.returncode == 2
     assert "already holds a run" in fresh_over_old.stderr
 
-    longer = [*TINY[1:], "total_steps=1024", "eval.enabled=false"]  # both resume-safe
+    longer = tiny_overrides("total_steps=1024", "log.tensorboard=true")  # both resume-safe
     resumed = train(tmp_path, f"resume={run_dir}", "heuristic=true", *longer, cache=cache)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["env_steps"] == 1024
     with (run_dir / "metrics.csv").open() as f:
         assert [int(r["env_steps"]) for r in csv.DictReader(f)] == [256, 512, 768, 1024]
-
-
-@contextmanager
-def composed(*overrides: str) -> Iterator[DictConfig]:
-    """The config ``scripts/train.py overrides...`` hands its task, composed in this process
-    with Hydra's runtime state (choices, search path, overrides) set as during a run."""
-    cli.register_schema()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR.parent), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        yield cfg
 
 
 @pytest.mark.parametrize(
@@ -154,7 +134,7 @@ def test_bad_usecase_values_exit_2_with_one_line(tmp_path, monkeypatch, capsys, 
     (tmp_path / "latin1.csv").write_bytes("10,\xe9,3\n".encode("latin-1"))
     with composed(override) as cfg, pytest.raises(SystemExit) as exit:
         cli.main(cfg)
-    assert exit.value.code == cli.EXIT_BAD_INPUT
+    assert exit.value.code == EXIT_BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: usecase=ml: ") and err.count("\n") == 1, err
     assert message in err

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import serialization as keys
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flax import serialization
 from script_runs import run_script
+from tiny import tiny_config
 
 import hmk8s
 from hmk8s import sim
@@ -26,34 +27,32 @@ from hmk8s.control.agent import MANIFEST, PARAMS, SIGNATURE, AgentError, export_
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
 from hmk8s.control.sim_backend import SimBackend
+from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout, summarise
+from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train.anakin.run import run_training
-from hmk8s.train.config import TrainConfig, resolve
+from hmk8s.train.config import resolve
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 EPISODES = 32
 
 
-def train_tiny(run_dir, agent_cfg: AgentConfig):
-    """A tiny HAQL run on ML, and the per-step records of the trainer's own evaluation of it:
-    `q_policy` of the trainer's network and parameters on 32 episodes, as `sim_eval` runs it."""
+def train_tiny(run_dir, agent: AgentConfig | None = None):
+    """A tiny HAQL run on ML (the tiny run's agent, or ``agent``), and the per-step records of
+    the trainer's own evaluation of it: `q_policy` of the trainer's network and parameters on
+    32 episodes, as `sim_eval` runs it."""
     usecase = yaml.safe_load((CONFIG_DIR / "ml.yaml").read_text())
-    cfg = TrainConfig(
+    cfg = tiny_config(
         usecase=usecase,
         backend={"name": "sim"},
-        agent=agent_cfg,
         heuristic=True,
-        total_steps=256,
-        num_envs=16,
-        chunk_steps=256,
+        env={"episode_steps": 40},
+        eval={"enabled": True, "episodes": EPISODES},
+        **({} if agent is None else {"agent": agent}),
     )
-    cfg.env.episode_steps = 40
-    cfg.eval.episodes = EPISODES
-    cfg.log.progress = cfg.log.tensorboard = False
     config = dataclasses.asdict(cfg)
     env, params = sim.make(usecase, config["env"], name="ml")
     captured = {}
@@ -73,8 +72,7 @@ def train_tiny(run_dir, agent_cfg: AgentConfig):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    agent_cfg = AgentConfig(hidden=[16], batch_size=16, buffer_size=1024, learning_starts=64)
-    return train_tiny(tmp_path_factory.mktemp("run"), agent_cfg)
+    return train_tiny(tmp_path_factory.mktemp("run"))
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +175,7 @@ def test_a_foreign_agent_stops_the_controller_with_one_line(trained, tmp_path):
 )
 def test_bad_settings_are_one_line_and_exit_2(args, message, capsys, tmp_path):
     agent = [] if not args or args == ["dry_run"] else [f"agent={tmp_path}"]
-    assert cli.main(agent + args) == cli.EXIT_BAD_INPUT
+    assert cli.main(agent + args) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith(message) and "\n" not in err, err
 
@@ -241,7 +239,7 @@ def test_exports_are_checked_not_trusted(agent, tmp_path, capsys, tamper, messag
     tamper(export)
     with pytest.raises(AgentError, match=message.replace(".", r"\.").replace("(", r"\(")):
         hmk8s.load_agent(export)
-    assert cli.main([f"agent={export}", "backend=sim", "steps=1"]) == cli.EXIT_BAD_INPUT
+    assert cli.main([f"agent={export}", "backend=sim", "steps=1"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err and message in err, err
 
@@ -303,7 +301,7 @@ def test_a_signed_export_proves_its_origin(trained, agent, tmp_path, capsys, sch
     # a digest can be recomputed; the signature cannot
     rewrite(out, first_kernel(lambda k: k * 2))
     assert hmk8s.load_agent(out).manifest.bonus == agent.manifest.bonus  # integrity alone holds
-    assert cli.main([f"agent={out}", f"agent_key={verify}", "steps=1"]) == cli.EXIT_BAD_INPUT
+    assert cli.main([f"agent={out}", f"agent_key={verify}", "steps=1"]) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.endswith("the signature does not verify with the key given") and "\n" not in err
     unsigned = export_agent(agent, tmp_path / "unsigned")

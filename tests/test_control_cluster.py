@@ -34,16 +34,17 @@ from hmk8s.control.cluster import SWITCH, ClusterBackend
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
 from hmk8s.control.observe import ControllerMetrics, DecisionLog
-from hmk8s.encoders import onehot_size
+from hmk8s.domain.encoders import onehot_size
+from hmk8s.domain.spaces import OP_REMOVE
+from hmk8s.domain.usecases import CONFIG_DIR, load_usecase
 from hmk8s.k8s.client import ClusterClient, connect
 from hmk8s.k8s.config import ClusterMap
 from hmk8s.k8s.emulated.harness import Emulation
 from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.k8s.reconcile import placement_of
 from hmk8s.policies.heuristics import recommend
-from hmk8s.spaces import OP_REMOVE
+from hmk8s.shell.exit import EXIT_BAD_INPUT
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import CONFIG_DIR, load_usecase
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -362,7 +363,7 @@ def test_bad_input_is_refused_and_changes_nothing_on_the_clusters(
         "export": export_agent(rulebook_agent, tmp_path / "agent"),
     }
     argv = [a.format(**paths) for a in args] + ["backend=k8s", f"cluster_map={cmap_file}"]
-    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert cli.main(argv) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and "\n" not in err
     assert live.objects() == before

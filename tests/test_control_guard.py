@@ -7,7 +7,7 @@ import pytest
 from hmk8s.control import guard
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.guard import Health, check, hold_reason
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 
 ENC, FW, MEDIUM, SMALL = 0, 2, 1, 0  # ML's chain is firewall -> encrypt
 

@@ -14,9 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.observation import Observation, chain_latency_ratio
-from hmk8s.reward import perf_reward, resource_reward, reward
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
+from hmk8s.domain.observation import Observation, chain_latency_ratio
+from hmk8s.domain.reward import perf_reward, resource_reward, reward
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -18,10 +18,10 @@ from hmk8s.agents.config import (
     deployed_bonus,
     heuristic_bonus,
 )
+from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.evaluate import cli
 from hmk8s.evaluate.experiment import EvaluateConfig, usecase_agent
 from hmk8s.train.config import ConfigError, TrainConfig, resolve, resume_mismatches
-from hmk8s.usecases import CONFIG_DIR
 
 
 @pytest.fixture

@@ -8,11 +8,11 @@ import pytest
 
 from hmk8s import sim
 from hmk8s.agents.network import QNetwork
-from hmk8s.encoders import get_encoder
+from hmk8s.domain.encoders import get_encoder
+from hmk8s.domain.settings import ENV_DEFAULTS
 from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.q_policy import make_seed_rollout, q_policy
 from hmk8s.policies.rollout import rollout
-from hmk8s.sim.params import ENV_DEFAULTS
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

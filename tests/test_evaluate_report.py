@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES as METRICS
 from hmk8s.evaluate.experiment import select_deployed_xi, targets
 from hmk8s.evaluate.report import render_markdown
-from hmk8s.metrics import POLICY_METRIC_NAMES as METRICS
 
 
 def point(v: float) -> dict[str, float]:

@@ -8,9 +8,10 @@ import time
 import jax
 import numpy as np
 import pytest
+from tiny import tiny_config
 
 from hmk8s import sim
-from hmk8s.agents.config import AgentConfig, HaqlConfig
+from hmk8s.agents.config import HaqlConfig
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate.experiment import (
     AGENTS,
@@ -19,7 +20,6 @@ from hmk8s.evaluate.experiment import (
     train_in_process,
 )
 from hmk8s.train.anakin.loop import make_trainer
-from hmk8s.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -27,11 +27,14 @@ pytestmark = pytest.mark.usefixtures("fast_compile")
 def test_agents_trained_together_match_agents_trained_alone():
     env, params = sim.make("ml", {"episode_steps": 16, "start": "minimal"})
     spec = sim_env_spec(env, params, "onehot")
-    agent = AgentConfig(
-        hidden=[16], batch_size=16, learning_starts=64, updates_per_step=0.25, lr_decay_updates=0
+    cfg = tiny_config(
+        usecase="ml",
+        backend="sim",
+        agent={"updates_per_step": 0.25, "lr_decay_updates": 0},
+        seeds=2,
+        total_steps=512,
     )
-    cfg = TrainConfig(usecase="ml", backend="sim", agent=agent, seeds=2, total_steps=512)
-    cfg.num_envs = 16
+    agent = cfg.agent
     haql = {"dqn": None, "haql": HaqlConfig()}
     trainers = {name: make_trainer(spec, agent, cfg.num_envs, haql[name]) for name in AGENTS}
     # the curve: the sum of each seed's weights, which any difference in training would move

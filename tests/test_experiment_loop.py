@@ -12,12 +12,12 @@ import pytest
 from hmk8s import sim
 from hmk8s.agents.config import AgentConfig
 from hmk8s.agents.network import QNetwork
-from hmk8s.encoders import get_encoder
+from hmk8s.domain.encoders import get_encoder
+from hmk8s.domain.settings import ENV_DEFAULTS
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate.experiment import train_agent
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout
-from hmk8s.sim.params import ENV_DEFAULTS
 from hmk8s.train.anakin.loop import init_seeds, make_trainer
 from hmk8s.train.anakin.run import merge_pieces, run_chunks, run_training
 from hmk8s.train.anakin.sim_eval import greedy_rollout

@@ -19,9 +19,9 @@ from gymnasium.utils.env_checker import check_env
 import hmk8s  # noqa: F401  (registers the ids)
 from hmk8s import sim
 from hmk8s.configs import shipped_value
+from hmk8s.domain.observation import Observation
 from hmk8s.envs import ENV_IDS
 from hmk8s.envs.sim_spec import sim_env_spec
-from hmk8s.observation import Observation
 from hmk8s.train.config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("fast_compile")

@@ -17,24 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.observation import Observation
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.placement import scale_instances
+from hmk8s.domain.spaces import action_mask
 from hmk8s.policies.baselines import hpa_exact_policy, hpa_normalise, hpa_recommendation
 from hmk8s.policies.rollout import rollout
-from hmk8s.sim.dynamics import scale_instances
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import params_from_usecase
-from hmk8s.spaces import action_mask
-from hmk8s.usecases import load_usecase
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 ENC, FW = 0, 2
 MEDIUM = 1
-
-
-@pytest.fixture(scope="module")
-def ml():
-    return params_from_usecase(load_usecase("ml"), {"episode_steps": 12})
 
 
 @pytest.mark.parametrize(

@@ -11,13 +11,13 @@ import yaml
 from gymnasium.error import ResetNeeded
 from served import SERVED, labelled, played
 
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 from hmk8s.k8s import objects
 from hmk8s.k8s.cleanup import delete_labelled
 from hmk8s.k8s.client import ClusterAccessError, ClusterClient, new_api_client
 from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.k8s.retry import ApiCallError
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
 FIREWALL, ENCRYPT = FUNCTION_NAMES.index("firewall"), FUNCTION_NAMES.index("encrypt")
 SMALL, MEDIUM = CONFIG_NAMES.index("small"), CONFIG_NAMES.index("medium")

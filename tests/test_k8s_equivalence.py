@@ -11,12 +11,12 @@ import pytest
 import yaml
 from served import played
 
+from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.envs.gym_env import SimClusterEnv
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterClient, new_api_client
 from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.k8s.retry import ApiCallError
-from hmk8s.usecases import CONFIG_DIR
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from hmk8s.domain.usecases import load_usecase
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import load_cluster_map
 from hmk8s.k8s.objects import Hop
-from hmk8s.usecases import load_usecase
 
 IMAGES = Path(__file__).resolve().parents[1] / "deploy" / "images"
 KEY = bytes(range(32))

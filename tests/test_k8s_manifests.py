@@ -14,10 +14,10 @@ import pytest
 import yaml
 
 from hmk8s.configs import CONFIG_DIR
+from hmk8s.domain.usecases import load_usecase
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import load_cluster_map
 from hmk8s.sim.load_trace import rate_trace, trace_csv
-from hmk8s.usecases import load_usecase
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

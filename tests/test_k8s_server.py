@@ -19,13 +19,13 @@ import yaml
 from kubernetes.client.exceptions import ApiException
 from script_runs import start_script
 
+from hmk8s.domain.usecases import load_usecase
 from hmk8s.k8s import objects, setup
 from hmk8s.k8s.client import ClusterAccessError, ClusterClient, new_api_client
 from hmk8s.k8s.config import CONFIG_PATH, ClusterRef, load_cluster_map
 from hmk8s.k8s.emulated.apiclusters import ApiClusters
 from hmk8s.k8s.emulated.harness import on_server
 from hmk8s.k8s.emulated.twin import TwinPool
-from hmk8s.usecases import load_usecase
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_KINDS = ("apps/v1/deployments", "v1/services", "v1/configmaps")

@@ -13,13 +13,13 @@ import pytest
 import yaml
 
 import hmk8s  # noqa: F401  (registers the gymnasium ids)
+from hmk8s.domain.usecases import load_usecase
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterAccessError, ClusterClient, new_api_client
 from hmk8s.k8s.config import CONFIG_PATH, load_cluster_map
 from hmk8s.k8s.emulated.harness import emulation
 from hmk8s.k8s.emulated.twin import TwinClock
 from hmk8s.k8s.objects import Hop
-from hmk8s.usecases import load_usecase
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S_VERSION = "1.30"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from kubernetes.client.exceptions import ApiException
 
+from hmk8s.domain.usecases import load_usecase
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import Api, ClusterMapError, load_cluster_map
 from hmk8s.k8s.emulated.emulator import match_labels
@@ -17,7 +18,6 @@ from hmk8s.k8s.objects import Hop
 from hmk8s.k8s.readings import cpu_cores, cpu_utilisation, fill_proxy_readings, usage_by_instance
 from hmk8s.k8s.reconcile import Placement, placement_of, plan
 from hmk8s.k8s.retry import ApiCallError, Retrier, backoff_delay, parse_retry_after
-from hmk8s.usecases import load_usecase
 
 CLUSTERS = [{"context": "c", "namespace": f"ns-{k}"} for k in range(3)]
 

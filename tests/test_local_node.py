@@ -25,12 +25,12 @@ from script_runs import SCRIPTS
 from waits import eventually as _eventually
 
 from hmk8s import sim
+from hmk8s.domain.spaces import OP_DEPLOY, OP_REMOVE
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import shipped_backend
 from hmk8s.k8s.emulated import apiserver
 from hmk8s.k8s.local import images, node
-from hmk8s.spaces import OP_DEPLOY, OP_REMOVE
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
 FIREWALL, ENCRYPT = FUNCTION_NAMES.index("firewall"), FUNCTION_NAMES.index("encrypt")
 SMALL = CONFIG_NAMES.index("small")

@@ -10,38 +10,19 @@ import logging
 from pathlib import Path
 
 import pytest
-from async_envs import CountingEnv, small_agent
+from async_envs import CountingEnv, fake_k8s, k8s_run_config
 
 from hmk8s.k8s.cleanup import CleanupReport
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import close_envs, run_async_training
-from hmk8s.train.config import LogConfig, TrainConfig, resolve
+from hmk8s.train.config import TrainConfig, resolve
 
-BACKEND = {
-    "name": "k8s",
-    "clusters": [{"context": "kind-a", "namespace": f"hmk8s-{k}"} for k in range(3)],
-    "actor": {
-        "max_seconds": 20.0,
-        "shutdown_timeout_s": 10.0,
-        "close_timeout_s": 10.0,
-        "max_env_failures": 2,
-        "failure_backoff_s": 0.0,
-    },
-}
+BACKEND = fake_k8s(actor={"max_env_failures": 2, "failure_backoff_s": 0.0})
 
 
 def config(run_dir: Path, **backend) -> TrainConfig:
-    return TrainConfig(
-        usecase="ml",
-        backend={**BACKEND, **backend},
-        agent=small_agent(),
-        num_envs=3,
-        total_steps=60,
-        chunk_steps=20,
-        run_dir=str(run_dir),
-        log=LogConfig(tensorboard=False, progress=False),
-    )
+    return k8s_run_config(run_dir, {**BACKEND, **backend}, num_envs=3, total_steps=60)
 
 
 class Factory:

@@ -16,7 +16,7 @@ from pathlib import Path
 import jax
 import pytest
 from script_runs import run_script, start_script
-from tiny_run import TINY_RUN
+from tiny import tiny_overrides
 
 from hmk8s.train.checkpoint import load_params
 from hmk8s.train.runlog import params_sha256
@@ -40,11 +40,13 @@ def on_two_processes(cwd: Path, cache: Path, *overrides: str) -> list[tuple[int,
         start_script(
             "train.py",
             cwd,
-            f"distributed.coordinator_address={address}",
-            "distributed.num_processes=2",
-            f"distributed.process_id={pid}",
-            *TINY_RUN,
-            *overrides,
+            *tiny_overrides(
+                f"distributed.coordinator_address={address}",
+                "distributed.num_processes=2",
+                f"distributed.process_id={pid}",
+                *overrides,
+                narrow=True,
+            ),
             cache=cache,
             xla_flags=TWO_DEVICES,
         )
@@ -61,11 +63,6 @@ def on_two_processes(cwd: Path, cache: Path, *overrides: str) -> list[tuple[int,
                 p.kill()
                 p.wait()
     return [(p.returncode, err) for p, err in zip(procs, errs, strict=True)]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("jax-cache")
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +137,10 @@ def test_another_topology_is_refused(trained, tmp_path):
     run_dir, _ = trained
     before = sorted(str(p) for p in run_dir.rglob("*"))
     done = run_script(
-        "train.py", tmp_path, f"resume={run_dir}", *TINY_RUN, *TWO_SEED_ROWS, xla_flags=TWO_DEVICES
+        "train.py",
+        tmp_path,
+        *tiny_overrides(f"resume={run_dir}", *TWO_SEED_ROWS, narrow=True),
+        xla_flags=TWO_DEVICES,
     )
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == (

@@ -52,12 +52,13 @@ from hmk8s.control.lease import LeaderElector, lease_name, lease_namespace
 from hmk8s.control.loop import Controller
 from hmk8s.control.operator import LeaseSettings, Operator, OperatorConfig
 from hmk8s.control.serving import Endpoints
+from hmk8s.domain.spaces import OP_REMOVE
+from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import connect, new_api_client
 from hmk8s.k8s.emulated.harness import on_server
 from hmk8s.k8s.emulated.twin import TwinClock
-from hmk8s.spaces import OP_REMOVE
-from hmk8s.usecases import CONFIG_DIR
+from hmk8s.shell.exit import EXIT_BAD_INPUT
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
@@ -538,7 +539,7 @@ def test_a_second_control_py_refuses_while_the_lease_is_held(cluster, tmp_path, 
     export = export_agent(agent, tmp_path / "agent")
     before = cluster.objects()
     argv = [f"agent={export}", "backend=k8s", f"cluster_map={cmap_file}", "steps=1"]
-    assert cli.main(argv) == cli.EXIT_BAD_INPUT
+    assert cli.main(argv) == EXIT_BAD_INPUT
     err = capsys.readouterr().err.strip()
     assert "held by the-other-controller" in err and "\n" not in err
     assert cluster.objects() == before

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from async_envs import CountingEnv, small_agent
+from async_envs import CountingEnv, fake_k8s, k8s_run_config, small_agent
 from script_runs import run_script
 
 from hmk8s.agents.config import AgentConfig, HaqlConfig
@@ -26,34 +26,15 @@ from hmk8s.train.config import (
     MAX_NUM_ENVS,
     CheckpointConfig,
     ConfigError,
-    LogConfig,
     TrainConfig,
     resolve,
 )
 from hmk8s.train.run import NonFiniteError, RunDirError, holds_run, open_run
 from hmk8s.train.runlog import RunLog
 
-BACKEND = {
-    "name": "k8s",
-    "clusters": [{"context": "kind-a", "namespace": f"hmk8s-{k}"} for k in range(3)],
-    "actor": {"max_seconds": 20.0, "shutdown_timeout_s": 10.0, "close_timeout_s": 10.0},
-}
-
 
 def tiny(run_dir: Path | None = None, **changes) -> TrainConfig:
-    cfg = TrainConfig(
-        usecase="ml",
-        backend=BACKEND,
-        agent=small_agent(),
-        num_envs=2,
-        total_steps=40,
-        chunk_steps=20,
-        run_dir=None if run_dir is None else str(run_dir),
-        log=LogConfig(tensorboard=False, progress=False),
-    )
-    for key, value in changes.items():
-        setattr(cfg, key, value)
-    return cfg
+    return k8s_run_config(run_dir, fake_k8s(), **{"num_envs": 2, "total_steps": 40, **changes})
 
 
 @pytest.mark.parametrize(

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 from script_runs import run_script
-from tiny_run import TINY_RUN
+from tiny import tiny_overrides
 
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY
 from hmk8s.evaluate.phases import action_mix, phase_scores, pods_changed
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY
 
 LARGE = 2
 
@@ -61,7 +61,7 @@ def test_phase_scores_split_an_episode_at_the_bounds():
 
 def test_the_script_tables_a_tiny_run_and_refuses_an_unknown_load(tmp_path):
     # the tiny run other tests train too, so its compiled programs are shared (a DQN: no bonus)
-    trained = run_script("train.py", tmp_path, *TINY_RUN, "run_dir=run")
+    trained = run_script("train.py", tmp_path, *tiny_overrides("run_dir=run", narrow=True))
     assert trained.returncode == 0, trained.stderr
     common = ["run", "--target", "0.6", "--window", "0", "--episodes", "2"]
     out = run_script("scenario_steps.py", tmp_path, *common, "--load", "peak_x2")

@@ -17,16 +17,9 @@ from hmk8s.policies.baselines import static_policy
 from hmk8s.policies.rollout import rollout
 from hmk8s.sim.dynamics import cluster_speed, request_rates, serve
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import params_from_usecase
 from hmk8s.sim.scenarios import SCENARIOS, ScenarioError, check_scenarios, shifted, stacked
-from hmk8s.usecases import load_usecase
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
-@pytest.fixture(scope="module")
-def ml():
-    return params_from_usecase(load_usecase("ml"), {"episode_steps": 12})
 
 
 @jax.jit

@@ -7,10 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.encoders import continuous, onehot
+from hmk8s.domain.encoders import continuous, onehot
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.usecases import load_usecase
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import params_from_usecase
-from hmk8s.usecases import load_usecase
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

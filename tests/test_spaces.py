@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hmk8s.sim.params import params_from_usecase
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, ActionLayout, action_mask
-from hmk8s.usecases import load_usecase
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, ActionLayout, action_mask
+from hmk8s.domain.usecases import load_usecase
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -9,10 +9,10 @@ import dataclasses
 import numpy as np
 import pytest
 
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 from hmk8s.k8s import objects
 from hmk8s.k8s.local.fidelity import step_utilisation
 from hmk8s.k8s.local.podmetrics import Sample, window_usage
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
 FW, ENC = FUNCTION_NAMES.index("firewall"), FUNCTION_NAMES.index("encrypt")
 SMALL, MEDIUM = CONFIG_NAMES.index("small"), CONFIG_NAMES.index("medium")
@@ -68,10 +68,10 @@ def synthetic_recording(node_usecase, seed: int, steps: int = 8):
     mean prediction written where the kubelet's and the load generator's readings go."""
     import jax
 
+    from hmk8s.domain.placement import initial_placement
+    from hmk8s.domain.settings import params_from_usecase
     from hmk8s.k8s.local import fidelity
-    from hmk8s.sim.env import initial_placement
     from hmk8s.sim.load_trace import rate_trace
-    from hmk8s.sim.params import params_from_usecase
 
     params = params_from_usecase(node_usecase).replace(start="minimal")
     ready, routes = initial_placement(jax.random.PRNGKey(seed), params)
@@ -96,8 +96,8 @@ def synthetic_recording(node_usecase, seed: int, steps: int = 8):
 def test_calibrate_pools_episodes_and_recovers_a_slower_service_rate():
     """A node whose firewall pods serve at 0.8 of the modelled rate: fitted on two episodes
     pooled, every mu factor is 1 / 0.8 for the firewall and 1 for the rest."""
+    from hmk8s.domain.usecases import load_usecase
     from hmk8s.k8s.local import fidelity
-    from hmk8s.usecases import load_usecase
 
     model = load_usecase("ml")
     functions = model.functions.model_dump()

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from async_envs import small_agent
 from script_runs import run_script, start_script
-from tiny_run import TINY_RUN
+from tiny import tiny_overrides
 
 from hmk8s import sim
 from hmk8s.train.actor_learner.core import make_async_fns
@@ -27,12 +27,9 @@ from hmk8s.train.profile import PHASES
 from hmk8s.train.run import DiskFullError, RunDirError, hold_run_dir, open_run
 
 #: The tiny run, long enough that a signal always lands before it ends (it never gets there).
-LONG_RUN = [o for o in TINY_RUN if not o.startswith("total_steps=")] + [
-    "usecase=ml",
-    "heuristic=true",
-    "total_steps=2000000",
-    "agent.lr_decay_updates=0",
-]
+LONG_RUN = tiny_overrides(
+    "usecase=ml", "heuristic=true", "total_steps=2000000", "agent.lr_decay_updates=0", narrow=True
+)
 
 
 def _wait_for(predicate, proc, seconds: float = 240.0) -> None:
@@ -104,7 +101,7 @@ def test_a_second_writer_is_refused_naming_the_first(tmp_path):
     with hold_run_dir(run):
         with pytest.raises(RunDirError, match=held), hold_run_dir(run):
             pass
-        out = run_script("train.py", tmp_path, *TINY_RUN, "run_dir=run")
+        out = run_script("train.py", tmp_path, *tiny_overrides("run_dir=run", narrow=True))
     assert out.returncode == 2
     assert out.stderr.strip() == (
         f"error: {run.relative_to(tmp_path)} is in use by another process (PID {os.getpid()}): "
@@ -148,7 +145,7 @@ def test_evaluate_and_a_multirun_refuse_a_used_directory(tmp_path):
 
 
 def test_the_profile_of_a_warm_run_reads_its_programs_back_and_trains_the_same(tmp_path):
-    tiny = [o for o in TINY_RUN if o != "eval.enabled=false"] + ["eval.episodes=2"]
+    tiny = tiny_overrides("eval.enabled=true", "eval.episodes=2", narrow=True)
     out = run_script("benchmark.py", tmp_path, "--profile", "--", *tiny)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()

@@ -13,26 +13,20 @@ import numpy as np
 import pytest
 import yaml
 from script_runs import run_script
-from tiny_run import TINY_RUN
+from tiny import tiny_overrides
 
 import hmk8s
 from hmk8s import sim
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.evaluate.experiment import EvaluateConfig
 from hmk8s.evaluate.sweep import read_sweep
-from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.q_policy import q_policy
 from hmk8s.policies.rollout import rollout
 from hmk8s.train.config import ConfigError
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
-TINY = [*TINY_RUN, "log.tensorboard=false"]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    """One compilation cache: the jobs of every sweep here compile the same program."""
-    return tmp_path_factory.mktemp("jax-cache")
+TINY = tiny_overrides(narrow=True)
 
 
 def sweep(tmp_path: Path, cache: Path, launcher: str, *extra: str) -> Path:

@@ -9,10 +9,9 @@ import numpy as np
 import pytest
 import yaml
 
-from hmk8s.encoders import continuous
-from hmk8s.sim.dynamics import request_rates
-from hmk8s.sim.params import EnvConfigError, params_from_usecase, validate_env_config
-from hmk8s.usecases import (
+from hmk8s.domain.encoders import continuous
+from hmk8s.domain.settings import EnvConfigError, params_from_usecase, validate_env_config
+from hmk8s.domain.usecases import (
     NOISE_MAX,
     RATE_MAX,
     REWARD_WEIGHT_MAX,
@@ -21,6 +20,7 @@ from hmk8s.usecases import (
     load_usecase,
     read_trace,
 )
+from hmk8s.sim.dynamics import request_rates
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

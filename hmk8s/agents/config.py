@@ -24,6 +24,9 @@ AUTO = "auto"
 #: the learners: "dqn" (replay and a target network, HAQL's home) and "pqn" (lambda-returns on
 #: each fresh rollout, no replay, no target network; docs/algorithm.md, "PQN")
 AGENT_KINDS = ("dqn", "pqn")
+#: The agents the evaluation compares, by name: whether each learns and acts with the rulebook
+#: (``heuristic=true``). A run's name for its agent is `agent_name`.
+AGENTS = {"dqn": False, "haql": True}
 
 
 @dataclass
@@ -140,6 +143,11 @@ def learner_haql(heuristic: bool, haql: HaqlConfig) -> HaqlConfig | None:
     """The heuristic the agent learns and acts with: ``haql`` when the user's switch
     ``heuristic`` is on (HAQL), None for a pure DQN. The one place this choice is made."""
     return haql if heuristic else None
+
+
+def agent_name(heuristic: bool) -> str:
+    """``haql`` for a run with the rulebook, ``dqn`` without (`AGENTS`)."""
+    return next(name for name, steered in AGENTS.items() if steered == heuristic)
 
 
 def xi_schedule(haql: HaqlConfig | None) -> optax.Schedule:

@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from hmk8s.bench.time_to_quality import Variant
-
-TRAIN = "from hmk8s.train.cli import entry; entry()"
+from hmk8s.shell.programs import program
 
 
 def run_train(args: Sequence[str], run_dir: Path) -> dict[str, Any]:
     """``scripts/train.py ARGS run_dir=RUN_DIR`` as a child process: its wall-clock seconds and
     summary; a failed run raises `RuntimeError` with the child's last error line."""
-    command = [sys.executable, "-c", TRAIN, *args, f"run_dir={run_dir}", "log.progress=false"]
+    command = program("train", *args, f"run_dir={run_dir}", "log.progress=false")
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from hmk8s.shell.programs import program
 from hmk8s.train.cache import CACHE_ENV
 from hmk8s.train.profile import PHASES
 
@@ -25,10 +25,10 @@ README_COMMAND = ("usecase=ml", "heuristic=true")
 FIXED = tuple(p for p in PHASES if p != "train")
 
 
-def _run(train_script: Path, overrides: list[str], run_dir: Path, cache: Path) -> dict[str, Any]:
+def _run(overrides: list[str], run_dir: Path, cache: Path) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env[CACHE_ENV] = str(cache)
-    command = [sys.executable, str(train_script), *overrides, f"run_dir={run_dir}"]
+    command = program("train", *overrides, f"run_dir={run_dir}")
     start = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
@@ -49,15 +49,13 @@ def _run(train_script: Path, overrides: list[str], run_dir: Path, cache: Path) -
     }
 
 
-def profile_command(train_script: Path, overrides: list[str]) -> dict[str, dict[str, Any]]:
-    """``{"cold": ..., "warm": ...}``: two runs of ``train_script overrides`` sharing a fresh
+def profile_command(overrides: list[str]) -> dict[str, dict[str, Any]]:
+    """``{"cold": ..., "warm": ...}``: two runs of ``scripts/train.py overrides`` sharing a fresh
     cache folder, each with its wall time, its split, the share of the fixed costs in it and
     how many programs XLA compiled."""
     with tempfile.TemporaryDirectory(prefix="hmk8s-profile-") as tmp:
         cache = Path(tmp) / "cache"
-        return {
-            run: _run(train_script, overrides, Path(tmp) / run, cache) for run in ("cold", "warm")
-        }
+        return {run: _run(overrides, Path(tmp) / run, cache) for run in ("cold", "warm")}
 
 
 def table(result: dict[str, dict[str, Any]]) -> str:

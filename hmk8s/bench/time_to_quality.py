@@ -22,25 +22,24 @@ from typing import Any
 
 import jax
 import numpy as np
-from hydra import compose, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
-from hmk8s.agents.config import heuristic_bonus
-from hmk8s.configs import CONFIG_DIR
+from hmk8s.agents.config import AGENTS, heuristic_bonus
+from hmk8s.domain.usecases import available_usecases
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.experiment import AgentRun, seed_returns, train_agent
 from hmk8s.policies.baselines import hpa_policy
 from hmk8s.policies.rollout import evaluate_policy
+from hmk8s.shell.compose import compose
 from hmk8s.train.anakin.loop import make_trainer
 from hmk8s.train.anakin.sim_eval import greedy_rollout
 from hmk8s.train.cli import register_schema
 from hmk8s.train.config import ConfigError, RunSpec, resolve
 
-AGENTS = {"dqn": False, "haql": True}
 MARGINS = (0.0, 10.0)
 
 
@@ -62,7 +61,7 @@ def parse_variant(text: str) -> Variant:
 
 def check_usecases(usecases: Sequence[str]) -> None:
     """Refuse a use case that has no file under `hmk8s/configs/usecase/`."""
-    known = sorted(p.stem for p in (CONFIG_DIR / "usecase").glob("*.yaml"))
+    known = sorted(available_usecases())
     bad = sorted(set(usecases) - set(known))
     if bad:
         raise ConfigError(f"unknown use case(s) {bad}: expected some of {known}")
@@ -80,8 +79,7 @@ def compose_config(usecase: str, heuristic: bool, overrides: Sequence[str]) -> R
     register_schema()
     args = [f"usecase={usecase}", f"heuristic={str(heuristic).lower()}", *overrides]
     try:
-        with initialize_config_module("hmk8s.configs", version_base="1.3"):
-            cfg = OmegaConf.to_object(compose("config", overrides=args))
+        cfg = OmegaConf.to_object(compose("config", args))
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(f"{' '.join(args)}: {err}".splitlines()[0]) from err
     return resolve(cfg, usecase)

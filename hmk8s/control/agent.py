@@ -42,20 +42,16 @@ from omegaconf import OmegaConf
 from pydantic import ConfigDict, Field, FiniteFloat, StringConstraints, ValidationError
 from pydantic.dataclasses import dataclass as checked_dataclass
 
-from hmk8s import sim
 from hmk8s.agents.config import HaqlConfig, deployed_bonus, learner_haql
 from hmk8s.agents.network import QNetwork
-from hmk8s.encoders import get_encoder
-from hmk8s.observation import Observation
-from hmk8s.policies.baselines import Policy
-from hmk8s.policies.heuristics import recommend
-from hmk8s.policies.q_policy import q_policy
-from hmk8s.sim.params import EnvConfigError, EnvParams
-from hmk8s.spaces import OP_NAMES, ActionLayout
-from hmk8s.train.anakin.sim_eval import greedy_rollout
-from hmk8s.train.checkpoint import CheckpointError, load_params
-from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import (
+from hmk8s.domain.encoders import get_encoder
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.placement import start_state
+from hmk8s.domain.settings import EnvConfigError, params_from_usecase
+from hmk8s.domain.spaces import OP_NAMES, ActionLayout
+from hmk8s.domain.state import observe
+from hmk8s.domain.usecases import (
     CONFIG_NAMES,
     FUNCTION_NAMES,
     UseCase,
@@ -63,6 +59,13 @@ from hmk8s.usecases import (
     load_usecase,
     validation_problems,
 )
+from hmk8s.policies.baselines import Policy
+from hmk8s.policies.heuristics import recommend
+from hmk8s.policies.q_policy import q_policy
+from hmk8s.sim.env import ClusterEnv
+from hmk8s.train.anakin.sim_eval import greedy_rollout
+from hmk8s.train.checkpoint import CheckpointError, load_params
+from hmk8s.train.runlog import params_sha256
 
 MANIFEST = "agent.json"
 PARAMS = "params.msgpack"
@@ -142,7 +145,7 @@ class Agent:
 
     @cached_property
     def env_params(self) -> EnvParams:
-        return sim.make(self.usecase, self.manifest.env)[1]
+        return params_from_usecase(self.usecase, self.manifest.env)
 
     @property
     def layout(self) -> ActionLayout:
@@ -165,7 +168,7 @@ class Agent:
         a program compiled once per process for every agent of the same shape."""
         m = self.manifest
         run = greedy_rollout(
-            sim.ClusterEnv(), self.env_params, self.network, episodes, m.env["encoder"]
+            ClusterEnv(), self.env_params, self.network, episodes, m.env["encoder"]
         )
         one_seed = jax.tree.map(lambda x: jnp.asarray(x)[None], self.q_params)
         return jax.tree.map(lambda x: np.asarray(x)[0], run(one_seed, key, m.bonus))
@@ -271,7 +274,7 @@ def check_usecase(agent: Agent, usecase: str | Path | Mapping[str, Any] | UseCas
     m = agent.manifest
     if uc.name != m.usecase:
         raise AgentError(f"the agent was trained for use case {m.usecase!r}, not {uc.name!r}")
-    _, params = sim.make(uc, m.env)
+    params = params_from_usecase(uc, m.env)
     dim = _obs_dim(params, m.env["encoder"])
     if (params.layout.num_actions, dim) != (m.num_actions, m.obs_dim):
         raise AgentError(
@@ -282,8 +285,9 @@ def check_usecase(agent: Agent, usecase: str | Path | Mapping[str, Any] | UseCas
 
 def _obs_dim(params: EnvParams, encoder: str) -> int:
     encode = get_encoder(encoder)
-    env = sim.ClusterEnv()
-    shape = jax.eval_shape(lambda k: encode(env.reset(k, params)[0], params), jax.random.PRNGKey(0))
+    shape = jax.eval_shape(
+        lambda k: encode(observe(start_state(k, params), params), params), jax.random.PRNGKey(0)
+    )
     return int(shape.shape[0])
 
 
@@ -318,7 +322,7 @@ def _load_run(run_dir: Path, step: int | None, seed: int) -> Agent:
         raise AgentError(f"{where}: not an hmk8s use-case run (config lacks {err})") from None
     try:
         usecase = load_usecase(usecase_config, source=f"{where} config")
-        _, env_params = sim.make(usecase, env_cfg)
+        env_params = params_from_usecase(usecase, env_cfg)
     except (UseCaseError, ValueError) as err:
         raise AgentError(str(err)) from None
     obs_dim = _obs_dim(env_params, env_cfg["encoder"])

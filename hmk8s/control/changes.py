@@ -13,13 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.placement import apply_action
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 from hmk8s.k8s.objects import Hop, instance_name
 from hmk8s.k8s.reconcile import Op, Placement, placement_of, plan
-from hmk8s.observation import Observation
-from hmk8s.sim.dynamics import apply_action
-from hmk8s.sim.params import EnvParams
-from hmk8s.sim.state import EnvState
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
 DEFAULT_CHAIN_CONFIGMAP = "proxy{p}-chain"
 

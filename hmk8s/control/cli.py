@@ -26,9 +26,8 @@ from hmk8s.control.config import (
 )
 from hmk8s.control.loop import Backend, Controller, Sink, Summary
 from hmk8s.control.observe import ControllerMetrics, DecisionLog, DryRunPrinter, LiveView
-from hmk8s.sim.params import START_MODES
-
-EXIT_BAD_INPUT = 2
+from hmk8s.domain.settings import START_MODES
+from hmk8s.shell.exit import refuse
 
 
 class Stop(threading.Event):
@@ -167,10 +166,10 @@ def bad_input_errors() -> tuple[type[BaseException], ...]:
     """The failures that mean the input is wrong, not the program."""
     from hmk8s.control.cluster import AdoptError
     from hmk8s.control.lease import LeaseHeldError
+    from hmk8s.domain.settings import EnvConfigError
+    from hmk8s.domain.usecases import UseCaseError
     from hmk8s.k8s.client import ClusterAccessError
     from hmk8s.k8s.config import ClusterMapError
-    from hmk8s.sim.params import EnvConfigError
-    from hmk8s.usecases import UseCaseError
 
     return (
         ControlConfigError,
@@ -191,8 +190,7 @@ def main(argv: Sequence[str]) -> int:
         try:
             summary = control(parse(argv), stop)
         except bad_input_errors() as err:
-            print(f"error: {err}", file=sys.stderr)
-            return EXIT_BAD_INPUT
+            return refuse(err)
     print(json.dumps(summary.as_dict()))
     if stop.signum is not None:
         name = signal.Signals(stop.signum).name
@@ -211,8 +209,7 @@ def export_main(argv: Sequence[str]) -> int:
         agent = load_agent(cfg.run, cfg.step, seed=cfg.seed, usecase=cfg.usecase)
         folder = export_agent(agent, cfg.out, cfg.sign_key)
     except (ControlConfigError, AgentError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return refuse(err)
     m: dict[str, Any] = {
         "out": str(folder),
         "usecase": agent.manifest.usecase,

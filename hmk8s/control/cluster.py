@@ -26,11 +26,14 @@ import jax.numpy as jnp
 import numpy as np
 import yaml
 
-from hmk8s import sim
 from hmk8s.control.changes import Change, after_action, describe, mirror_placement
 from hmk8s.control.drift import Conflict, conflicts, read_live, repaired
 from hmk8s.control.guard import Health
 from hmk8s.control.loop import Outcome, Reading, step_score
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.placement import initial_placement, start_state
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import UseCase
 from hmk8s.k8s.cleanup import runs_present
 from hmk8s.k8s.client import ClusterClient, api_errors
 from hmk8s.k8s.config import ClusterMap
@@ -38,10 +41,6 @@ from hmk8s.k8s.env import ClusterClock
 from hmk8s.k8s.observer import ClusterObserver
 from hmk8s.k8s.reconcile import Placement, Reconciler, plan
 from hmk8s.k8s.retry import RetryStats
-from hmk8s.sim.env import initial_placement
-from hmk8s.sim.params import EnvParams
-from hmk8s.sim.state import EnvState
-from hmk8s.usecases import UseCase
 
 log = logging.getLogger(__name__)
 SWITCH = "hmk8s-controller"
@@ -151,7 +150,7 @@ class ClusterBackend:
 
     def _template(self) -> EnvState:
         self._key, k_reset = jax.random.split(self._key)
-        return _sim_reset(k_reset, self.params)[1]
+        return _start_state(k_reset, self.params)
 
     def _adopt(self) -> EnvState:
         """The mirror of the placement found: its replicas, routes and ready pods."""
@@ -305,4 +304,4 @@ def switch_says_paused(value: object) -> bool:
     return parsed is not False
 
 
-_sim_reset = jax.jit(lambda key, params: sim.ClusterEnv().reset(key, params))
+_start_state = jax.jit(start_state)

@@ -15,6 +15,8 @@ from typing import Any, TypeVar
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hmk8s.shell.exit import one_line
+
 BACKENDS = ("sim", "k8s")
 ON_CONFLICT = ("repair", "hold")
 FALLBACKS = ("heuristic", "hpa", "none")
@@ -100,7 +102,7 @@ def parse_settings(schema: type[T], args: Sequence[str]) -> T:
     try:
         return settings_from(schema, OmegaConf.from_dotlist(list(args)))
     except OmegaConfBaseException as err:
-        raise ControlConfigError(_one_line(err)) from None
+        raise ControlConfigError(one_line(err)) from None
 
 
 def settings_from(schema: type[T], mapping: Any) -> T:
@@ -110,7 +112,7 @@ def settings_from(schema: type[T], mapping: Any) -> T:
         node = OmegaConf.merge(OmegaConf.structured(schema), mapping)
         return OmegaConf.to_object(node)
     except OmegaConfBaseException as err:
-        raise ControlConfigError(_one_line(err)) from None
+        raise ControlConfigError(one_line(err)) from None
 
 
 def parse(args: Sequence[str]) -> ControlConfig:
@@ -118,16 +120,6 @@ def parse(args: Sequence[str]) -> ControlConfig:
     cfg = parse_settings(ControlConfig, args)
     validate(cfg)
     return cfg
-
-
-def _one_line(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None)
-    message = str(err).splitlines()[0]
-    if "not in" in message and key:
-        return f"unknown setting {key!r}"
-    if "missing mandatory value" in message.lower() and key:
-        return f"{key}= is required"
-    return f"{key}: {message}" if key else message
 
 
 def validate(cfg: ControlConfig) -> None:

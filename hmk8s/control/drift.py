@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from hmk8s.domain.usecases import FUNCTION_NAMES
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterClient, api_errors
 from hmk8s.k8s.config import ClusterMap
 from hmk8s.k8s.reconcile import Instance, Placement, instance_from_labels
-from hmk8s.usecases import FUNCTION_NAMES
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 
 from hmk8s.control.agent import action_text
 from hmk8s.control.loop import Decision, Outcome, Reading
-from hmk8s.sim.params import EnvParams
+from hmk8s.domain.params import EnvParams
 
 log = logging.getLogger(__name__)
 COMPONENT = "hmk8s-controller"

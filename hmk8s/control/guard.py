@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from hmk8s.control.config import GuardConfig
-from hmk8s.observation import Observation
-from hmk8s.sim.params import EnvParams
-from hmk8s.spaces import OP_DEPLOY, OP_REMOVE
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.spaces import OP_DEPLOY, OP_REMOVE
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
 PAUSED = "paused"
 STALE = "stale_readings"
@@ -129,7 +129,7 @@ def chain_break(obs: Observation, params: EnvParams, k: int, f: int, c: int) -> 
 
     A removal takes a starting pod first, so only the last pod of an instance with no starting
     pods matters: the instance goes, and every proxy routed to it is re-routed to a random
-    remaining instance of f (`hmk8s.sim.dynamics.apply_action`). That is safe only when one
+    remaining instance of f (`hmk8s.domain.placement.apply_action`). That is safe only when one
     remains and every one that remains has a ready pod.
     """
     layout = params.layout

@@ -22,10 +22,10 @@ from hmk8s.control.agent import Agent, Explanation
 from hmk8s.control.changes import Change
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.guard import ALLOWED, Health, Verdict, check, hold_reason
-from hmk8s.observation import Observation, chain_latency_ratio
+from hmk8s.domain.observation import Observation, chain_latency_ratio
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.reward import reward
 from hmk8s.policies.baselines import Policy, heuristic_policy, hpa_policy
-from hmk8s.reward import reward
-from hmk8s.sim.params import EnvParams
 
 FALLBACK_POLICIES = {"heuristic": heuristic_policy, "hpa": hpa_policy}
 

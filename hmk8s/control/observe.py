@@ -17,7 +17,7 @@ from rich.table import Table
 from hmk8s.control.agent import action_text
 from hmk8s.control.guard import Verdict
 from hmk8s.control.loop import Decision, Outcome, Reading
-from hmk8s.sim.params import EnvParams
+from hmk8s.domain.params import EnvParams
 
 PREFIX = "hmk8s_controller"
 CONTROLLER = "chaincontroller"  # the `controller` label of controller-runtime's metrics

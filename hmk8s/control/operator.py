@@ -36,16 +36,18 @@ import jax
 from omegaconf import MISSING
 from prometheus_client import Counter, Gauge
 
-from hmk8s import sim
 from hmk8s.control import resource
 from hmk8s.control.agent import PARAMS, Agent, AgentError, action_text, load_agent
-from hmk8s.control.cli import EXIT_BAD_INPUT, controller_identity, stop_on_signals
+from hmk8s.control.cli import controller_identity, stop_on_signals
 from hmk8s.control.config import ControlConfigError, parse_settings
 from hmk8s.control.events import DecisionEvents, EventRecorder, ObjectRef, RateLimit
 from hmk8s.control.lease import LeaderElector, LeaseTiming, lease_name, lease_namespace
 from hmk8s.control.loop import Controller, Decision, Outcome, Reading, step_score
 from hmk8s.control.observe import ControllerMetrics
 from hmk8s.control.serving import Endpoints
+from hmk8s.domain.placement import start_state
+from hmk8s.domain.state import observe
+from hmk8s.shell.exit import refuse
 
 log = logging.getLogger(__name__)
 IN_CLUSTER = "in-cluster"
@@ -436,7 +438,7 @@ class Operator:
         except AgentError as err:
             log.debug("standby: the agent does not load (%s)", err)
             return
-        obs, _ = sim.ClusterEnv().reset(jax.random.PRNGKey(0), agent.env_params)
+        obs = observe(start_state(jax.random.PRNGKey(0), agent.env_params), agent.env_params)
         obs = jax.device_get(obs)
         s = spec.settings
         Controller(agent, s.guard, s.fallback).decide(Reading(obs))
@@ -574,8 +576,7 @@ def main(argv: Sequence[str]) -> int:
         cfg = parse_settings(OperatorConfig, argv)
         op = Operator(cfg, connect_api(cfg))
     except (ControlConfigError, ClusterAccessError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return refuse(err)
     metrics = Endpoints(cfg.metrics_port, registry=op.metrics.registry, addr=cfg.bind_address)
     checks = {"/healthz": op.healthz, "/readyz": op.readyz}
     probes = Endpoints(cfg.health_port, checks=checks, addr=cfg.bind_address)

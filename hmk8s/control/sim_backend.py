@@ -25,11 +25,11 @@ from hmk8s.control.changes import (
     placement_from,
 )
 from hmk8s.control.loop import Outcome, Reading, step_score
-from hmk8s.observation import Observation
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
 from hmk8s.policies.baselines import Policy
 from hmk8s.policies.rollout import rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams
 
 POLL_S = 0.05
 

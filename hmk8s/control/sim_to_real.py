@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +27,11 @@ import jax
 import numpy as np
 
 from hmk8s.control.agent import AgentError, load_agent
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
 from hmk8s.k8s import objects
 from hmk8s.k8s.local import fidelity
 from hmk8s.policies.baselines import heuristic_policy, hpa_exact_policy
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase, UseCaseError, load_usecase
+from hmk8s.shell.exit import refuse
 
 HPA_TARGET = 0.8
 
@@ -199,13 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.out.exists():
-        print(f"error: {args.out} exists; write into a new --out", file=sys.stderr)
-        return 2
+        return refuse(f"{args.out} exists; write into a new --out")
     try:
         summary = run(args)
     except (AgentError, UseCaseError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     print(table(summary))
     return 0
 

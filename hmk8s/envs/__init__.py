@@ -10,7 +10,10 @@ from typing import Any
 
 import gymnasium as gym
 
-ENV_IDS = {"ehr": "hmk8s/EHR-v0", "ml": "hmk8s/ML-v0", "stream": "hmk8s/STREAM-v0"}
+from hmk8s.domain.usecases import available_usecases
+
+#: The gymnasium id of every shipped use case: ``hmk8s/<NAME>-v0``.
+ENV_IDS = {usecase: f"hmk8s/{usecase.upper()}-v0" for usecase in available_usecases()}
 ENTRY_POINT = "hmk8s.envs.gym_env:make_env"
 
 

@@ -21,10 +21,11 @@ import jax
 import numpy as np
 
 from hmk8s import sim
-from hmk8s.encoders import get_encoder
-from hmk8s.observation import Observation
-from hmk8s.sim.env import check_steppable
-from hmk8s.sim.params import ENV_DEFAULTS
+from hmk8s.domain.encoders import get_encoder
+from hmk8s.domain.episode import check_steppable
+from hmk8s.domain.metrics import host_metrics
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.settings import ENV_DEFAULTS
 
 #: The process that imported hmk8s; another pid with the module already loaded is a fork of it.
 _IMPORTED_IN = os.getpid()
@@ -47,10 +48,7 @@ def check_not_forked() -> None:
 def _host_info(info: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "action_mask": np.asarray(info["action_mask"], dtype=bool),
-        "latency_ratio": float(info["latency_ratio"]),
-        "pods": int(info["pods"]),
-        "sla_violated": bool(info["sla_violated"]),
-        "invalid": bool(info["invalid"]),
+        **host_metrics(info),
     }
 
 

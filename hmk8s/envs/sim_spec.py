@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import jax
 
-from hmk8s.encoders import get_encoder
+from hmk8s.domain.encoders import get_encoder
+from hmk8s.domain.episode import auto_reset
+from hmk8s.domain.metrics import STEP_METRICS
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.settings import ENV_DEFAULTS
 from hmk8s.envs.spec import EnvSpec, Timestep
-from hmk8s.metrics import STEP_METRICS
 from hmk8s.policies.heuristics import recommend
-from hmk8s.sim.env import ClusterEnv, auto_reset
-from hmk8s.sim.params import ENV_DEFAULTS, EnvParams
+from hmk8s.sim.env import ClusterEnv
 
 
 def sim_env_spec(

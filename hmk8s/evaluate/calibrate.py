@@ -19,10 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmk8s.configs import default
+from hmk8s.domain.params import EnvParams
 from hmk8s.policies.baselines import Policy, hpa_exact_policy, hpa_policy, static_policy
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams
 
 #: the suffix of a calibrated baseline's name (``hpa_exact_calibrated``)
 CALIBRATED = "_calibrated"

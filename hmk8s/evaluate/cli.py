@@ -11,35 +11,34 @@ import os
 import platform
 import sys
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
-import hydra
 import jax
 import yaml
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from hmk8s.configs import SEARCH_PATH, default
+from hmk8s.configs import default
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import CONFIG_DIR, UseCaseError, available_usecases
 from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_agent
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
-from hmk8s.sim.params import EnvConfigError
+from hmk8s.shell.compose import run_command
+from hmk8s.shell.exit import fail
+from hmk8s.shell.run_dir import RunDirError, claim_run_dir, holds_files, timestamped
 from hmk8s.sim.scenarios import ScenarioError, check_scenarios
 from hmk8s.train.cache import cache_root, enable_compile_cache, score_cache
 from hmk8s.train.checkpoint import CheckpointError
-from hmk8s.train.cli import EXIT_BAD_INPUT, SCHEMA_NAME, check_overrides
+from hmk8s.train.cli import SCHEMA_NAME
 from hmk8s.train.config import ConfigError, TrainConfig, config_differences, resolve
-from hmk8s.train.run import LOCK_FILE, RunDirError, hold_run_dir
 from hmk8s.train.stop import exit_status, forget, requested, signal_name, stop_on_signals
-from hmk8s.usecases import CONFIG_DIR, UseCaseError
 
 ALL = "all"
-#: What ``usecase=all`` evaluates. It is registered as an option of the ``usecase`` group in
-#: Python, not as a file under `configs/usecase/`, which holds only real use cases.
-ALL_USECASES = ("ehr", "ml", "stream")
 #: The settings an evaluation ran with, saved beside its results (a resume must match them).
 CONFIG_FILE = "config.yaml"
 #: What may change when a stopped evaluation is resumed: where it is and what it prints.
@@ -62,12 +61,14 @@ def register_schema() -> None:
     ``usecase=all``."""
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=EvaluateRoot)
-    store.store(group="usecase", name=ALL, node={ALL: list(ALL_USECASES)})
+    store.store(group="usecase", name=ALL, node={ALL: list(available_usecases())})
 
 
 def usecases(choice: str, mapping: Any) -> dict[str, dict[str, Any]]:
-    """Use-case mappings by name: the chosen one (with any command-line changes), or each of
-    `ALL_USECASES` as its YAML file defines it."""
+    """Use-case mappings by name: the chosen one (with any command-line changes), or each
+    shipped use case (`available_usecases`) as its YAML file defines it. ``usecase=all`` is
+    registered in Python (`register_schema`), not as a file under `configs/usecase/`, which
+    holds only real use cases."""
     if choice != ALL:
         return {choice: OmegaConf.to_container(mapping, resolve=True)}
     return {n: yaml.safe_load((CONFIG_DIR / f"{n}.yaml").read_text()) for n in mapping["all"]}
@@ -98,10 +99,10 @@ def run(cfg: DictConfig) -> Path:
         grid = typed.evaluate.deployed_xi_grid
         raise ConfigError(f"evaluate.deployed_xi_grid must hold weights >= 0, got {grid}")
     for name in typed.evaluate.agent_by_usecase:
-        if name not in ALL_USECASES:
+        if name not in available_usecases():
             raise ConfigError(
                 f"evaluate.agent_by_usecase: unknown use case {name!r} "
-                f"(one of {', '.join(ALL_USECASES)})"
+                f"(one of {', '.join(available_usecases())})"
             )
         agent = usecase_agent(typed.agent, name, typed.evaluate)
         resolve(dataclasses.replace(typed, usecase=None, agent=agent))
@@ -118,9 +119,8 @@ def run(cfg: DictConfig) -> Path:
         enable_compile_cache(cache)
     scores = score_cache(cache, typed.cache.scores)
     config = OmegaConf.to_container(cfg, resolve=True)
-    out = output_dir(typed, choice)
     forget()
-    with hold_run_dir(out), stop_on_signals():
+    with evaluation_dir(typed, choice) as out, stop_on_signals():
         results = resumed_results(out, config) if typed.resume is not None else {}
         (out / CONFIG_FILE).write_text(yaml.safe_dump(config, sort_keys=False))
         start = time.perf_counter()
@@ -174,9 +174,10 @@ def progress(line: str) -> None:
     print(line, flush=True)
 
 
-def output_dir(typed: EvaluateRoot, choice: str) -> Path:
+def evaluation_dir(typed: EvaluateRoot, choice: str) -> AbstractContextManager[Path]:
     """``resume`` (a stopped evaluation's directory), else ``run_dir``, else a fresh timestamped
-    one; a directory that already holds files is refused unless it is resumed."""
+    one, claimed for this evaluation: a directory that already holds files (an evaluation's, a
+    training run's) is refused unless it is resumed."""
     if typed.resume is not None:
         if (
             typed.run_dir is not None
@@ -188,19 +189,19 @@ def output_dir(typed: EvaluateRoot, choice: str) -> Path:
         out = Path(typed.resume)
         if not (out / "results.json").is_file():
             raise RunDirError(f"resume={out}: no stopped evaluation (results.json) there")
-        return out
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    out = Path(typed.run_dir or f"runs/evaluate-{choice}-{stamp}")
-    if out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir()):
-        raise RunDirError(
-            f"{out} is not empty: pass resume={out} to continue a stopped evaluation there, or "
-            "choose another run_dir"
-        )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunDirError(f"run_dir {out} cannot be written: {err.strerror or err}") from err
-    return out
+        return claim_run_dir(out, lambda _: None)
+    out = Path(typed.run_dir) if typed.run_dir else timestamped("evaluate", choice)
+    return claim_run_dir(out, used)
+
+
+def used(out: Path) -> str | None:
+    """Why a fresh evaluation may not write into ``out``: it holds files."""
+    if not holds_files(out):
+        return None
+    return (
+        f"{out} is not empty: pass resume={out} to continue a stopped evaluation there, or "
+        "choose another run_dir"
+    )
 
 
 def resumed_results(out: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -245,18 +246,11 @@ def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
     except (ConfigError, CheckpointError, EnvConfigError, UseCaseError, RunDirError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-
-
-@hydra.main(config_path=SEARCH_PATH, config_name="evaluate", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    main(cfg)
+        fail(err)
 
 
 def entry() -> None:
-    """``hmk8s-evaluate`` and ``scripts/evaluate.py``: Hydra over the shipped configs, then
-    `main`."""
+    """``hmk8s-evaluate`` and ``scripts/evaluate.py``: the config composed once over the
+    shipped configs, then `main`."""
     register_schema()
-    check_overrides("evaluate", sys.argv[1:])
-    _hydra_main()
+    run_command("evaluate", main, sys.argv[1:])

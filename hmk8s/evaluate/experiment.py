@@ -24,13 +24,19 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hmk8s import sim
-from hmk8s.agents.config import AgentConfig, deployed_bonus, deployed_weight, heuristic_bonus
+from hmk8s.agents.config import (
+    AGENTS,
+    AgentConfig,
+    deployed_bonus,
+    deployed_weight,
+    heuristic_bonus,
+)
 from hmk8s.configs import default
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.calibrate import CalibrationGrid, calibrate
 from hmk8s.evaluate.shifted import agent_on_scenarios, baseline_on_scenarios, scenario_results
-from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import BASELINES
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.scenarios import check_scenarios, stacked
@@ -42,7 +48,6 @@ from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.run import check_finite
 from hmk8s.train.stop import requested
 
-AGENTS = ("dqn", "haql")
 #: the baselines HAQL must beat on return with no higher SLA violation rate (`targets`)
 TARGET_BASELINES = ("hpa_exact_calibrated", "hpa", "heuristic")
 #: the baselines scored on the shifted loads beside the agents

@@ -21,16 +21,16 @@ from omegaconf.errors import OmegaConfBaseException
 from hmk8s import sim
 from hmk8s.agents.config import deployed_bonus
 from hmk8s.configs import shipped_value
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, ActionLayout
+from hmk8s.domain.usecases import CONFIG_NAMES
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.baselines import hpa_exact_policy
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.scenarios import ScenarioError, check_scenarios, shifted, stacked
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, ActionLayout
 from hmk8s.train.anakin.loop import make_trainer
 from hmk8s.train.anakin.sim_eval import greedy_rollout
 from hmk8s.train.checkpoint import load_params
 from hmk8s.train.config import ConfigError, TrainConfig
-from hmk8s.usecases import CONFIG_NAMES
 
 #: the agent's kinds of action, in the order of `action_mix`
 KINDS = ("deploy", "remove", "reroute", "noop")

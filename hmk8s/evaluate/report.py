@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hmk8s.agents.config import AGENTS
+from hmk8s.domain.metrics import POLICY_METRICS
 from hmk8s.evaluate import learning, plots
 from hmk8s.evaluate.calibrate import CALIBRATED
-from hmk8s.evaluate.experiment import AGENTS, TARGET_BASELINES
+from hmk8s.evaluate.experiment import TARGET_BASELINES
 from hmk8s.evaluate.stats import Interval
-from hmk8s.metrics import POLICY_METRICS
 
 BASELINE_ORDER = (
     "hpa_exact_calibrated",

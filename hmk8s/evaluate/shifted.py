@@ -10,11 +10,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES, summarise
+from hmk8s.domain.params import EnvParams
 from hmk8s.policies.baselines import Policy
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams
 from hmk8s.sim.scenarios import shifted
 
 Scores = dict[str, float]
@@ -50,7 +50,7 @@ def agent_on_scenarios(
     shifts: dict[str, jax.Array],
 ) -> dict[str, dict[str, np.ndarray]]:
     """Each seed's scores per scenario, ``{scenario: {metric: [seeds]}}`` (``run`` from
-    `make_seed_rollout`)."""
+    `greedy_rollout`)."""
     records = run(seed_params, key, bonus, shifts)
     seeds = records["reward"].shape[1]
     out = {}

@@ -24,7 +24,8 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hmk8s.evaluate.experiment import AGENTS, AgentRun
+from hmk8s.agents.config import AGENTS, agent_name
+from hmk8s.evaluate.experiment import AgentRun
 from hmk8s.train.anakin.loop import Trainer, seed_keys
 from hmk8s.train.checkpoint import Checkpointer, run_checkpoints
 from hmk8s.train.config import ConfigError, TrainConfig, config_differences
@@ -63,7 +64,7 @@ class SweepRun:
 
     @property
     def agent(self) -> str:
-        return "haql" if self.config.get("heuristic") else "dqn"
+        return agent_name(bool(self.config.get("heuristic")))
 
     @property
     def seed(self) -> int:

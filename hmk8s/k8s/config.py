@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from hmk8s.configs import CONFIG_DIR
-from hmk8s.usecases import CONFIG_NAMES, UseCase, validation_problems
+from hmk8s.domain.usecases import CONFIG_NAMES, UseCase, validation_problems
 
 CONFIG_PATH = CONFIG_DIR / "backend" / "k8s.yaml"
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -246,8 +246,8 @@ def env_cluster_maps(
 def shipped_backend(name: str) -> dict[str, Any]:
     """A shipped backend config (`configs/backend/<name>.yaml`) with its defaults list composed
     by Hydra, as `backend=<name>` gives it to scripts/train.py."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    with initialize_config_dir(str(CONFIG_DIR / "backend"), version_base=None):
-        return OmegaConf.to_container(compose(name), resolve=True)
+    from hmk8s.shell.compose import compose
+
+    return OmegaConf.to_container(compose(name, folder=CONFIG_DIR / "backend"), resolve=True)

@@ -26,8 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hmk8s import sim
-from hmk8s.encoders import get_encoder
+from hmk8s.domain.encoders import get_encoder
+from hmk8s.domain.episode import check_steppable
+from hmk8s.domain.metrics import host_metrics, step_metrics
+from hmk8s.domain.observation import Observation, chain_latency_ratio
+from hmk8s.domain.placement import apply_action, start_state
+from hmk8s.domain.reward import reward as reward_fn
+from hmk8s.domain.settings import ENV_DEFAULTS, params_from_usecase
+from hmk8s.domain.state import EnvState, observe
+from hmk8s.domain.usecases import UseCase, load_usecase
 from hmk8s.k8s import objects
 from hmk8s.k8s.cleanup import CleanupReport, delete_labelled, runs_present
 from hmk8s.k8s.client import ClusterAccessError, connect
@@ -35,13 +42,6 @@ from hmk8s.k8s.config import ClusterMap, load_cluster_map
 from hmk8s.k8s.observer import ClusterObserver
 from hmk8s.k8s.reconcile import Reconciler, placement_of
 from hmk8s.k8s.retry import RetryStats
-from hmk8s.observation import Observation, chain_latency_ratio
-from hmk8s.reward import reward as reward_fn
-from hmk8s.sim.dynamics import apply_action
-from hmk8s.sim.env import check_steppable
-from hmk8s.sim.params import ENV_DEFAULTS
-from hmk8s.sim.state import EnvState
-from hmk8s.usecases import UseCase, load_usecase
 
 log = logging.getLogger(__name__)
 _LIVE: weakref.WeakSet[KubernetesClusterEnv] = weakref.WeakSet()
@@ -102,7 +102,7 @@ class KubernetesClusterEnv(gym.Env):
             "episode_steps": episode_steps,
         }
         cfg = {**dict(env_cfg or {}), **{k: v for k, v in overrides.items() if v is not None}}
-        self.sim_env, self.params = sim.make(self.usecase, cfg)
+        self.params = params_from_usecase(self.usecase, cfg)
         self.cmap = (
             backend_cfg if isinstance(backend_cfg, ClusterMap) else load_cluster_map(backend_cfg)
         )
@@ -120,11 +120,11 @@ class KubernetesClusterEnv(gym.Env):
             self.clients, self.cmap, self.params, self.run_id, self.homes
         )
         self._encoder = _jitted_encoder(cfg.get("encoder", ENV_DEFAULTS["encoder"]))
-        dim = int(
-            jax.eval_shape(
-                lambda k: self._encode(_sim_reset(k, self.params)[0]), jax.random.PRNGKey(0)
-            ).shape[0]
+        first = jax.eval_shape(
+            lambda k: self._encode(observe(start_state(k, self.params), self.params)),
+            jax.random.PRNGKey(0),
         )
+        dim = int(first.shape[0])
         self.observation_space = gym.spaces.Box(0.0, 1.0, (dim,), np.float32)
         self.action_space = gym.spaces.Discrete(self.params.layout.num_actions)
         self._key = jax.random.PRNGKey(0)
@@ -163,7 +163,7 @@ class KubernetesClusterEnv(gym.Env):
         self._check_open()
         self._key = jax.random.PRNGKey(int(self.np_random.integers(0, 2**31 - 1)))
         self._key, k_reset = jax.random.split(self._key)
-        _, self._mirror = _sim_reset(k_reset, self.params)
+        self._mirror = _start_state(k_reset, self.params)
         self._ended = False
         self._begin_step()
         self.reconciler.discover()
@@ -204,10 +204,7 @@ class KubernetesClusterEnv(gym.Env):
         )
         info = {
             "action_mask": np.asarray(obs.action_mask, bool),
-            "latency_ratio": float(ratio),
-            "pods": int(pods),
-            "sla_violated": bool(ratio > 1.0),
-            "invalid": bool(invalid),
+            **host_metrics(step_metrics(ratio, pods, invalid)),
             **extra,
         }
         self._check_api(extra["api_errors"])
@@ -322,7 +319,7 @@ def _check_namespaces_free(clients: list, run_id: str) -> None:
 
 
 # Compiled once per process, not per env: params are arguments, not closed over.
-_sim_reset = jax.jit(lambda key, params: sim.ClusterEnv().reset(key, params))
+_start_state = jax.jit(start_state)
 _apply_action = jax.jit(apply_action)
 _ENCODERS: dict[str, Any] = {}
 

@@ -11,8 +11,8 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
 from hmk8s.k8s.config import ClusterMap
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
 
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGER = "hmk8s"

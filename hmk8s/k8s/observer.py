@@ -15,14 +15,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmk8s.domain.observation import Measurement, Observation, build_observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 from hmk8s.k8s import objects, readings
 from hmk8s.k8s.client import ClusterAccessError, ClusterClient, api_errors
 from hmk8s.k8s.config import ClusterMap
 from hmk8s.k8s.latency import make_source
-from hmk8s.observation import Measurement, Observation, build_observation
-from hmk8s.sim.params import EnvParams
-from hmk8s.sim.state import EnvState
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hmk8s.domain.observation import Measurement
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 from hmk8s.k8s import objects
-from hmk8s.observation import Measurement
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
 log = logging.getLogger(__name__)
 Instance = tuple[int, int, int]

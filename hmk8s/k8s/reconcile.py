@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import ClusterClient, api_errors
 from hmk8s.k8s.config import ClusterMap
 from hmk8s.k8s.objects import Hop
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
 
 log = logging.getLogger(__name__)
 Instance = tuple[int, int, int]

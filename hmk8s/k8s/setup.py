@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
+from hmk8s.domain.usecases import UseCase
 from hmk8s.k8s import objects
 from hmk8s.k8s.client import discard, new_api_client
 from hmk8s.k8s.config import ClusterMap, env_cluster_maps, load_cluster_map, split_backend
-from hmk8s.usecases import UseCase
 
 RBAC_PATH = Path(__file__).resolve().parents[2] / "deploy" / "rbac.yaml"
 CREATED_BY = "app.kubernetes.io/created-by"

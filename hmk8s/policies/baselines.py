@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from hmk8s.observation import Observation
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 from hmk8s.policies.heuristics import recommend
-from hmk8s.sim.params import EnvParams
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 
 
 class Policy(NamedTuple):

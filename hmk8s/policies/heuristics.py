@@ -29,10 +29,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from hmk8s.observation import Observation
-from hmk8s.sim.dynamics import instance_load, instance_pressure
-from hmk8s.sim.params import EnvParams
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.placement import instance_load, instance_pressure
+from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE
 
 
 class Rulebook(NamedTuple):

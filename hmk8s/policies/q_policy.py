@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 
 from hmk8s.agents.dqn import greedy_action
-from hmk8s.encoders import get_encoder
+from hmk8s.domain.encoders import get_encoder
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.settings import ENV_DEFAULTS
 from hmk8s.policies.baselines import Policy
 from hmk8s.policies.heuristics import recommend
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import ENV_DEFAULTS, EnvParams
 from hmk8s.sim.scenarios import shifted
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]

@@ -11,12 +11,12 @@ from typing import Any
 
 import jax
 
-from hmk8s.metrics import summarise
-from hmk8s.observation import Observation
+from hmk8s.domain.metrics import STEP_METRICS, summarise
+from hmk8s.domain.observation import Observation
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.placement import scale_instances
 from hmk8s.policies.baselines import Policy
-from hmk8s.sim.dynamics import scale_instances
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams
 
 #: A rollout program is compiled once and run a few times, so compiling is most of its cost. The
 #: CPU backend's optimisation level 1 compiles one 30-50 % faster than the default level, with
@@ -54,10 +54,7 @@ def rollout(
             obs, state, reward, _, _, info = env.step_env(k_env, state, action, params)
             record = {
                 "reward": reward,
-                "latency_ratio": info["latency_ratio"],
-                "sla_violated": info["sla_violated"],
-                "pods": info["pods"],
-                "invalid": info["invalid"],
+                **{name: info[name] for name in STEP_METRICS},
                 "action": action,
                 "rates": obs.rates,
                 "pods_per_cluster": obs.pods,

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import UseCase, load_usecase
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams, params_from_usecase
-from hmk8s.sim.state import EnvState
-from hmk8s.usecases import UseCase, load_usecase
 
 __all__ = ["ClusterEnv", "EnvParams", "EnvState", "make"]
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from hmk8s.observation import Measurement
-from hmk8s.sim.params import RHO_MAX, EnvParams
-from hmk8s.sim.state import EnvState
-from hmk8s.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, action_mask
+from hmk8s.domain.observation import Measurement
+from hmk8s.domain.params import RHO_MAX, EnvParams
+from hmk8s.domain.placement import instance_load
+from hmk8s.domain.state import EnvState
 
 
 def request_rates(
@@ -68,24 +68,6 @@ def cluster_speed(time: jax.Array, params: EnvParams) -> jax.Array:
     ``capacity_loss`` from ``capacity_loss_step`` on (half its nodes gone: its pods share half the
     CPU)."""
     return 1.0 - jnp.where(time >= params.capacity_loss_step, params.capacity_loss, 0.0)
-
-
-def instance_load(routes: jax.Array, rates: jax.Array, params: EnvParams) -> jax.Array:
-    """Requests/s arriving at each instance: the sum of the proxy rates routed to it, [K, F, C]."""
-    k, c = params.layout.clusters, params.layout.configs
-    per_hop = jax.nn.one_hot(routes, k * c) * rates[:, None, None]
-    load_fi = per_hop.sum(axis=0)
-    return jnp.transpose(load_fi.reshape(-1, k, c), (1, 0, 2))
-
-
-def instance_pressure(
-    routes: jax.Array, rates: jax.Array, replicas: jax.Array, params: EnvParams
-) -> jax.Array:
-    """Rate routed to each instance over the service rate of all its pods, starting ones
-    included (0 without pods), [K, F, C]: the utilisation the placement is heading for."""
-    load = instance_load(routes, rates, params)
-    capacity = replicas * params.mu[None]
-    return jnp.where(capacity > 0, load / jnp.maximum(capacity, 1e-9), 0.0)
 
 
 def serve(
@@ -203,82 +185,3 @@ def advance(key: jax.Array, state: EnvState, params: EnvParams) -> EnvState:
         time=state.time + 1,
         measurement=measurement,
     )
-
-
-def _random_instance(key: jax.Array, candidates: jax.Array, count: int) -> jax.Array:
-    """For each of `count` draws, a uniformly random True index of `candidates`, or -1 if none."""
-    scores = jax.random.uniform(key, (count, candidates.shape[0]))
-    pick = jnp.argmax(jnp.where(candidates[None], scores, -1.0), axis=1)
-    return jnp.where(candidates.any(), pick, -1).astype(jnp.int32)
-
-
-def apply_action(
-    key: jax.Array, state: EnvState, action: jax.Array, params: EnvParams
-) -> tuple[EnvState, jax.Array]:
-    """Change the placement as the action says; an action that cannot succeed changes nothing.
-
-    Returns the new state and whether the action was invalid (masked, or outside the space,
-    such as the -1 a policy returns for "nothing to do" in a layout without a no-op).
-    """
-    layout = params.layout
-    a = layout.decode(action)
-    k, f, c, p = a.cluster, a.function, a.config, a.proxy
-    in_space = (action >= 0) & (action < layout.num_actions)
-    mask = action_mask(layout, state.replicas, params.max_pods, params.in_chain)
-    valid = in_space & mask[jnp.clip(action, 0, layout.num_actions - 1)]
-    act = valid & ~a.noop
-    deploy, remove, assign = (
-        act & (a.op == OP_DEPLOY),
-        act & (a.op == OP_REMOVE),
-        act & (a.op == OP_ASSIGN),
-    )
-    inst = (k * layout.configs + c).astype(jnp.int32)
-
-    slot = params.startup_steps[f, c] - 1
-    pending_col = state.pending[k, f, c]
-    depth = params.pending_depth
-    last_pending = depth - 1 - jnp.argmax(pending_col[::-1] > 0)
-    take_pending = remove & (pending_col.sum() > 0)
-    take_ready = remove & ~take_pending
-    pending_col = pending_col.at[jnp.maximum(slot, 0)].add(jnp.where(deploy & (slot >= 0), 1, 0))
-    pending_col = pending_col.at[last_pending].add(jnp.where(take_pending, -1, 0))
-    ready_kfc = state.ready[k, f, c] + jnp.where(deploy & (slot < 0), 1, 0) - take_ready
-    ready = state.ready.at[k, f, c].set(ready_kfc)
-    pending = state.pending.at[k, f, c].set(pending_col)
-
-    gone = remove & (ready_kfc + pending_col.sum() == 0)
-    remaining = (ready + pending.sum(axis=-1))[:, f, :].reshape(-1) > 0
-    reroute = _random_instance(key, remaining, layout.proxies)
-    hop = state.routes[:, f]
-    hop = jnp.where(gone & (hop == inst), reroute, hop)
-    hop = hop.at[p].set(jnp.where(deploy | assign, inst, hop[p]))
-    routes = state.routes.at[:, f].set(hop)
-    backlog = state.backlog.at[k, f, c].set(jnp.where(gone, 0.0, state.backlog[k, f, c]))
-    new_state = state.replace(ready=ready, pending=pending, routes=routes, backlog=backlog)
-    return new_state, ~valid
-
-
-def scale_instances(state: EnvState, target: jax.Array, params: EnvParams) -> EnvState:
-    """Set every existing instance to ``target`` replicas [K, F, C] at once, as an autoscaler
-    scales Deployments: never below one pod (an instance is never removed, so routing stays),
-    never creating an instance, and new pods only where their cluster has room (in (f, c)
-    order). A scale-down takes starting pods first, the latest first, then ready ones; a
-    scale-up starts pods that are ready after their config's start-up delay."""
-    replicas = state.replicas
-    exists = replicas > 0
-    target = jnp.where(exists, jnp.maximum(target, 1), 0)
-    down = jnp.maximum(replicas - target, 0)
-    pending = state.pending
-    later = jnp.flip(jnp.cumsum(jnp.flip(pending, -1), -1), -1) - pending  # pods behind slot d
-    pending = pending - jnp.clip(down[..., None] - later, 0, pending)
-    ready = state.ready - jnp.maximum(down - state.pending.sum(axis=-1), 0)
-    kept = ready + pending.sum(axis=-1)
-    room = params.max_pods - kept.sum(axis=(1, 2))
-    want = jnp.maximum(target - kept, 0).reshape(room.shape[0], -1)
-    before = jnp.cumsum(want, axis=1) - want
-    grant = jnp.clip(room[:, None] - before, 0, want).reshape(target.shape)
-    slot = params.startup_steps[None] - 1  # [1, F, C]
-    start = jax.nn.one_hot(jnp.maximum(slot, 0), params.pending_depth, dtype=jnp.int32)
-    pending = pending + jnp.where(slot[..., None] >= 0, grant[..., None] * start, 0)
-    ready = ready + jnp.where(slot < 0, grant, 0)
-    return state.replace(ready=ready, pending=pending)

@@ -8,11 +8,12 @@ from functools import partial
 import jax
 import numpy as np
 
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import UseCase
 from hmk8s.sim.dynamics import request_rates
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams, params_from_usecase
-from hmk8s.sim.state import EnvState
-from hmk8s.usecases import UseCase
 
 
 def rate_trace(usecase: UseCase, steps: int, seed: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from hmk8s.sim.params import EnvParams
+from hmk8s.domain.params import EnvParams
 
 #: steps a flash crowd lasts (a minute of 15 s steps)
 FLASH_STEPS = 4

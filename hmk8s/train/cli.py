@@ -4,7 +4,6 @@ expected failure into one clear line and a non-zero exit."""
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -12,17 +11,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import hydra
 import jax
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from hmk8s.configs import SEARCH_PATH
+from hmk8s.domain.settings import EnvConfigError
+from hmk8s.domain.usecases import UseCaseError
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import ClusterMapError
-from hmk8s.sim.params import EnvConfigError
+from hmk8s.shell.compose import MULTIRUN_FLAGS, compose, overrides_of, run_command
+from hmk8s.shell.exit import EXIT_RUN_FAILED, fail, one_line_warning, refuse
+from hmk8s.shell.run_dir import RunDirError
 from hmk8s.train.actor_learner.actor import EnvLost
 from hmk8s.train.actor_learner.k8s_run import CleanupError
 from hmk8s.train.anakin.run import run_training
@@ -30,13 +31,10 @@ from hmk8s.train.cache import cache_root, enable_compile_cache, program_cache, s
 from hmk8s.train.checkpoint import CheckpointError
 from hmk8s.train.config import ConfigError, TrainConfig, resolve
 from hmk8s.train.distributed import TopologyError, initialize
-from hmk8s.train.run import DiskFullError, NonFiniteError, RunDirError, resolve_run_dir
+from hmk8s.train.run import DiskFullError, NonFiniteError, resolve_run_dir
 from hmk8s.train.stop import exit_status
-from hmk8s.usecases import UseCaseError
 
 SCHEMA_NAME = "train_schema"
-EXIT_BAD_INPUT = 2
-EXIT_RUN_FAILED = 1
 #: Errors in what the user asked for: one line and exit code 2, before any work starts.
 BAD_INPUT = (
     ConfigError,
@@ -117,19 +115,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return run_training(run, env, run_dir, evaluator=evaluator, programs=programs)
 
 
-def one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> str:
-    """A warning as the command line shows it: ``warning: <message>``, without the source."""
-    return f"warning: {message}\n"
-
-
-class OneLineFormatter(logging.Formatter):
-    """A log record as the command line shows it: ``warning: <message>``, ``error: ...``, on
-    one line (an API error's text can hold line breaks)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {' '.join(record.getMessage().split())}"
-
-
 def lost_process(err: Exception) -> str:
     """One line for a step the processes of a run take together that failed: most often
     because another process stopped (its peers then fail in their next collective)."""
@@ -146,62 +131,16 @@ def main(cfg: DictConfig) -> None:
     try:
         summary = train(cfg)
     except BAD_INPUT as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        fail(err)
     except RUN_FAILED as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(EXIT_RUN_FAILED)
+        fail(err, EXIT_RUN_FAILED)
     except jax.errors.JaxRuntimeError as err:
         if jax.process_count() == 1:
             raise
-        print(f"error: {lost_process(err)}", file=sys.stderr, flush=True)
         # JAX's exit would wait at a shutdown barrier for the lost process, then abort
-        os._exit(EXIT_RUN_FAILED)
+        os._exit(refuse(lost_process(err), EXIT_RUN_FAILED))
     if "signal" in summary:  # stopped cleanly by SIGINT / SIGTERM: say so in the exit status
         sys.exit(exit_status(signal.Signals[summary["signal"]]))
-
-
-@hydra.main(config_path=SEARCH_PATH, config_name="config", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
-    main(cfg)
-
-
-def _config_dir_overrides(argv: list[str]) -> list[str] | None:
-    """``argv`` as compose overrides (``--config-dir X`` as a search-path entry); None when it
-    holds any other Hydra flag (``-m``, ``--help``, ``--cfg``...), which Hydra handles itself."""
-    out, extra, args = [], [], iter(argv)
-    for arg in args:
-        if arg in ("--config-dir", "-cd"):
-            extra.append(str(Path(next(args, "")).absolute()))
-        elif arg.startswith("--config-dir="):
-            extra.append(str(Path(arg.split("=", 1)[1]).absolute()))
-        elif arg.startswith("-"):
-            return None
-        else:
-            out.append(arg)
-    if extra:
-        out.append("hydra.searchpath=[" + ",".join(f"file://{d}" for d in extra) + "]")
-    return out
-
-
-def check_overrides(config_name: str, argv: list[str]) -> None:
-    """Compose the config once before Hydra runs it, so that an unknown key, a wrong type, an
-    unknown use case or a malformed config file is one line and exit code 2, as every other
-    bad input is (Hydra itself would print several lines and exit with 1)."""
-    overrides = _config_dir_overrides(argv)
-    if overrides is None:
-        return
-    from hydra import compose, initialize_config_module
-
-    try:
-        with initialize_config_module("hmk8s.configs", version_base="1.3"):
-            compose(config_name, overrides=overrides)
-    except Exception as err:  # Hydra, OmegaConf and YAML errors alike: all are the input's
-        print(f"error: {_one_line(err)}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-
-
-MULTIRUN_FLAGS = ("-m", "--multirun")
 
 
 def refuse_used_sweep_dir(config_name: str, argv: list[str]) -> None:
@@ -209,44 +148,32 @@ def refuse_used_sweep_dir(config_name: str, argv: list[str]) -> None:
     line and exit code 2, before Hydra rewrites its ``multirun.yaml`` and job folders."""
     if not any(arg in MULTIRUN_FLAGS for arg in argv):
         return
-    overrides = _config_dir_overrides([a for a in argv if a not in MULTIRUN_FLAGS])
+    overrides = overrides_of([a for a in argv if a not in MULTIRUN_FLAGS])
     if overrides is None:
         return
-    from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     try:
         parsed = OverridesParser.create().parse_overrides(overrides)
         overrides = [o.input_line for o in parsed if not o.is_sweep_override()]
-        with initialize_config_module("hmk8s.configs", version_base="1.3"):
-            hydra_cfg = compose(config_name, overrides=overrides, return_hydra_config=True).hydra
-            sweep = Path(hydra_cfg.sweep.dir)
-    except Exception:  # the overrides are bad: `check_overrides` says why, for the first job
+        sweep = Path(compose(config_name, overrides, hydra_config=True).hydra.sweep.dir)
+    except Exception:  # the overrides are bad: Hydra says why, for the first job
         return
     if sweep.is_dir() and any(sweep.iterdir()):
-        print(
-            f"error: {sweep} already holds a sweep: choose another hydra.sweep.dir (each job "
-            "of a stopped sweep resumes with resume=<its run directory>)",
-            file=sys.stderr,
+        fail(
+            f"{sweep} already holds a sweep: choose another hydra.sweep.dir (each job of a "
+            "stopped sweep resumes with resume=<its run directory>)"
         )
-        sys.exit(EXIT_BAD_INPUT)
 
 
-def _one_line(err: BaseException) -> str:
-    """An error and its cause on one line, without Hydra's search-path listing."""
-    parts = []
-    while err is not None and len(parts) < 3:
-        text = str(err).split("Config search path:")[0].split("\n    full_key:")[0]
-        lines = [line.strip().rstrip(".") for line in text.splitlines() if line.strip()]
-        if lines and "; ".join(lines) not in parts:
-            parts.append("; ".join(lines))
-        err = err.__cause__
-    return ": ".join(parts)
+def run(argv: list[str]) -> None:
+    """``scripts/train.py argv``: the config composed once over the shipped configs (a sweep,
+    ``-m``, by Hydra), then `main`."""
+    register_schema()
+    refuse_used_sweep_dir("config", argv)
+    run_command("config", main, argv)
 
 
 def entry() -> None:
-    """``hmk8s-train`` and ``scripts/train.py``: Hydra over the shipped configs, then `main`."""
-    register_schema()
-    check_overrides("config", sys.argv[1:])
-    refuse_used_sweep_dir("config", sys.argv[1:])
-    _hydra_main()
+    """``hmk8s-train`` and ``scripts/train.py``."""
+    run(sys.argv[1:])

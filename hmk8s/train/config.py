@@ -29,9 +29,9 @@ from hmk8s.agents.config import (
     planned_updates,
 )
 from hmk8s.configs import default, shipped
-from hmk8s.sim.params import EnvConfigError, validate_env_config
+from hmk8s.domain.settings import EnvConfigError, validate_env_config
+from hmk8s.domain.usecases import UseCase, UseCaseError, load_usecase
 from hmk8s.train.distributed import DistributedConfig
-from hmk8s.usecases import UseCase, UseCaseError, load_usecase
 
 #: The backends a run trains on (``backend=local`` is a ``k8s`` map of one local node).
 BACKENDS = ("sim", "k8s")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -20,6 +19,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from hmk8s.configs import default
+from hmk8s.shell.exit import refuse
 
 T = TypeVar("T")
 
@@ -95,7 +95,6 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
 
 #: JAX's own deadline is this much later than the run's, so that the run's comes first.
 JAX_GRACE_S = 10
-EXIT_BAD_INPUT = 2
 
 
 def initialize(cfg: DistributedConfig) -> None:
@@ -129,15 +128,13 @@ def _give_up_unless(joined: threading.Event, settings: DistributedConfig) -> Non
     `initialize`)."""
     if joined.wait(settings.timeout_s):
         return
-    print(
-        f"error: process {settings.process_id} of {settings.num_processes}: the run's processes "
+    refusal = refuse(
+        f"process {settings.process_id} of {settings.num_processes}: the run's processes "
         f"did not all join at {settings.coordinator_address} within {settings.timeout_s} s "
         "(start every process with the same distributed.* settings, or raise "
-        "distributed.timeout_s)",
-        file=sys.stderr,
-        flush=True,
+        "distributed.timeout_s)"
     )
-    os._exit(EXIT_BAD_INPUT)  # JAX's pending abort and exit barrier would follow otherwise
+    os._exit(refusal)  # JAX's pending abort and exit barrier would follow otherwise
 
 
 def resolve_devices(

@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
-import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +32,8 @@ from typing import Any
 
 import jax
 
+from hmk8s.agents.config import agent_name
+from hmk8s.shell.run_dir import LOCK_FILE, RunDirError, hold_run_dir, make_writable, timestamped
 from hmk8s.train.checkpoint import Checkpointer, CheckpointError, check_resume_config
 from hmk8s.train.config import ConfigError, TrainConfig
 from hmk8s.train.distributed import agree, is_primary
@@ -43,13 +42,7 @@ from hmk8s.train.stop import forget, interrupt_on_signals, requested, signal_nam
 
 #: What marks a directory as holding a run: any of these is there.
 RUN_MARKERS = ("config.yaml", "metrics.csv", "summary.json", "checkpoints", "history", "tb")
-#: The advisory lock a process holds on a run directory while it writes there.
-LOCK_FILE = ".lock"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-
-
-class RunDirError(ValueError):
-    """A run directory that cannot be used: it holds another run, or it cannot be written."""
 
 
 class NonFiniteError(RuntimeError):
@@ -58,11 +51,6 @@ class NonFiniteError(RuntimeError):
 
 class DiskFullError(RuntimeError):
     """The run directory's disk filled up; the checkpoints written before are intact."""
-
-
-def default_run_dir(usecase: str, algo: str, root: str | Path = "runs") -> Path:
-    """``runs/<usecase>-<algo>-<UTC timestamp>``."""
-    return Path(root) / f"{usecase}-{algo}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
 
 
 def resolve_run_dir(cfg: TrainConfig, usecase: str) -> Path:
@@ -80,7 +68,7 @@ def resolve_run_dir(cfg: TrainConfig, usecase: str) -> Path:
             f"a run of {jax.process_count()} processes needs run_dir=<a directory every process "
             "reaches>, the same on each (or resume=)"
         )
-    return default_run_dir(usecase, "haql" if cfg.heuristic else "dqn")
+    return timestamped(usecase, agent_name(cfg.heuristic))
 
 
 def holds_run(directory: Path) -> bool:
@@ -99,7 +87,7 @@ def _fresh_or_resumed(directory: Path, resuming: bool) -> None:
 def _created(directory: Path) -> None:
     """Process 0 creates ``directory`` (and checks it can write there)."""
     if is_primary():
-        _writable(directory)
+        make_writable(directory)
 
 
 def _reached(directory: Path) -> None:
@@ -108,41 +96,6 @@ def _reached(directory: Path) -> None:
             f"run_dir {directory} is not visible on process {jax.process_index()}: every "
             "process of a run must reach the same directory (a shared filesystem)"
         )
-
-
-def _writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        probe = directory / ".hmk8s-write-check"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as err:
-        raise RunDirError(f"run_dir {directory} cannot be written: {err.strerror or err}") from err
-
-
-@contextlib.contextmanager
-def hold_run_dir(directory: Path) -> Iterator[None]:
-    """Hold ``directory``'s advisory lock while the block writes there; a directory another
-    process holds is refused in one line naming that process."""
-    path = directory / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise RunDirError(f"run_dir {directory} cannot be written: {err.strerror or err}") from err
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirError(
-                f"{directory} is in use by another process (PID {holder}): wait for it to end, "
-                "or choose another run_dir"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock; the file stays, so no two processes lock two files
 
 
 def intact_checkpoints(directory: Path) -> list[int]:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from hmk8s.metrics import STEP_METRICS, TRAIN_COLUMNS
+from hmk8s.domain.metrics import STEP_METRICS, TRAIN_COLUMNS
 
 
 def chunk_rows(metrics: Mapping[str, Any], sps: float) -> list[dict[str, Any]]:

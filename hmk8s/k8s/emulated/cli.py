@@ -29,12 +29,13 @@ from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCase, load_usecase
 from hmk8s.k8s import setup
 from hmk8s.k8s.config import CONFIG_PATH, load_cluster_map
 from hmk8s.k8s.emulated import apiserver
 from hmk8s.k8s.emulated.apiclusters import ApiClusters
 from hmk8s.k8s.emulated.twin import Clusters, TwinPool
-from hmk8s.usecases import UseCase, load_usecase
+from hmk8s.shell.exit import refuse
 
 FAULT_OPTIONS = ("api_latency", "fault_rate", "no_metrics")
 
@@ -71,14 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     if api == "auto":
         api = "server" if apiserver.available() and not faults else "kmock"
     if api == "server" and faults:
-        print("error: fault injection needs --api kmock", file=sys.stderr)
-        return 2
+        return refuse("fault injection needs --api kmock")
     if api == "server" and not apiserver.available():
-        print(f"error: no kube-apiserver scripts in {apiserver.scripts_dir()}", file=sys.stderr)
-        return 2
+        return refuse(f"no kube-apiserver scripts in {apiserver.scripts_dir()}")
     if args.num_envs < 1:
-        print("error: --num-envs must be at least 1", file=sys.stderr)
-        return 2
+        return refuse("--num-envs must be at least 1")
 
     usecase = load_usecase(args.usecase)
     out = Path(args.out).resolve()

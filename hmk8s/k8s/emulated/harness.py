@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hmk8s.domain.usecases import UseCase, load_usecase
 from hmk8s.k8s.config import ClusterMap, load_cluster_map
 from hmk8s.k8s.emulated.apiclusters import ApiClusters
 from hmk8s.k8s.emulated.apiserver import ApiServer
 from hmk8s.k8s.emulated.twin import Clusters, Twin, TwinClock
 from hmk8s.k8s.env import KubernetesClusterEnv
-from hmk8s.usecases import UseCase, load_usecase
 
 if TYPE_CHECKING:
     from hmk8s.k8s.emulated.emulator import EmulatedClusters

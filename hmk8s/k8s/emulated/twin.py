@@ -23,12 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from hmk8s import sim
+from hmk8s.domain.placement import apply_action
+from hmk8s.domain.spaces import OP_DEPLOY, OP_REMOVE
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
 from hmk8s.k8s import objects
 from hmk8s.k8s.config import ClusterMap
-from hmk8s.sim.dynamics import advance, apply_action, measure
-from hmk8s.sim.state import EnvState
-from hmk8s.spaces import OP_DEPLOY, OP_REMOVE
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
+from hmk8s.sim.dynamics import advance, measure
 
 if TYPE_CHECKING:
     from hmk8s.k8s.emulated.emulator import ServiceHandler

@@ -25,17 +25,17 @@ from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCase, UseCaseError, load_usecase
 from hmk8s.k8s import objects, setup
 from hmk8s.k8s.client import ClusterAccessError
 from hmk8s.k8s.config import shipped_backend
 from hmk8s.k8s.emulated.apiserver import REPO
 from hmk8s.k8s.local import images, node
-from hmk8s.usecases import UseCase, UseCaseError, load_usecase
+from hmk8s.shell.exit import EXIT_RUN_FAILED, refuse
 
 FUNCTIONS_MANIFEST = REPO / "deploy" / "functions.yaml"
 CONTROLLER_MANIFESTS = [REPO / "deploy" / "controller" / f for f in ("crd", "rbac", "controller")]
 CONTROLLER_NAMESPACE = "hmk8s-system"
-EXIT_REFUSED, EXIT_LEFTOVERS = 2, 1
 
 
 def firewall_rules() -> str:
@@ -191,8 +191,7 @@ def controller(args: argparse.Namespace) -> int:
 def down(args: argparse.Namespace) -> int:
     left = node.down(args.dir)
     if left:
-        print(f"error: left behind: {', '.join(left)}", file=sys.stderr)
-        return EXIT_LEFTOVERS
+        return refuse(f"left behind: {', '.join(left)}", EXIT_RUN_FAILED)
     print(f"down: nothing of {args.dir} is left")
     return 0
 
@@ -217,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             raise node.NodeError("--num-envs must be at least 1")
         return {"up": up, "controller": controller, "down": down}[args.action](args)
     except (node.NodeError, UseCaseError, ClusterAccessError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return EXIT_REFUSED
+        return refuse(err)
     except KeyboardInterrupt:
         print("interrupted: the node was taken down", file=sys.stderr)
         return 130

@@ -32,6 +32,11 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from hmk8s.domain.observation import Measurement
+from hmk8s.domain.placement import scale_instances
+from hmk8s.domain.settings import params_from_usecase
+from hmk8s.domain.state import EnvState
+from hmk8s.domain.usecases import CONFIG_NAMES, UseCase
 from hmk8s.k8s import objects
 from hmk8s.k8s.emulated.apiserver import REPO
 from hmk8s.k8s.local.node import NODE_NAME
@@ -43,13 +48,9 @@ from hmk8s.k8s.local.podmetrics import (
     window_usage,
 )
 from hmk8s.k8s.readings import cpu_utilisation, usage_by_instance
-from hmk8s.observation import Measurement
-from hmk8s.sim.dynamics import measure, scale_instances
+from hmk8s.sim.dynamics import measure
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.sim.load_trace import rate_trace, trace_csv
-from hmk8s.sim.params import params_from_usecase
-from hmk8s.sim.state import EnvState
-from hmk8s.usecases import CONFIG_NAMES, UseCase
 
 LOADGEN = REPO / "deploy" / "images" / "loadgen.py"
 #: CPU cores the busiest step of the replayed load may take (the rest of a 2-core machine runs

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import yaml
 
+from hmk8s.domain.usecases import UseCaseError, load_usecase
 from hmk8s.k8s.local import fidelity
-from hmk8s.usecases import UseCaseError, load_usecase
+from hmk8s.shell.exit import refuse
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -30,8 +30,7 @@ def measure(args: argparse.Namespace) -> int:
     for seed in range(args.episodes):
         target = args.out / f"episode-{seed}.json"
         if target.exists():
-            print(f"error: {target} exists; record into a new --out", file=sys.stderr)
-            return 2
+            return refuse(f"{target} exists; record into a new --out")
         rec = fidelity.replay(
             args.node,
             usecase,
@@ -48,10 +47,7 @@ def measure(args: argparse.Namespace) -> int:
 def calibrate(args: argparse.Namespace) -> int:
     episodes = sorted(args.recordings.glob("episode-*.json"))
     if len(episodes) < 2:
-        print(
-            f"error: {args.recordings}: needs two recorded episodes (fit, check)", file=sys.stderr
-        )
-        return 2
+        return refuse(f"{args.recordings}: needs two recorded episodes (fit, check)")
     episodes.sort(key=lambda p: int(p.stem.split("-")[1]))  # episode-10 after episode-9
     recs = [fidelity.Recording.from_json(json.loads(p.read_text())) for p in episodes]
     usecase = load_usecase(recs[0].usecase)
@@ -98,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return measure(args) if args.action == "measure" else calibrate(args)
     except (UseCaseError, OSError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
 
 
 def entry() -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from hmk8s.agents.replay import Transition
-from hmk8s.metrics import STEP_METRICS
+from hmk8s.domain.metrics import STEP_METRICS
 
 log = logging.getLogger(__name__)
 POLL_S = 0.05

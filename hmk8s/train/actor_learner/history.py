@@ -18,7 +18,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from hmk8s.metrics import HISTORY_COLUMNS
+from hmk8s.domain.metrics import HISTORY_COLUMNS
 from hmk8s.train.actor_learner.core import StepBook
 from hmk8s.train.actor_learner.env_worker import StepRecord
 

@@ -27,16 +27,17 @@ from typing import Any
 import jax
 import numpy as np
 
+from hmk8s.domain.usecases import UseCase
 from hmk8s.k8s.config import env_cluster_maps, split_backend
 from hmk8s.policies.heuristics import recommend
+from hmk8s.shell.run_dir import LOCK_FILE, holds_files
 from hmk8s.train.actor_learner.core import host_books, make_async_fns
 from hmk8s.train.actor_learner.env_worker import BlockingEnv, no_hint
 from hmk8s.train.actor_learner.history import HistoryWriter
 from hmk8s.train.actor_learner.loop import AsyncResult, AsyncSettings, train_async
 from hmk8s.train.config import ConfigError, RunSpec, TrainConfig
-from hmk8s.train.run import LOCK_FILE, holds_run, open_run, resolve_run_dir
+from hmk8s.train.run import holds_run, open_run, resolve_run_dir
 from hmk8s.train.runlog import params_sha256
-from hmk8s.usecases import UseCase
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,8 @@ def heuristic_hint(env: Any) -> int:
 def action_namer(env: Any) -> Callable[[int], str]:
     """``k<cluster>/<op>/<config>/<function>/p<proxy>`` (or ``noop``) for an hmk8s env; the
     bare index for any other env."""
-    from hmk8s.spaces import OP_NAMES
-    from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES
+    from hmk8s.domain.spaces import OP_NAMES
+    from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 
     layout = getattr(getattr(env, "params", None), "layout", None)
     if layout is None:
@@ -259,7 +260,7 @@ def _remove_empty(directory: Path, created: bool) -> None:
     for folder in (directory / "checkpoints", directory / "history"):
         with contextlib.suppress(OSError):
             folder.rmdir()
-    if directory.is_dir() and {p.name for p in directory.iterdir()} <= {LOCK_FILE}:
+    if directory.is_dir() and not holds_files(directory):
         (directory / LOCK_FILE).unlink(missing_ok=True)
         if created:
             with contextlib.suppress(OSError):

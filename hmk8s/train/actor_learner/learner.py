@@ -22,7 +22,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from hmk8s.metrics import STEP_METRICS
+from hmk8s.domain.metrics import STEP_METRICS
 from hmk8s.train.actor_learner.core import (
     AsyncFns,
     advance_books,
@@ -249,5 +249,5 @@ class LearnerThread:
             "sps": w.steps / elapsed,
         }
         for name, total in w.metrics.items():
-            row[STEP_METRICS[name]] = total / max(w.steps, 1)
+            row[STEP_METRICS[name].column] = total / max(w.steps, 1)
         self.on_log(row)

@@ -27,14 +27,14 @@ import numpy as np
 from hmk8s import sim
 from hmk8s.agents.config import deployed_bonus
 from hmk8s.agents.network import QNetwork
+from hmk8s.domain.metrics import POLICY_METRIC_NAMES, summarise
+from hmk8s.domain.params import EnvParams
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.envs.spec import EnvSpec
-from hmk8s.metrics import POLICY_METRIC_NAMES, summarise
 from hmk8s.policies.baselines import hpa_policy
 from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
 from hmk8s.sim.env import ClusterEnv
-from hmk8s.sim.params import EnvParams
 from hmk8s.train.anakin.loop import Trainer
 from hmk8s.train.anakin.run import Evaluator
 from hmk8s.train.cache import ProgramCache, ScoreCache, tree_digest

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 from flax import struct
 
-from hmk8s.observation import Measurement
+from hmk8s.domain.observation import Measurement, Observation, build_observation
+from hmk8s.domain.params import EnvParams
 
 
 @struct.dataclass
@@ -37,3 +38,18 @@ class EnvState:
     def replicas(self) -> jax.Array:
         """Pods of each instance, ready or starting: what counts against capacity."""
         return self.ready + self.pending.sum(axis=-1)
+
+
+def observe(state: EnvState, params: EnvParams) -> Observation:
+    """What an agent sees of ``state``: the one mapping from state to observation, whichever
+    backend measured it."""
+    return build_observation(
+        params.layout,
+        ready=state.ready,
+        replicas=state.replicas,
+        routes=state.routes,
+        measurement=state.measurement,
+        sla_s=params.sla_s,
+        max_pods=params.max_pods,
+        in_chain=params.in_chain,
+    )

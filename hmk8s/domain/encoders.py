@@ -14,9 +14,9 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from hmk8s.observation import Observation, chain_latency_ratio
-from hmk8s.sim.dynamics import instance_pressure
-from hmk8s.sim.params import EnvParams
+from hmk8s.domain.observation import Observation, chain_latency_ratio
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.placement import instance_pressure
 
 PERCENT_EDGES = (0.2, 0.4, 0.6, 0.8, 1.0, 1.5)
 PERCENT_BINS = len(PERCENT_EDGES) + 1

@@ -1,4 +1,5 @@
-"""Simulator parameters: a use case and the env settings, turned into arrays once."""
+"""The env settings a user gives (start mode, encoder, no-op, episode length), checked, and
+turned with a use case into the arrays of `EnvParams` once."""
 
 from __future__ import annotations
 
@@ -8,20 +9,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from flax import struct
 
 from hmk8s.configs import shipped_value
-from hmk8s.spaces import ActionLayout
-from hmk8s.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
+from hmk8s.domain.encoders import ENCODERS
+from hmk8s.domain.params import EnvParams
+from hmk8s.domain.spaces import ActionLayout
+from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES, UseCase
 
 START_MODES = ("empty", "minimal", "random")
-ENCODERS = ("onehot", "continuous")
 #: The env settings a key nobody set gets: the root config's ``env`` block (configs/config.yaml),
 #: for the trainer, `hmk8s.sim.make`, the gymnasium envs and the policies alike.
 ENV_DEFAULTS: dict[str, Any] = shipped_value("env")
-#: Utilisation above which the stationary queueing term stops growing; past it the fluid
-#: backlog carries the overload instead of an unbounded M/M/1 wait.
-RHO_MAX = 0.95
 
 
 class EnvConfigError(ValueError):
@@ -38,75 +36,14 @@ def validate_env_config(env_cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     if cfg["start"] not in START_MODES:
         raise EnvConfigError(f"env.start={cfg['start']!r}: expected one of {START_MODES}")
     if cfg["encoder"] not in ENCODERS:
-        raise EnvConfigError(f"env.encoder={cfg['encoder']!r}: expected one of {ENCODERS}")
+        known = tuple(ENCODERS)
+        raise EnvConfigError(f"env.encoder={cfg['encoder']!r}: expected one of {known}")
     if not isinstance(cfg["noop"], bool):
         raise EnvConfigError(f"env.noop={cfg['noop']!r}: expected true or false")
     steps = cfg["episode_steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise EnvConfigError(f"env.episode_steps={steps!r}: expected an integer >= 1")
     return cfg
-
-
-@struct.dataclass
-class EnvParams:
-    """Everything `reset`/`step` read; static fields fix shapes and branches under `jit`.
-
-    The last fields shift the load and the clusters away from the use case (neutral by default):
-    every rate times ``load_scale * (1 + ramp * t / episode_steps)``, and ``flash_factor`` during
-    the ``flash_steps`` steps from ``flash_start``; from step ``capacity_loss_step`` on, cluster
-    k's pods serve ``1 - capacity_loss[k]`` of their rate."""
-
-    layout: ActionLayout = struct.field(pytree_node=False)
-    chain: tuple[int, ...] = struct.field(pytree_node=False)
-    start: str = struct.field(pytree_node=False)
-    episode_steps: int = struct.field(pytree_node=False)
-    max_pods: int = struct.field(pytree_node=False)
-    pending_depth: int = struct.field(pytree_node=False)
-    default_config: int = struct.field(pytree_node=False)
-    has_trace: bool = struct.field(pytree_node=False)
-    mu: jax.Array
-    service_rate: jax.Array  # 1 / a request's service time on an idle pod (mu unless calibrated)
-    cpu_request: jax.Array
-    cpu_limit: jax.Array
-    startup_steps: jax.Array
-    in_chain: jax.Array
-    home: jax.Array
-    delay_s: jax.Array
-    base_rate: jax.Array
-    diurnal_amplitude: jax.Array
-    diurnal_period_s: jax.Array
-    phase: jax.Array
-    burst_prob: jax.Array
-    burst_steps: jax.Array
-    burst_factor: jax.Array
-    burst_tail: jax.Array
-    rate_noise: jax.Array
-    trace: jax.Array
-    step_seconds: jax.Array
-    sla_s: jax.Array
-    timeout_s: jax.Array
-    measurement_noise: jax.Array
-    alpha: jax.Array
-    beta: jax.Array
-    load_scale: jax.Array
-    ramp: jax.Array
-    flash_start: jax.Array
-    flash_steps: jax.Array
-    flash_factor: jax.Array
-    capacity_loss: jax.Array
-    capacity_loss_step: jax.Array
-
-    @property
-    def num_clusters(self) -> int:
-        return self.layout.clusters
-
-    @property
-    def num_proxies(self) -> int:
-        return self.layout.proxies
-
-    @property
-    def pods_max(self) -> int:
-        return self.layout.clusters * self.max_pods
 
 
 def params_from_usecase(usecase: UseCase, env_cfg: Mapping[str, Any] | None = None) -> EnvParams:

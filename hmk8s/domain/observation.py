@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from hmk8s.spaces import ActionLayout, action_mask
+from hmk8s.domain.spaces import ActionLayout, action_mask
 
 
 @struct.dataclass
