@@ -200,9 +200,8 @@ def test_dqn_solves_cartpole():
     trainer = make_trainer(spec, agent, num_envs=16)
     iters = math.ceil(300_000 / trainer.env_steps_per_iter)
     state, metrics = make_chunk_fn(trainer, iters)(init_seeds(trainer, 0, 1))
-    params = jax.tree.map(lambda x: x[0], state.learner.params)
     returns, ended = greedy_returns(
-        spec, trainer.network.apply, params, jax.random.PRNGKey(123), 32, 600
+        spec, trainer.network.apply, state.learner.params, jax.random.PRNGKey(123), 32, 600
     )
     # 4 updates per 16-env step once 1,000 steps are in: steps 63..18,750 -> 18,688 * 4
     assert int(metrics["updates"][0]) == (18_750 - 62) * 4

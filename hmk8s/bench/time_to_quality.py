@@ -2,12 +2,12 @@
 `hpa`'s, and `hpa`'s + 10, on the same held-out episodes.
 
 Each config is the training config `scripts/train.py` would compose from the same overrides.
-The agent trains as in `hmk8s.evaluate.experiment.train_agent` and is scored after every chunk
-of about ``every`` env steps on the episodes of `scripts/train.py`'s final evaluation (key
-``seed + 1``, where `hpa` is scored too). The chunks round the run up to a whole number of
-curve points, so the last point can lie a little past ``total_steps`` and differ from that
-run's ``summary.json`` return. HAQL is scored as it acts at that step, with the rulebook
-weighted by ``xi_t``. Seconds count the
+The agent trains in the loop of `scripts/train.py` (`hmk8s.evaluate.experiment.train_agent`,
+`hmk8s.train.anakin.run.run_chunks`) for the same env steps, and is scored by the same greedy
+evaluator (`greedy_rollout`) after every chunk of about ``every`` env steps (the last one
+shorter when they do not divide the run) on the episodes of `scripts/train.py`'s final
+evaluation (key ``seed + 1``, where `hpa` is scored too). HAQL is scored as it acts at that
+step, with the rulebook weighted by ``xi_t``. Seconds count the
 training chunks only (compilation included, curve evaluations excluded); every config runs
 in the same process, so their ratios share the machine's state.
 """
@@ -33,10 +33,10 @@ from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.experiment import AgentRun, seed_returns, train_agent
 from hmk8s.policies.baselines import hpa_policy
-from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import evaluate_policy
 from hmk8s.shell.compose import compose
 from hmk8s.train.anakin.loop import make_trainer
+from hmk8s.train.anakin.sim_eval import greedy_rollout
 from hmk8s.train.cli import register_schema
 from hmk8s.train.config import ConfigError, RunSpec, resolve
 
@@ -117,7 +117,7 @@ def measure(run: RunSpec, every: int, log: Callable[[str], None] = print) -> dic
     episodes = cfg.eval.episodes
     key = jax.random.PRNGKey(cfg.seed + 1)
     hpa = float(evaluate_policy(env, params, hpa_policy(), key, episodes)["return"])
-    run = make_seed_rollout(env, params, trainer.network.apply, episodes, cfg.env.encoder)
+    run = greedy_rollout(env, params, trainer.network, episodes, cfg.env.encoder)
 
     def curve(p: Any, steps: int) -> np.ndarray:
         return seed_returns(run, p, key, float(heuristic_bonus(haql, steps)))

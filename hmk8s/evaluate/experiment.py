@@ -38,12 +38,14 @@ from hmk8s.evaluate import learning, stats
 from hmk8s.evaluate.calibrate import CalibrationGrid, calibrate
 from hmk8s.evaluate.shifted import agent_on_scenarios, baseline_on_scenarios, scenario_results
 from hmk8s.policies.baselines import BASELINES
-from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.scenarios import check_scenarios, stacked
-from hmk8s.train.anakin.loop import Trainer, init_seeds, make_chunk_fn, make_trainer
+from hmk8s.train.anakin.loop import Trainer, init_seeds, make_trainer
+from hmk8s.train.anakin.run import Chunk, run_chunks, split_plan
+from hmk8s.train.anakin.sim_eval import greedy_rollout
 from hmk8s.train.cache import ScoreCache
 from hmk8s.train.config import ConfigError, TrainConfig, resolve
+from hmk8s.train.run import check_finite
 from hmk8s.train.stop import requested
 
 #: the baselines HAQL must beat on return with no higher SLA violation rate (`targets`)
@@ -142,21 +144,31 @@ def train_agent(
     curve: Callable[[Any, int], np.ndarray],
     log: Callable[[str], None],
 ) -> AgentRun:
-    """Train ``cfg.seeds`` seeds in one vmapped program for about ``cfg.total_steps`` env steps
-    per seed, measuring ``curve(params, env_steps) -> [seeds]`` before training and after each
-    of ``points`` equal chunks."""
-    iters = max(1, math.ceil(cfg.total_steps / trainer.env_steps_per_iter / points))
-    chunk = make_chunk_fn(trainer, iters)
+    """Train ``cfg.seeds`` seeds in one vmapped program for ``cfg.total_steps`` env steps per
+    seed (rounded up to whole iterations, as `run_training`), measuring ``curve(params,
+    env_steps) -> [seeds]`` before training and after each of ``points`` chunks (the last one
+    shorter when they do not divide the run: `split_plan`). The loop is `run_chunks`, so the
+    weights are `run_training`'s for the same settings, and NaN weights halt it
+    (``cfg.halt_on_nan``)."""
+    total_iters = math.ceil(cfg.total_steps / trainer.env_steps_per_iter)
+    plan = split_plan(total_iters, math.ceil(total_iters / points))
     states = init_seeds(trainer, cfg.seed, cfg.seeds)
     start = time.perf_counter()
     steps, values, trained = [0], [curve(states.learner.params, 0)], [0.0]
-    for _ in range(points):
-        chunk_start = time.perf_counter()
-        states, metrics = chunk(states)
-        steps.append(int(np.asarray(metrics["env_steps"])[0]))
-        trained.append(trained[-1] + time.perf_counter() - chunk_start)
-        values.append(curve(states.learner.params, steps[-1]))
+
+    def point(chunk: Chunk) -> None:
+        steps.append(int(np.asarray(chunk.metrics["env_steps"])[0]))
+        trained.append(trained[-1] + chunk.compile_seconds + chunk.seconds)
+        values.append(curve(chunk.state.learner.params, steps[-1]))
         log(f"  {steps[-1]:>8d} steps  greedy IQM {stats.iqm(values[-1]):8.2f}")
+
+    states = run_chunks(
+        trainer,
+        states,
+        plan,
+        check_finite=check_finite if cfg.halt_on_nan else lambda params: None,
+        at_boundary=point,
+    )
     return AgentRun(
         steps=np.array(steps),
         curves=np.stack(values, axis=1),
@@ -169,7 +181,7 @@ def train_agent(
 
 def seed_returns(run: Callable, seed_params: Any, key: jax.Array, bonus: float) -> np.ndarray:
     """Each seed's mean greedy episode return on the episodes of ``key`` (``run`` from
-    `make_seed_rollout`, the rulebook weighted by ``bonus``)."""
+    `greedy_rollout`, the rulebook weighted by ``bonus``)."""
     return seed_scores(run, seed_params, key, bonus)[0]
 
 
@@ -432,7 +444,7 @@ def evaluate_usecase(
     hints = {name: cfg.haql if name == "haql" else None for name in AGENTS}
     trainers = {name: make_trainer(spec, agent, cfg.num_envs, hints[name]) for name in AGENTS}
     rollouts = {
-        name: make_seed_rollout(env, params, t.network.apply, ev.episodes, cfg.env.encoder)
+        name: greedy_rollout(env, params, t.network, ev.episodes, cfg.env.encoder)
         for name, t in trainers.items()
     }
 

@@ -25,10 +25,10 @@ from hmk8s.domain.spaces import OP_ASSIGN, OP_DEPLOY, OP_REMOVE, ActionLayout
 from hmk8s.domain.usecases import CONFIG_NAMES
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.baselines import hpa_exact_policy
-from hmk8s.policies.q_policy import make_seed_rollout
 from hmk8s.policies.rollout import ROLLOUT_COMPILER_OPTIONS, rollout
 from hmk8s.sim.scenarios import ScenarioError, check_scenarios, shifted, stacked
 from hmk8s.train.anakin.loop import make_trainer
+from hmk8s.train.anakin.sim_eval import greedy_rollout
 from hmk8s.train.checkpoint import load_params
 from hmk8s.train.config import ConfigError, TrainConfig
 
@@ -150,7 +150,7 @@ def run_phases(
     trainer = make_trainer(
         sim_env_spec(env, params, cfg.env.encoder), cfg.agent, cfg.num_envs, haql
     )
-    run = make_seed_rollout(env, params, trainer.network.apply, episodes, cfg.env.encoder)
+    run = greedy_rollout(env, params, trainer.network, episodes, cfg.env.encoder)
     eval_key = jax.random.split(jax.random.PRNGKey(key))[1]
     on = params
     if load == DEFAULT_LOAD:

@@ -50,7 +50,7 @@ def agent_on_scenarios(
     shifts: dict[str, jax.Array],
 ) -> dict[str, dict[str, np.ndarray]]:
     """Each seed's scores per scenario, ``{scenario: {metric: [seeds]}}`` (``run`` from
-    `make_seed_rollout`)."""
+    `greedy_rollout`)."""
     records = run(seed_params, key, bonus, shifts)
     seeds = records["reward"].shape[1]
     out = {}

@@ -136,6 +136,17 @@ def params_finite(params: Any) -> bool:
     return all(bool(jax.numpy.isfinite(leaf).all()) for leaf in jax.tree.leaves(params))
 
 
+def check_finite(params: Any, kept: int | None = None) -> None:
+    """Raise `NonFiniteError` when a weight is NaN or inf (``kept``: the last good
+    checkpoint's step, named in the message)."""
+    if not params_finite(params):
+        where = "" if kept is None else f"; the last good checkpoint (step {kept}) is kept"
+        raise NonFiniteError(
+            "training diverged: the Q-network's weights are not finite (check "
+            f"agent.learning_rate and the reward scale){where}"
+        )
+
+
 @dataclass
 class Run:
     """An open run directory: its checkpoints, its log, and how the run ended."""
@@ -179,11 +190,7 @@ class Run:
         """With ``halt_on_nan``, stop before NaN/inf weights can be saved or evaluated."""
         if self.cfg.halt_on_nan and not params_finite(params):
             kept = self.checkpoints.latest_step() if self.checkpoints is not None else None
-            where = "" if kept is None else f"; the last good checkpoint (step {kept}) is kept"
-            raise NonFiniteError(
-                "training diverged: the Q-network's weights are not finite (check "
-                f"agent.learning_rate and the reward scale){where}"
-            )
+            check_finite(params, kept)
 
     def save(self, step: int, state: Any, meta: Mapping[str, Any]) -> None:
         """Checkpoint ``state`` at ``step`` (once per step) when checkpoints are on."""

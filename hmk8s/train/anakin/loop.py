@@ -36,9 +36,9 @@ from hmk8s.train.anakin.trainer import (
     SEEDS,
     Metrics,
     Trainer,
-    chunk_metrics,
     fresh_state,
     make_act,
+    make_iterations,
     reductions,
 )
 from hmk8s.train.cache import ProgramCache
@@ -135,18 +135,7 @@ def make_trainer(
         )
         buffer_state = with_priority_state(state.buffer, priorities)
         state = state._replace(learner=learner, rng=rng, buffer=buffer_state)
-        return state, (jax.tree.map(jnp.sum, acted), (loss_sum, n_updates))
-
-    def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
-        state, ((finished, step_metrics), losses) = jax.lax.scan(
-            iteration, state, None, length=num_iters
-        )
-        sums = partial(jax.tree.map, jnp.sum)
-        schedules = (epsilon, xi)
-        steps = num_iters * steps_per_iter
-        return state, chunk_metrics(
-            state, sums(finished), sums(step_metrics), sums(losses), schedules, steps, axis
-        )
+        return state, (*jax.tree.map(jnp.sum, acted), (loss_sum, n_updates))
 
     return Trainer(
         spec=spec,
@@ -157,7 +146,7 @@ def make_trainer(
         steps_per_iter=steps_per_iter,
         updates_per_iter=updates_per_iter,
         init=init,
-        run=run,
+        run=make_iterations(iteration, steps_per_iter, (epsilon, xi), axis),
         epsilon=epsilon,
         xi=xi,
         mesh=mesh,
@@ -204,28 +193,34 @@ def make_chunk_fn(
 def greedy_returns(
     spec: EnvSpec,
     apply_fn: Callable[[Any, Array], Array],
-    params: Any,
+    seed_params: Any,
     key: Array,
     num_envs: int,
     max_steps: int,
 ) -> tuple[Array, Array]:
-    """Return of each env's first greedy episode (and whether it ended within ``max_steps``)."""
+    """Return of each env's first greedy episode (and whether it ended within ``max_steps``),
+    [seeds, envs] for ``seed_params`` stacked on a leading seed axis: every seed on the same
+    episodes, in one program compiled once per env and network (the weights are its argument).
+    """
     k_reset, k_run = jax.random.split(key)
     env_state, obs, mask, hint = jax.vmap(spec.reset)(jax.random.split(k_reset, num_envs))
     zeros = jnp.zeros((num_envs,), jnp.float32)
     not_done = jnp.zeros((num_envs,), jnp.bool_)
 
-    def step(carry, k):
-        env_state, obs, mask, hint, ret, first, ended = carry
-        action = dqn.greedy_action(apply_fn(params, obs), mask, hint)
-        env_state, ts = jax.vmap(spec.step)(jax.random.split(k, num_envs), env_state, action)
-        ret = ret + jnp.where(ended, 0.0, ts.reward.astype(jnp.float32))
-        done = ts.terminated | ts.truncated
-        first = jnp.where(done & ~ended, ret, first)
-        return (env_state, ts.obs, ts.mask, ts.hint, ret, first, ended | done), None
+    def one(params: Any) -> tuple[Array, Array]:
+        def step(carry, k):
+            env_state, obs, mask, hint, ret, first, ended = carry
+            action = dqn.greedy_action(apply_fn(params, obs), mask, hint)
+            env_state, ts = jax.vmap(spec.step)(jax.random.split(k, num_envs), env_state, action)
+            ret = ret + jnp.where(ended, 0.0, ts.reward.astype(jnp.float32))
+            done = ts.terminated | ts.truncated
+            first = jnp.where(done & ~ended, ret, first)
+            return (env_state, ts.obs, ts.mask, ts.hint, ret, first, ended | done), None
 
-    carry = (env_state, obs, mask, hint, zeros, zeros, not_done)
-    (_, _, _, _, ret, first, ended), _ = jax.lax.scan(
-        step, carry, jax.random.split(k_run, max_steps)
-    )
-    return jnp.where(ended, first, ret), ended
+        carry = (env_state, obs, mask, hint, zeros, zeros, not_done)
+        (_, _, _, _, ret, first, ended), _ = jax.lax.scan(
+            step, carry, jax.random.split(k_run, max_steps)
+        )
+        return jnp.where(ended, first, ret), ended
+
+    return jax.vmap(one)(seed_params)

@@ -20,7 +20,7 @@ from hmk8s.agents.config import AgentConfig, HaqlConfig
 from hmk8s.agents.parts import make_agent_parts
 from hmk8s.agents.pqn import lambda_returns, make_regression_step, next_values
 from hmk8s.envs.spec import EnvSpec
-from hmk8s.train.anakin.trainer import Metrics, Trainer, chunk_metrics, fresh_state, make_act
+from hmk8s.train.anakin.trainer import Trainer, fresh_state, make_act, make_iterations
 from hmk8s.train.state import TrainState
 
 Array = jax.Array
@@ -94,16 +94,6 @@ def make_pqn_trainer(
         losses = (loss_sums.sum(), jnp.asarray(updates_per_iter, jnp.int32))
         return state, (sums(finished), sums(metrics), losses)
 
-    def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
-        state, (finished, step_metrics, losses) = jax.lax.scan(
-            iteration, state, None, length=num_iters
-        )
-        sums = partial(jax.tree.map, jnp.sum)
-        steps = num_iters * p.rollout_steps
-        return state, chunk_metrics(
-            state, sums(finished), sums(step_metrics), sums(losses), (epsilon, xi), steps, None
-        )
-
     return Trainer(
         spec=spec,
         network=parts.network,
@@ -113,7 +103,7 @@ def make_pqn_trainer(
         steps_per_iter=p.rollout_steps,
         updates_per_iter=updates_per_iter,
         init=init,
-        run=run,
+        run=make_iterations(iteration, p.rollout_steps, (epsilon, xi), None),
         epsilon=epsilon,
         xi=xi,
     )

@@ -167,3 +167,30 @@ def chunk_metrics(
     for name, summed in step_metrics.items():
         metrics[f"env/{name}"] = mean(summed) / env_steps_run
     return metrics
+
+
+#: one iteration: the state after it and what it summed over its env steps: ((sum of the
+#: returns of the episodes that ended, how many ended), the env's metrics, (loss sum, updates))
+Iteration = Callable[[TrainState, None], tuple[TrainState, tuple]]
+
+
+def make_iterations(
+    iteration: Iteration,
+    steps_per_iter: int,
+    schedules: tuple[optax.Schedule, optax.Schedule],
+    axis: str | None,
+) -> Callable[..., tuple[TrainState, Metrics]]:
+    """A learner's `Trainer.run` from its ``iteration``: ``run(state, num_iters)`` scans
+    ``num_iters`` iterations and reports the chunk's metrics (`chunk_metrics`)."""
+    sums = partial(jax.tree.map, jnp.sum)
+
+    def run(state: TrainState, num_iters: int) -> tuple[TrainState, Metrics]:
+        state, (finished, step_metrics, losses) = jax.lax.scan(
+            iteration, state, None, length=num_iters
+        )
+        steps = num_iters * steps_per_iter
+        return state, chunk_metrics(
+            state, sums(finished), sums(step_metrics), sums(losses), schedules, steps, axis
+        )
+
+    return run
