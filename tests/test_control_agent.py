@@ -26,7 +26,7 @@ from hmk8s.control import cli
 from hmk8s.control.agent import MANIFEST, PARAMS, SIGNATURE, AgentError, export_agent
 from hmk8s.control.config import GuardConfig
 from hmk8s.control.loop import Controller
-from hmk8s.control.sim_backend import SimBackend
+from hmk8s.control.sim_backend import SimBackend, greedy_records
 from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.policies.q_policy import q_policy
@@ -86,7 +86,9 @@ def test_the_loaded_agent_acts_as_the_trainer_evaluated_it(trained, agent):
     assert (m.usecase, m.step, m.hidden, m.seed) == ("ml", 256, [16], 0)
     assert m.bonus == 0.5 * 1.0  # HAQL's deployed weight: xi.end * eta
     assert m.env["encoder"] == "continuous" and m.source_run == str(run_dir.resolve())
-    mine = agent.evaluate(captured["key"], EPISODES)  # the one evaluator: weights an argument
+    mine = greedy_records(
+        agent, captured["key"], EPISODES
+    )  # the one evaluator: weights an argument
     np.testing.assert_array_equal(mine["action"], captured["records"]["action"])
     # the evaluator is compiled apart from this rollout (at another optimisation level), so
     # the env's floats round differently: equal up to that rounding
@@ -117,7 +119,7 @@ def test_a_pqn_agent_keeps_its_layer_norm_through_load_and_export(tmp_path):
     )
     loaded = hmk8s.load_agent(run_dir)
     assert loaded.manifest.layer_norm and loaded.network.layer_norm
-    mine = loaded.evaluate(captured["key"], EPISODES)
+    mine = greedy_records(loaded, captured["key"], EPISODES)
     np.testing.assert_array_equal(mine["action"], captured["records"]["action"])
     assert summarise(mine)["return"] == pytest.approx(summary["eval"]["return"], abs=1e-4)
     exported = hmk8s.load_agent(export_agent(loaded, tmp_path / "agent"))
@@ -324,7 +326,7 @@ def test_unguarded_on_the_simulator_it_is_the_evaluation_exactly(agent):
     episode = jax.tree.map(lambda x: x[None], backend.records)
     assert summarise(episode) == summarise(evaluated)  # what evaluate_policy reports
     # the one greedy evaluator, compiled apart, acts the same (its floats round differently)
-    greedy = agent.evaluate(key, 1)
+    greedy = greedy_records(agent, key, 1)
     np.testing.assert_array_equal(greedy["action"], evaluated["action"])
     np.testing.assert_allclose(greedy["reward"], evaluated["reward"], rtol=1e-4)
     assert summary.steps == 40

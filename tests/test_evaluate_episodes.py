@@ -11,8 +11,8 @@ from hmk8s.agents.network import QNetwork
 from hmk8s.domain.encoders import get_encoder
 from hmk8s.domain.settings import ENV_DEFAULTS
 from hmk8s.policies.baselines import BASELINES
-from hmk8s.policies.q_policy import make_seed_rollout, q_policy
-from hmk8s.policies.rollout import rollout
+from hmk8s.policies.q_policy import q_policy
+from hmk8s.policies.rollout import make_seed_rollout, rollout
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 

@@ -62,8 +62,6 @@ from hmk8s.domain.usecases import (
 from hmk8s.policies.baselines import Policy
 from hmk8s.policies.heuristics import recommend
 from hmk8s.policies.q_policy import q_policy
-from hmk8s.sim.env import ClusterEnv
-from hmk8s.train.anakin.sim_eval import greedy_rollout
 from hmk8s.train.checkpoint import CheckpointError, load_params
 from hmk8s.train.runlog import params_sha256
 
@@ -160,18 +158,6 @@ class Agent:
         """The agent as a baseline-style `Policy` (what `evaluate_policy` runs)."""
         m = self.manifest
         return q_policy(self.network.apply, self.q_params, m.env["encoder"], m.bonus)
-
-    def evaluate(self, key: jax.Array, episodes: int) -> dict[str, np.ndarray]:
-        """The agent's greedy records on ``episodes`` episodes of ``key`` ([episodes, steps,
-        ...], `hmk8s.policies.rollout.rollout`'s keys), from the one greedy evaluator
-        (`greedy_rollout`): the episodes and numbers of the training summary's evaluation, in
-        a program compiled once per process for every agent of the same shape."""
-        m = self.manifest
-        run = greedy_rollout(
-            ClusterEnv(), self.env_params, self.network, episodes, m.env["encoder"]
-        )
-        one_seed = jax.tree.map(lambda x: jnp.asarray(x)[None], self.q_params)
-        return jax.tree.map(lambda x: np.asarray(x)[0], run(one_seed, key, m.bonus))
 
     @cached_property
     def _scores(self) -> Any:

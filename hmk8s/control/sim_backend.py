@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hmk8s.control.agent import Agent
 from hmk8s.control.changes import (
     after_action,
     mirror_from,
@@ -30,8 +31,21 @@ from hmk8s.domain.params import EnvParams
 from hmk8s.policies.baselines import Policy
 from hmk8s.policies.rollout import rollout
 from hmk8s.sim.env import ClusterEnv
+from hmk8s.train.anakin.sim_eval import greedy_rollout
 
 POLL_S = 0.05
+
+
+def greedy_records(agent: Agent, key: jax.Array, episodes: int) -> dict[str, np.ndarray]:
+    """The agent's greedy records on ``episodes`` episodes of ``key`` ([episodes, steps, ...],
+    `hmk8s.policies.rollout.rollout`'s keys), from the one greedy evaluator (`greedy_rollout`):
+    the episodes and numbers of the training summary's evaluation, in a program compiled once
+    per process for every agent of the same shape. A rehearsal without the guards plays the
+    same actions."""
+    m = agent.manifest
+    run = greedy_rollout(ClusterEnv(), agent.env_params, agent.network, episodes, m.env["encoder"])
+    one_seed = jax.tree.map(lambda x: jnp.asarray(x)[None], agent.q_params)
+    return jax.tree.map(lambda x: np.asarray(x)[0], run(one_seed, key, m.bonus))
 
 
 class SimBackend:

@@ -1,4 +1,5 @@
-"""Greedy evaluation of any policy on episodes that are identical for every policy.
+"""Greedy evaluation of any policy on episodes that are identical for every policy, and of
+every seed of a trained agent at once (`make_seed_rollout`).
 
 The env's own randomness (load, noise, re-routing) is drawn from keys that depend only on
 `key`, the episode and the step, never on the policy, so two policies evaluated with the same
@@ -7,6 +8,7 @@ key face the same request-rate traces from the same start placements.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -15,8 +17,11 @@ from hmk8s.domain.metrics import STEP_METRICS, summarise
 from hmk8s.domain.observation import Observation
 from hmk8s.domain.params import EnvParams
 from hmk8s.domain.placement import scale_instances
+from hmk8s.domain.settings import ENV_DEFAULTS
 from hmk8s.policies.baselines import Policy
+from hmk8s.policies.q_policy import ApplyFn, q_policy
 from hmk8s.sim.env import ClusterEnv
+from hmk8s.sim.scenarios import shifted
 
 #: A rollout program is compiled once and run a few times, so compiling is most of its cost. The
 #: CPU backend's optimisation level 1 compiles one 30-50 % faster than the default level, with
@@ -78,3 +83,36 @@ def evaluate_policy(
         compiler_options=ROLLOUT_COMPILER_OPTIONS,
     )
     return summarise(run(key))
+
+
+def make_seed_rollout(
+    env: ClusterEnv,
+    params: EnvParams,
+    apply_fn: ApplyFn,
+    num_episodes: int,
+    encoder: str = ENV_DEFAULTS["encoder"],
+) -> Callable[..., dict[str, jax.Array]]:
+    """``run(seed_params, key, heuristic_bonus=0.0, shifts=None)``: `rollout` of each seed's
+    greedy agent (``seed_params`` stacked on a leading seed axis, `q_policy` with
+    ``heuristic_bonus``) on the same ``num_episodes`` episodes drawn from ``key``; every array is
+    [seeds, episodes, steps, ...], or [scenarios, seeds, ...] on the shifted loads ``shifts``
+    (`hmk8s.sim.scenarios.stacked`). Compiled once per kind, so a learning curve re-uses it
+    whatever the bonus."""
+
+    def on(p: EnvParams, seed_params: Any, key: jax.Array, bonus: Any) -> dict[str, jax.Array]:
+        def one(q_params: Any) -> dict[str, jax.Array]:
+            return rollout(env, p, q_policy(apply_fn, q_params, encoder, bonus), key, num_episodes)
+
+        return jax.vmap(one)(seed_params)
+
+    def run(
+        seed_params: Any,
+        key: jax.Array,
+        heuristic_bonus: Any = 0.0,
+        shifts: dict[str, jax.Array] | None = None,
+    ) -> dict[str, jax.Array]:
+        if shifts is None:
+            return on(params, seed_params, key, heuristic_bonus)
+        return jax.vmap(lambda s: on(shifted(params, s), seed_params, key, heuristic_bonus))(shifts)
+
+    return jax.jit(run, compiler_options=ROLLOUT_COMPILER_OPTIONS)

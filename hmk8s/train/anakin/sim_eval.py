@@ -5,7 +5,7 @@ identical episodes (the full comparison with every baseline is `hmk8s.evaluate`'
 `greedy_rollout` is the one greedy evaluation of trained agents on the simulator: the
 training summary, the evaluation's curves, deployed weights, held-out and shifted-load
 scores, time to quality, a scenario's phases and a loaded agent all call it. Its program
-(`hmk8s.policies.q_policy.make_seed_rollout`) is vmapped over the seeds and the episodes
+(`hmk8s.policies.rollout.make_seed_rollout`) is vmapped over the seeds and the episodes
 with the weights and the rulebook's weight as arguments, and compiled once per process for a
 simulator, network and episode count, however many runs, agents and curve points use it.
 HPA's score depends on none of the training, so it comes from the score cache
@@ -32,8 +32,7 @@ from hmk8s.domain.params import EnvParams
 from hmk8s.envs.sim_spec import sim_env_spec
 from hmk8s.envs.spec import EnvSpec
 from hmk8s.policies.baselines import hpa_policy
-from hmk8s.policies.q_policy import make_seed_rollout
-from hmk8s.policies.rollout import evaluate_policy
+from hmk8s.policies.rollout import evaluate_policy, make_seed_rollout
 from hmk8s.sim.env import ClusterEnv
 from hmk8s.train.anakin.loop import Trainer
 from hmk8s.train.anakin.run import Evaluator
