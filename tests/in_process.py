@@ -6,6 +6,7 @@ tests that feed the command many bad inputs run it here; `script_runs` starts it
 
 from __future__ import annotations
 
+import logging
 import sys
 import traceback
 import warnings
@@ -34,6 +35,26 @@ def composed(*overrides: str) -> Iterator[DictConfig]:
 
 
 @contextmanager
+def logging_kept() -> Iterator[None]:
+    """Every logger as it was: a run configures logging as Hydra does (the root at ERROR, a
+    handler of its own on ``hmk8s``, which stops propagating, and loggers that existed before
+    disabled), which would hide hmk8s' records from pytest's ``caplog`` in every later test of
+    this worker."""
+
+    def loggers() -> list[logging.Logger]:
+        named = logging.Logger.manager.loggerDict.values()
+        return [logging.getLogger(), *(lg for lg in named if isinstance(lg, logging.Logger))]
+
+    kept = {lg: (list(lg.handlers), lg.propagate, lg.level, lg.disabled) for lg in loggers()}
+    try:
+        yield
+    finally:
+        for lg, (handlers, propagate, level, disabled) in kept.items():
+            lg.handlers[:] = handlers
+            lg.propagate, lg.level, lg.disabled = propagate, level, disabled
+
+
+@contextmanager
 def shown_warnings() -> Iterator[None]:
     """Warnings printed on stderr as the command line prints them (pytest records them)."""
     with warnings.catch_warnings():
@@ -48,7 +69,7 @@ def train_in_process(args: list[str]) -> int:
     """``scripts/train.py args`` as the script runs them (`hmk8s.train.cli.run`: the config
     composed once, then the task on it): its exit status; a traceback is printed."""
     try:
-        with shown_warnings():
+        with shown_warnings(), logging_kept():
             cli.run(args)
     except SystemExit as exit_:
         return int(exit_.code or 0)

@@ -15,21 +15,20 @@ AS_HYDRA_DOES = textwrap.dedent(
     """
     import logging
     from hmk8s.k8s import readings  # its logger exists before Hydra configures logging
-    from hydra import compose, initialize_config_module
-    from hydra.core.utils import configure_log
+    from hmk8s.shell.compose import run_command
     from hmk8s.train.cli import register_schema
 
+    def task(cfg):  # run as scripts/train.py runs its task: after Hydra configured logging
+        log = logging.getLogger("hmk8s.k8s.readings")
+        log.info("an info line stays quiet")
+        log.warning("proxies without latency [0];\\n  assuming the timeout")  # an API error's text
+        logging.getLogger("hmk8s.train.actor_learner.k8s_run").error(
+            "env 1: 3 objects left; remove them with python scripts/cleanup.py --run-id run-1"
+        )
+        logging.getLogger("some.library").warning("another library's warning stays quiet")
+
     register_schema()
-    with initialize_config_module("hmk8s.configs", version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
-    configure_log(cfg.hydra.job_logging)  # what Hydra does before it runs the task
-    log = logging.getLogger("hmk8s.k8s.readings")
-    log.info("an info line stays quiet")
-    log.warning("proxies without latency [0];\\n  assuming the timeout")  # an API error's text
-    logging.getLogger("hmk8s.train.actor_learner.k8s_run").error(
-        "env 1: 3 objects left; remove them with python scripts/cleanup.py --run-id run-1"
-    )
-    logging.getLogger("some.library").warning("another library's warning stays quiet")
+    run_command("config", task, [])
     """
 )
 
