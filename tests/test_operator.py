@@ -284,25 +284,27 @@ def test_a_chaincontroller_dry_run_then_live_then_paused(cluster, tmp_path):
         assert op.term is not None and op.term.backend.created == []  # no restart, no re-adoption
 
         # someone scales a managed Deployment: a Conflict Event on it, and it is scaled back
-        name = "hmk8s-encrypt-medium"
-        scaled = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}}
-
         def conflict_event():
             return next((e for e in cluster.events() if e.reason == "Conflict"), None)
 
-        # a step in flight may apply its own count over the rogue one before any check sees it
+        # the agent decides which Deployments exist, so the one scaled is one it manages now; a
+        # step in flight may apply its own count over the rogue one before any check sees it
         # (then nothing conflicts): scale again until a step's check finds the rogue count
+        tried: dict[str, int] = {}
         for _ in range(5):
-            want = cluster.clients[0].read("Deployment", name).spec.replicas
-            cluster.clients[0].apply({**scaled, "spec": {"replicas": want + 4}})
+            found = cluster.clients[0].list("Deployment", objects.run_selector(None))[0]
+            name, want = found.metadata.name, found.spec.replicas
+            tried[name] = want
+            rogue = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name}}
+            cluster.clients[0].apply({**rogue, "spec": {"replicas": want + 4}})
             with contextlib.suppress(AssertionError):
                 eventually(conflict_event, 10 * PERIOD + 5.0, "a Conflict Event")
                 break
         conflict = eventually(conflict_event, 30, "a Conflict Event")
-        assert (conflict.involved_object.kind, conflict.involved_object.name) == (
-            "Deployment",
-            name,
-        )
+        assert conflict.involved_object.kind == "Deployment"
+        assert conflict.involved_object.name in tried
+        name = conflict.involved_object.name
+        want = tried[name]
         # what it had applied (the live count may have moved with a step in flight) and found
         assert re.search(rf"applied \d+, found {want + 4} \(repairing\)", conflict.message)
         # repaired: the rogue count is gone (the agent's next steps may move the count, or
