@@ -83,6 +83,30 @@ def test_serve_one_queue_by_hand(sim, ml, load, backlog, exp_backlog, exp_busy, 
     np.testing.assert_allclose(np.asarray(lat)[others], 1.0)
 
 
+@pytest.mark.parametrize(("cv2", "factor"), [(0.0, 0.5), (0.5, 0.75), (1.0, 1.0), (3.0, 2.0)])
+def test_the_wait_follows_pollaczek_khinchine(sim, ml, cv2, factor):
+    """M/G/1: the wait is (1 + cv^2) / 2 of M/M/1's. 2 medium firewall pods (mu = 120,
+    capacity 240), load 180: rho = 0.75, M/M/1 wait = 0.75 / 0.25 / 120 = 0.025 s; with a
+    fixed service (cv^2 = 0, M/D/1) half of it, 0.0125 s, on top of the 1/120 s service."""
+    params = ml.replace(wait_factor=jnp.full_like(ml.wait_factor, (1.0 + cv2) / 2.0))
+    ready = _grid({(1, FW, MEDIUM): 2}, jnp.int32)
+    _, _, lat = sim.serve(_grid({(1, FW, MEDIUM): 180.0}), ready, _grid({}), params)
+    assert float(lat[1, FW, MEDIUM]) == pytest.approx(1 / 120 + factor * 3 / 120, rel=1e-5)
+
+
+def test_service_cv2_of_a_use_case_sets_the_wait_factor(usecase_mapping):
+    from hmk8s.domain.settings import params_from_usecase
+    from hmk8s.domain.usecases import UseCase
+
+    mapping = usecase_mapping("ml")
+    assert np.all(np.asarray(params_from_usecase(UseCase.model_validate(mapping)).wait_factor) == 1)
+    for configs in mapping["functions"].values():
+        for config in configs.values():
+            config["service_cv2"] = 0.0
+    params = params_from_usecase(UseCase.model_validate(mapping))
+    np.testing.assert_array_equal(np.asarray(params.wait_factor), 0.5)
+
+
 def test_serve_without_ready_pods_drops_backlog_and_times_out(sim, ml):
     # one pod still starting (not ready): requests fail instead of queueing
     b, busy, lat = sim.serve(

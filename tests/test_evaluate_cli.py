@@ -105,11 +105,16 @@ def test_bad_input_is_refused_before_any_work(tmp_path):
     assert grid.returncode == 2
     assert "evaluate.deployed_xi_grid must hold weights >= 0" in grid.stderr
     for changes, message in (
-        ("nope={hidden: [8]}", "evaluate.agent_by_usecase: unknown use case 'nope'"),
-        ("ml={updates_per_step: 0.0}", "agent.updates_per_step must be > 0"),
-        ("stream={hiden: [8]}", "evaluate.agent_by_usecase.stream: Key 'hiden' not in"),
+        (
+            "agent_by_usecase.nope={hidden: [8]}",
+            "evaluate.agent_by_usecase: unknown use case 'nope'",
+        ),
+        ("agent_by_usecase.ml={updates_per_step: 0.0}", "agent.updates_per_step must be > 0"),
+        ("agent_by_usecase.stream={hiden: [8]}", "evaluate.agent_by_usecase.stream: Key 'hiden'"),
+        ("budget_by_usecase.nope=2", "evaluate.budget_by_usecase: unknown use case 'nope'"),
+        ("budget_by_usecase.ml=0", "evaluate.budget_by_usecase.ml must be > 0, got 0"),
     ):
-        refused = evaluate(tmp_path, f"++evaluate.agent_by_usecase.{changes}")
+        refused = evaluate(tmp_path, f"++evaluate.{changes}")
         assert refused.returncode == 2
         assert message in refused.stderr
     assert list(tmp_path.iterdir()) == []

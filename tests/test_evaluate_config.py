@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
+from tiny import tiny_config
 
 from hmk8s.agents.config import (
     AgentConfig,
@@ -20,7 +21,7 @@ from hmk8s.agents.config import (
 )
 from hmk8s.domain.usecases import CONFIG_DIR
 from hmk8s.evaluate import cli
-from hmk8s.evaluate.experiment import EvaluateConfig, usecase_agent
+from hmk8s.evaluate.experiment import EvaluateConfig, usecase_agent, usecase_config
 from hmk8s.train.config import ConfigError, TrainConfig, resolve, resume_mismatches
 
 
@@ -147,6 +148,22 @@ def test_a_use_case_in_agent_by_usecase_trains_with_its_own_agent_settings():
     assert (stream.updates_per_step, stream.hidden, stream.batch_size) == (0.1, [32], 64)
     assert usecase_agent(agent, "ml", ev) == agent
     assert agent.updates_per_step == 0.025
+
+
+def test_a_budget_factor_scales_the_steps_and_both_schedules_of_that_use_case_only():
+    cfg = tiny_config(usecase="stream", backend="sim", total_steps=3000)
+    ev = EvaluateConfig(
+        agent_by_usecase={"stream": {"updates_per_step": 0.5}}, budget_by_usecase={"stream": 2.0}
+    )
+    stream = usecase_config(cfg, "stream", ev)
+    assert stream.total_steps == 6000
+    assert stream.agent.epsilon.steps == 2 * cfg.agent.epsilon.steps
+    assert stream.haql.xi.steps == 2 * cfg.haql.xi.steps
+    assert stream.agent.updates_per_step == 0.5
+    assert (stream.haql.xi.start, stream.haql.xi.end) == (cfg.haql.xi.start, cfg.haql.xi.end)
+    assert usecase_config(cfg, "ml", ev) == cfg
+    with pytest.raises(ConfigError, match=r"budget_by_usecase.ml must be > 0, got 0"):
+        usecase_config(cfg, "ml", EvaluateConfig(budget_by_usecase={"ml": 0.0}))
 
 
 def test_agent_by_usecase_refuses_unknown_keys_and_wrong_types():

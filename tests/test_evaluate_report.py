@@ -46,6 +46,7 @@ def make_result(time_ratio: float) -> dict:
         "seeds": 5,
         "total_steps": 1000,
         "agent_changes": {"updates_per_step": 0.1},
+        "budget_factor": 2.0,
         "updates_per_step": 0.1,
         "updates": {"dqn": 90, "haql": 90},
         "eval_episodes": 8,
@@ -107,7 +108,10 @@ def test_page_states_each_target_and_the_numbers():
     page = render_markdown({"ml": make_result(0.6)}, meta)
     assert "Wall time: 1.5 min" in page
     assert "5 seeds x 1,000 env steps and 90 updates each (0.1 per env step)" in page
-    assert "Training time: DQN 10 s, HAQL 12 s. This use case trains with" in page
+    assert (
+        "Training time: DQN 10 s, HAQL 12 s. This use case trains with `agent.updates_per_step=0.1`"
+        ", 2 times the budget (`evaluate.budget_by_usecase`)." in page
+    )
     together = render_markdown({"ml": {**make_result(0.6), "trained_together": True}}, meta)
     assert "Training time (both agents at once, in two threads): DQN 10 s, HAQL 12 s." in together
     assert "in 0.60 x DQN's env steps: target (at most 0.5) **missed**" in page

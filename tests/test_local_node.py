@@ -25,6 +25,7 @@ from script_runs import run_script
 from waits import eventually as _eventually
 
 from hmk8s import sim
+from hmk8s.control.agent import export_agent
 from hmk8s.domain.spaces import OP_DEPLOY, OP_REMOVE
 from hmk8s.domain.usecases import CONFIG_NAMES, FUNCTION_NAMES
 from hmk8s.k8s import objects
@@ -291,15 +292,21 @@ def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
     assert (out / "usecase" / "ml-calibrated.yaml").is_file()
 
 
-def test_sim_to_real_runs_the_rulebook_and_the_real_hpa(up, tmp_path):
-    """`scripts/sim_to_real.py` at a tiny size: the rulebook and Kubernetes' HPA each in charge
-    of one 2-step episode on the node, beside the simulator's prediction."""
+def test_sim_to_real_runs_an_agent_the_rulebook_and_the_real_hpa(up, tmp_path):
+    """`scripts/sim_to_real.py` at a tiny size: an exported agent (one that holds its
+    placement), the rulebook and Kubernetes' HPA each in charge of one 2-step episode on the
+    node, beside the simulator's prediction."""
+    noop = 243  # ML's last action of 244
+    holder = export_agent(rogue_agent(noop), tmp_path / "holder")
     out = tmp_path / "s2r"
     tiny = ["--episodes", "1", "--steps", "2", "--step-seconds", "3", "--out", str(out)]
-    done = run_script("sim_to_real.py", tmp_path, str(up.root), "--usecase", "ml", *tiny)
+    agent = ["--agent", f"holder={holder}"]
+    done = run_script("sim_to_real.py", tmp_path, str(up.root), "--usecase", "ml", *agent, *tiny)
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((out / "results.json").read_text())
-    assert set(summary["results"]) == {"rulebook", "hpa"}
+    assert set(summary["results"]) == {"holder", "rulebook", "hpa"}
+    assert summary["results"]["holder"]["node"]["changes"] == 0
+    assert summary["results"]["holder"]["sim"]["changes"] == 0
     for policy in summary["results"].values():
         assert set(policy["node"]) == {"return", "sla_violation_rate", "pods_mean", "changes"}
         assert policy["node"]["pods_mean"] >= 2  # the minimal start: a pod per chain function

@@ -114,3 +114,95 @@ def test_calibrate_pools_episodes_and_recovers_a_slower_service_rate():
     assert fitted["startup_s"] == {"medium": 3.0}  # the median of both episodes' starts
     with pytest.raises(ValueError, match="one step length and load scale"):
         fidelity.calibrate(model, [recs[0], dataclasses.replace(recs[1], load_scale=0.5)])
+
+
+def test_a_disturbed_step_does_not_move_the_fitted_service_rate():
+    """One step where the load stopped early (the node read about 0 where the model is busy):
+    the fitted factor is still the firewall's 1 / 0.8, as the absolute error asks, where a
+    least-squares fit would be pulled down by that one step."""
+    from hmk8s.domain.usecases import load_usecase
+    from hmk8s.k8s.local import fidelity
+
+    model = load_usecase("ml")
+    functions = model.functions.model_dump()
+    for config in functions["firewall"].values():
+        config["mu"] *= 0.8
+    node = model.model_copy(update={"functions": type(model.functions).model_validate(functions)})
+    rec = synthetic_recording(node, 0)
+    rec.node_util[-1] = 0.01
+    _, fitted = fidelity.calibrate(model, [rec])
+    assert fitted["mu_factor"]["firewall"] == pytest.approx(1 / 0.8, rel=0.02)
+
+
+def test_weighted_median_minimises_the_weighted_absolute_error():
+    from hmk8s.k8s.local.fidelity import weighted_median
+
+    values = np.array([3.0, 1.0, 2.0, 10.0])
+    weights = np.array([1.0, 1.0, 1.0, 0.5])
+    best = weighted_median(values, weights)
+    grid = np.linspace(0, 11, 1101)
+    errors = [(weights * np.abs(values - c)).sum() for c in grid]
+    assert (weights * np.abs(values - best)).sum() == pytest.approx(min(errors))
+    assert best == 2.0
+
+
+def test_a_container_seen_first_is_read_from_its_start():
+    """A pod the writer has no sample of yet gets its mean since the container started (the
+    counter's origin); a container already sampled keeps its last sample as the window's start."""
+    from hmk8s.k8s.local.podmetrics import container_samples, container_starts, since_start
+
+    summary = {
+        "pods": [
+            {
+                "podRef": {"namespace": "a", "name": "new"},
+                "containers": [
+                    {
+                        "name": "nf",
+                        "startTime": "2026-01-01T00:00:00Z",
+                        "cpu": {"time": "2026-01-01T00:00:04Z", "usageCoreNanoSeconds": 2e8},
+                    }
+                ],
+            },
+            {
+                "podRef": {"namespace": "a", "name": "old"},
+                "containers": [
+                    {
+                        "name": "nf",
+                        "startTime": "2026-01-01T00:00:00Z",
+                        "cpu": {"time": "2026-01-01T00:01:10Z", "usageCoreNanoSeconds": 8e9},
+                    }
+                ],
+            },
+        ]
+    }
+    now = container_samples(summary)
+    start = now[("a", "old")]["nf"].at - 70.0
+    last = {("a", "old"): {"nf": Sample(start + 60.0, 7.0)}}
+    usage = window_usage(since_start(last, container_starts(summary)), now)
+    assert usage[("a", "new")] == {"nf": pytest.approx(0.2 / 4)}  # 0.2 core-s in 4 s
+    assert usage[("a", "old")] == {"nf": pytest.approx(1.0 / 10)}  # since the last sample
+
+
+def test_calibrate_recovers_service_time_its_variation_and_the_network_delay():
+    """A node whose pods serve a request in half of 1 / mu with no variation (M/D/1) and whose
+    clusters are 3 ms apart: the joint fit finds all three."""
+    from hmk8s.domain.usecases import load_usecase
+    from hmk8s.k8s.local import fidelity
+
+    model = load_usecase("ml")
+    functions = model.functions.model_dump()
+    for configs in functions.values():
+        for config in configs.values():
+            config.update(service_ms=0.5 * 1000.0 / config["mu"], service_cv2=0.0)
+    count = model.clusters.count
+    clusters = model.clusters.model_copy(update={"network_delay_ms": ((3.0,) * count,) * count})
+    node = model.model_copy(
+        update={
+            "functions": type(model.functions).model_validate(functions),
+            "clusters": clusters,
+        }
+    )
+    recs = [synthetic_recording(node, seed) for seed in (0, 1)]
+    _, fitted = fidelity.calibrate(model, recs)
+    assert (fitted["service_factor"], fitted["service_cv2"]) == (0.5, 0.0)
+    assert fitted["network_delay_ms"] == pytest.approx(3.0, abs=0.01)

@@ -1,12 +1,14 @@
 """Sim to real: a trained agent, the rulebook and Kubernetes' own HPA controller in charge of the
 same scaled load on the local node, each beside the simulator's prediction of the same episode.
 
-    python scripts/sim_to_real.py NODE_DIR --agent runs/<run> --usecase ml --episodes 5 \
-        --calibrated fidelity/ml/ml-calibrated.yaml --out sim-to-real/ml
+    python scripts/sim_to_real.py NODE_DIR --agent haql=runs/<run> --agent dqn=runs/<run> \
+        --usecase ml --episodes 5 --calibrated fidelity/ml/ml-calibrated.yaml --out sim-to-real/ml
 
-Per policy and episode (seed i: the use case's rates for seed i, scaled as
-`hmk8s.k8s.local.fidelity.default_load_scale` says, from the `minimal` start placement):
-- `agent`: the agent acts every step on the node's readings (the greedy policy it deploys with);
+Per policy and episode (seed i: the use case's rates for seed i, all episodes scaled alike by
+`--load-scale` or `hmk8s.k8s.local.fidelity.episodes_load_scale`, from the `minimal` start
+placement):
+- each `--agent NAME=RUN` (`agent` when only a run is given): the agent acts every step on the
+  node's readings (the greedy policy it deploys with);
 - `rulebook`: the operator's rulebook (`hmk8s.policies.baselines.heuristic_policy`);
 - `hpa`: `autoscaling/v2beta2` HorizontalPodAutoscalers (CPU target `--hpa-target`, the
   simulator's `hpa` default) on every function Deployment, acted on by kube-controller-manager;
@@ -34,13 +36,16 @@ from hmk8s.policies.baselines import heuristic_policy, hpa_exact_policy
 from hmk8s.shell.exit import refuse
 
 HPA_TARGET = 0.8
+#: the players that are not agents
+BASELINE_PLAYERS = ("rulebook", "hpa")
 
 
 class PolicyPlayer(fidelity.Player):
-    """A `hmk8s.policies` Policy acting on the node's structured observation every step."""
+    """A `hmk8s.policies` Policy acting on the node's structured observation every step; the
+    simulator predicts it with the same policy."""
 
     def __init__(self, name: str, policy: Any) -> None:
-        self.name, self.policy = name, policy
+        self.name, self.policy, self.prediction = name, policy, policy
         self._act = jax.jit(policy.act)
         self._pstate = None
         self._t = 0
@@ -58,12 +63,15 @@ class PolicyPlayer(fidelity.Player):
 
 
 class HpaPlayer(fidelity.Player):
-    """Kubernetes' HPA controller in charge: an HPA on every function Deployment of the run."""
+    """Kubernetes' HPA controller in charge: an HPA on every function Deployment of the run.
+    The simulator predicts it with its `hpa_exact` baseline (every Deployment to its desired
+    count each sync, with the real controller's tolerance, stabilisation and rate policies)."""
 
     name = "hpa"
 
     def __init__(self, target: float) -> None:
         self.target = target
+        self.prediction = hpa_exact_policy(target)
 
     def on_reset(self, env: Any, api_client: Any) -> None:
         from kubernetes import client
@@ -90,28 +98,32 @@ class HpaPlayer(fidelity.Player):
         env.adopt_replicas()
 
 
-def prediction_policy(name: str, agent: Any, hpa_target: float) -> Any:
-    """The policy the simulator runs for a player: the same one, or for the real HPA its
-    `hpa_exact` baseline (every Deployment to its desired count each sync, with the real
-    controller's tolerance, stabilisation and rate policies)."""
-    if name == "agent":
-        return agent.policy()
-    if name == "rulebook":
-        return heuristic_policy()
-    return hpa_exact_policy(hpa_target)
+def named_agents(specs: list[str]) -> dict[str, Path]:
+    """`NAME=RUN` (or a bare `RUN`, named `agent`) per `--agent`; names must differ from each
+    other and from the baselines'."""
+    agents: dict[str, Path] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=") if "=" in spec else ("agent", "", spec)
+        if not name or name in agents or name in BASELINE_PLAYERS:
+            raise AgentError(f"--agent {spec}: give each agent a name of its own, NAME=RUN")
+        agents[name] = Path(path)
+    return agents
 
 
 def run(args: argparse.Namespace) -> dict:
     usecase = load_usecase(args.usecase)
     predicted_on: UseCase = load_usecase(args.calibrated) if args.calibrated else usecase
-    agent = load_agent(args.agent, usecase=usecase) if args.agent else None
+    agents = {
+        name: load_agent(path, usecase=usecase)
+        for name, path in named_agents(args.agent or []).items()
+    }
     every: list[fidelity.Player] = [
+        *(PolicyPlayer(name, agent.policy()) for name, agent in agents.items()),
         PolicyPlayer("rulebook", heuristic_policy()),
         HpaPlayer(args.hpa_target),
     ]
-    if agent is not None:
-        every.insert(0, PolicyPlayer("agent", agent.policy()))
     players = [p for p in every if args.policies is None or p.name in args.policies]
+    scale = args.load_scale or fidelity.episodes_load_scale(usecase, args.steps, args.episodes)
     args.out.mkdir(parents=True)
     episodes, results = [], {}
     for player in players:
@@ -123,12 +135,11 @@ def run(args: argparse.Namespace) -> dict:
                 steps=args.steps,
                 step_seconds=args.step_seconds,
                 seed=seed,
+                load_scale=scale,
                 player=player,
             )
             measured = fidelity.node_summary(rec)
-            predicted = fidelity.simulate(
-                predicted_on, rec, prediction_policy(player.name, agent, args.hpa_target)
-            )
+            predicted = fidelity.simulate(predicted_on, rec, player.prediction)
             node.append(measured)
             sim.append(predicted)
             episodes.append(
@@ -152,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         }
     summary = {
         "usecase": usecase.name,
-        "agent": str(args.agent) if args.agent else None,
+        "agents": args.agent or [],
         "predicted_with": str(args.calibrated or f"usecase={usecase.name}"),
         "episodes": args.episodes,
         "steps": args.steps,
@@ -187,14 +198,28 @@ def main(argv: list[str] | None = None) -> int:
         "node", type=Path, help="the node's directory (scripts/local_cluster.py up)"
     )
     parser.add_argument("--usecase", default="ml")
-    parser.add_argument("--agent", type=Path, default=None, help="a training run or an export")
+    parser.add_argument(
+        "--agent",
+        action="append",
+        help="NAME=RUN: a training run or an export to put in charge (repeatable)",
+    )
     parser.add_argument("--calibrated", type=Path, default=None, help="calibrated use case YAML")
     parser.add_argument("--episodes", type=int, default=5)
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--step-seconds", type=float, default=10.0)
     parser.add_argument("--hpa-target", type=float, default=HPA_TARGET)
     parser.add_argument(
-        "--policies", nargs="+", default=None, help="a subset of: agent rulebook hpa (default all)"
+        "--load-scale",
+        type=float,
+        default=None,
+        help="the recordings' scale (report.json) that a calibrated agent trained on; default: "
+        "the largest at which every episode's busiest step fits 1.2 cores",
+    )
+    parser.add_argument(
+        "--policies",
+        nargs="+",
+        default=None,
+        help="a subset of the agents' names, rulebook and hpa (default all)",
     )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)

@@ -32,6 +32,7 @@ class EnvParams:
     has_trace: bool = struct.field(pytree_node=False)
     mu: jax.Array
     service_rate: jax.Array  # 1 / a request's service time on an idle pod (mu unless calibrated)
+    wait_factor: jax.Array  # (1 + cv^2) / 2 of the service time: the M/G/1 wait over M/M/1's
     cpu_request: jax.Array
     cpu_limit: jax.Array
     startup_steps: jax.Array

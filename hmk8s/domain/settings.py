@@ -83,6 +83,9 @@ def params_from_usecase(usecase: UseCase, env_cfg: Mapping[str, Any] | None = No
             ],
             jnp.float32,
         ),
+        wait_factor=jnp.asarray(
+            [[(1.0 + c.service_cv2) / 2.0 for c in row] for row in configs], jnp.float32
+        ),
         cpu_request=jnp.asarray([[c.cpu_request for c in row] for row in configs], jnp.float32),
         cpu_limit=jnp.asarray([[c.cpu_limit for c in row] for row in configs], jnp.float32),
         startup_steps=jnp.asarray(startup, jnp.int32),

@@ -74,6 +74,15 @@ class FunctionConfig(_Frozen):
         "serves one request at a time at its full rate). Calibrated on a real node, where a "
         "pod's CPU quota lets a request run faster than the pod's throughput suggests",
     )
+    service_cv2: float = Field(
+        default=1.0,
+        ge=0,
+        le=10,
+        description="squared coefficient of variation of a request's service time, for the "
+        "M/G/1 queueing wait (Pollaczek-Khinchine): 1 an exponential service (M/M/1), 0 a fixed "
+        "one (M/D/1, half the wait). Calibrated on a real node, whose functions do nearly the "
+        "same work per request",
+    )
 
     @model_validator(mode="after")
     def _limit_covers_request(self) -> FunctionConfig:

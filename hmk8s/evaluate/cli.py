@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from hmk8s.configs import default
 from hmk8s.domain.settings import EnvConfigError
 from hmk8s.domain.usecases import CONFIG_DIR, UseCaseError, available_usecases
-from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_agent
+from hmk8s.evaluate.experiment import EvaluateConfig, Stopped, evaluate_usecase, usecase_config
 from hmk8s.evaluate.report import render_markdown, write_figures
 from hmk8s.evaluate.sweep import read_sweep
 from hmk8s.shell.compose import run_command
@@ -98,14 +98,14 @@ def run(cfg: DictConfig) -> Path:
     if any(xi < 0 for xi in typed.evaluate.deployed_xi_grid):
         grid = typed.evaluate.deployed_xi_grid
         raise ConfigError(f"evaluate.deployed_xi_grid must hold weights >= 0, got {grid}")
-    for name in typed.evaluate.agent_by_usecase:
-        if name not in available_usecases():
-            raise ConfigError(
-                f"evaluate.agent_by_usecase: unknown use case {name!r} "
-                f"(one of {', '.join(available_usecases())})"
-            )
-        agent = usecase_agent(typed.agent, name, typed.evaluate)
-        resolve(dataclasses.replace(typed, usecase=None, agent=agent))
+    for block in ("agent_by_usecase", "budget_by_usecase"):
+        for name in getattr(typed.evaluate, block):
+            if name not in available_usecases():
+                raise ConfigError(
+                    f"evaluate.{block}: unknown use case {name!r} "
+                    f"(one of {', '.join(available_usecases())})"
+                )
+            resolve(usecase_config(dataclasses.replace(typed, usecase=None), name, typed.evaluate))
     try:
         check_scenarios(typed.evaluate.scenarios)
     except ScenarioError as err:
@@ -137,7 +137,10 @@ def run(cfg: DictConfig) -> Path:
                     # the sweep trained the agents: they are read, one after the other
                     group = sweep[name]
                     ev = dataclasses.replace(
-                        typed.evaluate, agent_by_usecase={}, train_together=False
+                        typed.evaluate,
+                        agent_by_usecase={},
+                        budget_by_usecase={},
+                        train_together=False,
                     )
                     result, data = evaluate_usecase(
                         name,

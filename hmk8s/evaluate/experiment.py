@@ -78,9 +78,33 @@ class EvaluateConfig:
     agent_by_usecase: dict[str, dict[str, Any]] = default(
         "evaluate.agent_by_usecase", root="evaluate"
     )
+    budget_by_usecase: dict[str, float] = default("evaluate.budget_by_usecase", root="evaluate")
     train_together: bool = default("evaluate.train_together", root="evaluate")
     calibration: CalibrationGrid = field(default_factory=CalibrationGrid)
     scenarios: list[str] = default("evaluate.scenarios", root="evaluate")
+
+
+def usecase_config(cfg: TrainConfig, usecase: str, ev: EvaluateConfig) -> TrainConfig:
+    """The training config for ``usecase``: its agent changes (`usecase_agent`), and its budget
+    times ``ev.budget_by_usecase[usecase]``: the env steps, the exploration and the
+    heuristic's fade, so the schedules keep their share of the run and ``total_steps=`` on the
+    command line still sets every use case's budget."""
+    agent = usecase_agent(cfg.agent, usecase, ev)
+    factor = ev.budget_by_usecase.get(usecase, 1.0)
+    if factor <= 0:
+        raise ConfigError(f"evaluate.budget_by_usecase.{usecase} must be > 0, got {factor}")
+    if factor == 1.0:
+        return dataclasses.replace(cfg, agent=agent)
+
+    def longer(schedule: Any) -> Any:
+        return dataclasses.replace(schedule, steps=round(schedule.steps * factor))
+
+    return dataclasses.replace(
+        cfg,
+        agent=dataclasses.replace(agent, epsilon=longer(agent.epsilon)),
+        haql=dataclasses.replace(cfg.haql, xi=longer(cfg.haql.xi)),
+        total_steps=round(cfg.total_steps * factor),
+    )
 
 
 def usecase_agent(agent: AgentConfig, usecase: str, ev: EvaluateConfig) -> AgentConfig:
@@ -400,10 +424,7 @@ def evaluate_usecase(
     baselines' curve-episode returns, one timeline episode per policy in ``ev.timeline``).
     ``scores`` keeps the baselines' scores between evaluations (None: computed every time)."""
     run = resolve(
-        dataclasses.replace(
-            cfg, usecase=dict(mapping), agent=usecase_agent(cfg.agent, usecase, ev)
-        ),
-        usecase,
+        usecase_config(dataclasses.replace(cfg, usecase=dict(mapping)), usecase, ev), usecase
     )
     cfg, agent = run.config, run.config.agent
     source = source or train_in_process(usecase, cfg, ev, log)
@@ -491,6 +512,7 @@ def evaluate_usecase(
         "seeds": cfg.seeds,
         "total_steps": int(runs["dqn"].steps[-1]),
         "agent_changes": dict(ev.agent_by_usecase.get(usecase, {})),
+        "budget_factor": ev.budget_by_usecase.get(usecase, 1.0),
         "updates_per_step": agent.updates_per_step,
         "updates": {name: run.updates for name, run in runs.items()},
         "eval_episodes": ev.episodes,

@@ -221,12 +221,13 @@ def training_sentence(result: dict[str, Any]) -> str:
     return f"Training time{when}: DQN {seconds['dqn']:.0f} s, HAQL {seconds['haql']:.0f} s."
 
 
-def changes_sentence(changes: dict[str, Any]) -> str:
-    """The agent settings this use case trains with that differ from the agent block."""
-    if not changes:
-        return ""
-    listed = ", ".join(f"`agent.{key}={value}`" for key, value in changes.items())
-    return f" This use case trains with {listed}."
+def changes_sentence(changes: dict[str, Any], budget_factor: float = 1.0) -> str:
+    """The agent settings this use case trains with that differ from the agent block, and its
+    budget when it is not `total_steps`."""
+    listed = [f"`agent.{key}={value}`" for key, value in changes.items()]
+    if budget_factor != 1.0:
+        listed.append(f"{budget_factor:g} times the budget (`evaluate.budget_by_usecase`)")
+    return f" This use case trains with {', '.join(listed)}." if listed else ""
 
 
 def deployed_line(deployed: dict[str, Any]) -> str:
@@ -274,7 +275,8 @@ def render_markdown(results: dict[str, dict[str, Any]], meta: dict[str, Any]) ->
             f"{r['seeds']} seeds x {r['total_steps']:,} env steps and "
             f"{r['updates']['dqn']:,} updates each ({r['updates_per_step']:g} per env step); "
             f"{r['eval_episodes']} held-out episodes; learning curves on {r['eval_episodes']} "
-            f"other episodes. {training_sentence(r)}{changes_sentence(r['agent_changes'])}",
+            f"other episodes. {training_sentence(r)}"
+            f"{changes_sentence(r['agent_changes'], r['budget_factor'])}",
             "",
             deployed_line(r["deployed_xi"]),
             "",

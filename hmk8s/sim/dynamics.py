@@ -82,10 +82,11 @@ def serve(
     mu = the config's rate * its cluster's ``speed`` (one without it); capacity = ready * mu;
     backlog' = max(0, backlog + (load - capacity) * dt) while the
     instance has ready pods (with none, requests fail instead of queueing, and it is 0);
-    hop latency = s (service) + rho_c / (1 - rho_c) * s (stationary M/M/1 wait,
-    rho_c = min(load / capacity, RHO_MAX)) + backlog' / capacity (drain time of the backlog),
-    with s = 1 / mu unless the use case gives a calibrated service time,
-    or the timeout when no pod is ready.
+    hop latency = s (service) + w * rho_c / (1 - rho_c) * s (stationary M/G/1 wait, by
+    Pollaczek-Khinchine, w = (1 + cv^2) / 2 of the service time's squared coefficient of
+    variation: 1 for M/M/1, the default; rho_c = min(load / capacity, RHO_MAX))
+    + backlog' / capacity (drain time of the backlog), with s = 1 / mu unless the use case
+    gives a calibrated service time, or the timeout when no pod is ready.
     """
     mu = params.mu[None] if speed is None else params.mu[None] * speed[:, None, None]
     capacity = ready * mu
@@ -99,7 +100,8 @@ def serve(
     rho_c = jnp.minimum(rho, RHO_MAX)
     rate = params.service_rate[None]
     rate = rate if speed is None else rate * speed[:, None, None]
-    latency = 1.0 / rate + rho_c / (1.0 - rho_c) / rate + backlog_next / safe_cap
+    wait = params.wait_factor[None] * rho_c / (1.0 - rho_c) / rate
+    latency = 1.0 / rate + wait + backlog_next / safe_cap
     return backlog_next, busy, jnp.where(serving, latency, params.timeout_s)
 
 

@@ -17,6 +17,7 @@ delay, start-up delays and noise to a recording and returns the calibrated use c
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -59,6 +60,9 @@ CPU_BUDGET = 1.2
 #: a request's service time as a multiple of 1 / mu, the values `calibrate` tries: a pod's CPU
 #: quota can make one request faster than its throughput suggests, never slower
 SERVICE_FACTORS = tuple(round(0.05 * i, 2) for i in range(1, 21))
+#: the service time's squared coefficient of variation `calibrate` tries (`service_cv2`): from a
+#: fixed service (M/D/1) to an exponential one (M/M/1, the model's default)
+SERVICE_CV2S = (0.0, 0.25, 0.5, 1.0)
 #: utilisation of the default placement's slowest hop at the busiest step of the replayed load
 PEAK_UTILISATION = 0.7
 #: measured CPU per request outside the model (HTTP in the proxy and each hop, Python), in
@@ -168,6 +172,19 @@ def default_load_scale(usecase: UseCase, rates: np.ndarray, cpu_scale: float) ->
     peak = float(rates.sum(axis=1).max())
     return min(
         1.0, CPU_BUDGET / (peak * per_request), PEAK_UTILISATION * min(h.mu for h in hops) / peak
+    )
+
+
+def episodes_load_scale(usecase: UseCase, steps: int, episodes: int) -> float:
+    """One scale for episodes of seeds 0..episodes-1: the smallest `default_load_scale` among
+    them, so every episode's busiest step fits the machine, and the episodes (and a use case
+    calibrated on them) share one load, scaled alike."""
+    from hmk8s.k8s.config import shipped_backend
+
+    cpu_scale = shipped_backend("local").get("cpu_scale", 1.0)
+    return min(
+        default_load_scale(usecase, rate_trace(usecase, steps, seed), cpu_scale)
+        for seed in range(episodes)
     )
 
 
@@ -304,19 +321,31 @@ def fidelity(usecase: UseCase, rec: Recording) -> dict[str, Any]:
     }
 
 
+def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
+    """The c minimising sum(weights * |values - c|): with values = node / model and weights =
+    model, the scale of the model's utilisation with the least absolute error."""
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+
+
 def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[str, Any]]:
     """Fit the simulator to recordings (their steps pooled); the calibrated use case and what
     was fitted.
 
     - service rate: a pod that spends more CPU per request than modelled serves fewer; each
-      function's mu is divided by the least-squares factor between node and predicted
-      utilisation of its placed instances, on the steps the model does not saturate them;
-    - service time: the multiple of 1 / mu (`service_ms`) whose predicted latency distribution
-      is closest to the node's (KS distance, then mean absolute error): a pod under a CPU quota
-      serves a request faster than 1 / mu;
+      function's mu is divided by the factor between node and predicted utilisation of its
+      placed instances that minimises their absolute error (the error the fidelity report
+      gives), on the steps the model does not saturate them: one disturbed step (the machine
+      busy, the load stopped) moves it no more than any other;
+    - service time: the multiple of 1 / mu (`service_ms`) and the squared coefficient of
+      variation (`service_cv2`, the M/G/1 wait) whose predicted latency distribution is closest
+      to the node's (KS distance, then mean absolute error): a pod under a CPU quota serves a
+      request faster than 1 / mu, and nearly the same work per request waits less than M/M/1
+      says;
     - network delay: the use case's clusters share one node, so every pair is alike: the
-      median latency the calibrated hops still miss on steps where every request was
-      answered, spread over the chain's network legs;
+      median latency the hops still miss on steps where every request was answered, spread
+      over the chain's network legs; fitted with the service time, for each candidate;
     - start-up: each config's median measured pod start;
     - noise: the spread of log(node / predicted) utilisation;
     - the node's conditions: its step length and the load scaled as it was replayed, so an
@@ -344,7 +373,7 @@ def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[st
         node_all, model_all = np.concatenate(node), np.concatenate(model)
         if not model_all.any():
             continue
-        factor = float((node_all * model_all).sum() / (model_all * model_all).sum())
+        factor = weighted_median(node_all / np.maximum(model_all, 1e-9), model_all)
         fitted["mu_factor"][name] = factor
         for config in functions[name].values():
             config["mu"] = config["mu"] / factor
@@ -362,14 +391,16 @@ def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[st
         row = tuple(delay_ms for _ in range(count))
         return usecase.clusters.model_copy(update={"network_delay_ms": (row,) * count})
 
-    def with_service(factor: float) -> UseCase:
+    def with_service(service: tuple[float, float], delay_ms: float = 0.0) -> UseCase:
+        factor, cv2 = service
         for name in functions:
             for config in functions[name].values():
                 config["service_ms"] = factor * 1000.0 / config["mu"]
+                config["service_cv2"] = cv2
         return usecase.model_copy(
             update={
                 "functions": type(usecase.functions).model_validate(functions),
-                "clusters": one_node(0.0),
+                "clusters": one_node(delay_ms),
             }
         )
 
@@ -379,24 +410,37 @@ def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[st
         )
 
     node_latency = np.concatenate([r.node_latency_s[w] for r, w in zip(recs, served, strict=True)])
+    # what the hops miss where every request was answered (a timeout is no network delay)
+    clean = [w & (r.ok == r.sent) for r, w in zip(recs, served, strict=True)]
+    node_clean = np.concatenate([r.node_latency_s[c] for r, c in zip(recs, clean, strict=True)])
+    legs = len(usecase.chain) + 1
 
-    def latency_error(factor: float) -> tuple[float, float]:
+    def network_delay_ms(service: tuple[float, float]) -> float:
+        """The median latency these hops miss on the clean steps, spread over the legs."""
+        if not node_clean.size:
+            return 0.0
+        gap = np.median(node_clean - pooled(with_service(service), "latency_s", clean))
+        return max(0.0, float(gap) * 1000 / legs)
+
+    def latency_error(candidate: UseCase) -> tuple[float, float]:
         """The latency distributions' KS distance, then the mean absolute error."""
-        model = pooled(with_service(factor), "latency_s", served)
+        model = pooled(candidate, "latency_s", served)
         return (
             float(stats.ks_2samp(node_latency, model).statistic),
             float(np.abs(node_latency - model).mean()),
         )
 
-    factor = min(SERVICE_FACTORS, key=latency_error)
-    fitted["service_factor"] = factor
-    step_one = with_service(factor)
-    # what the hops still miss where every request was answered (a timeout is no network delay)
-    clean = [w & (r.ok == r.sent) for r, w in zip(recs, served, strict=True)]
-    node_clean = np.concatenate([r.node_latency_s[c] for r, c in zip(recs, clean, strict=True)])
-    gap = np.median(node_clean - pooled(step_one, "latency_s", clean)) if node_clean.size else 0.0
-    legs = len(usecase.chain) + 1
-    delay_ms = max(0.0, float(gap) * 1000 / legs)
+    # service time, its variation and the network delay together: a fixed cost per leg and a
+    # short, load-dependent service can look like one long service time at a single load
+    fits = {
+        service: network_delay_ms(service)
+        for service in itertools.product(SERVICE_FACTORS, SERVICE_CV2S)
+    }
+    service, delay_ms = min(
+        fits.items(), key=lambda fit: latency_error(with_service(fit[0], fit[1]))
+    )
+    fitted["service_factor"], fitted["service_cv2"] = service
+    step_one = with_service(service)
     clusters = one_node(delay_ms)
     every_step = [p[None].repeat(len(r.rates), 0) for r, p in zip(recs, placed, strict=True)]
     calibrated_util = pooled(step_one, "util", every_step)
@@ -488,13 +532,13 @@ def replay(
     steps: int,
     step_seconds: float,
     seed: int,
-    load_scale: float | None = None,
+    load_scale: float,
     start: str = "minimal",
     player: Player | None = None,
 ) -> Recording:
-    """One episode of the use case's load on the node of `node_dir` (`scripts/local_cluster.py
-    up`; see the module doc), with `player` in charge of the placement (the default holds it:
-    every step the no-op)."""
+    """One episode of the use case's load times `load_scale` on the node of `node_dir`
+    (`scripts/local_cluster.py up`; see the module doc), with `player` in charge of the
+    placement (the default holds it: every step the no-op)."""
     from kubernetes import client
 
     from hmk8s.k8s.client import new_api_client
@@ -504,9 +548,7 @@ def replay(
     player = player or Player()
     backend = shipped_backend("local")
     backend.update(kubeconfig=str(node_dir / "run.kubeconfig"), step_seconds=step_seconds)
-    rates = rate_trace(usecase, steps, seed)
-    scale = load_scale or default_load_scale(usecase, rates, backend.get("cpu_scale", 1.0))
-    rates = rates * scale
+    rates = rate_trace(usecase, steps, seed) * load_scale
     env = KubernetesClusterEnv(usecase, backend_cfg=backend, start=start, episode_steps=steps + 1)
     admin = new_api_client(node_dir / "kubeconfig", "admin")
     core, apps = client.CoreV1Api(admin), client.AppsV1Api(admin)
@@ -581,7 +623,7 @@ def replay(
         policy=player.name,
         start=start,
         step_seconds=step_seconds,
-        load_scale=scale,
+        load_scale=load_scale,
         rates=rates,
         placement=placement,
         node_util=np.stack(utils),

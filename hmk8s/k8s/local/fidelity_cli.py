@@ -27,6 +27,8 @@ from hmk8s.shell.exit import refuse
 def measure(args: argparse.Namespace) -> int:
     usecase = load_usecase(args.usecase)
     args.out.mkdir(parents=True, exist_ok=True)
+    scale = args.load_scale or fidelity.episodes_load_scale(usecase, args.steps, args.episodes)
+    print(f"load scale {scale:.4f} for every episode")
     for seed in range(args.episodes):
         target = args.out / f"episode-{seed}.json"
         if target.exists():
@@ -37,7 +39,7 @@ def measure(args: argparse.Namespace) -> int:
             steps=args.steps,
             step_seconds=args.step_seconds,
             seed=seed,
-            load_scale=args.load_scale,
+            load_scale=scale,
         )
         target.write_text(json.dumps(rec.to_json()))
         print(f"episode {seed}: {json.dumps(fidelity.fidelity(usecase, rec))}")
@@ -86,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--episodes", type=int, default=2)
     m.add_argument("--steps", type=int, default=20)
     m.add_argument("--step-seconds", type=float, default=6.0)
-    m.add_argument("--load-scale", type=float, default=None, help="default: fit 1.2 cores")
+    m.add_argument(
+        "--load-scale",
+        type=float,
+        default=None,
+        help="default: the largest at which every episode's busiest step fits 1.2 cores",
+    )
     m.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("calibrate", help="fit on every episode but the last, check on the last")
     c.add_argument("recordings", type=Path)

@@ -524,7 +524,7 @@ def up(
     node_files: Path | None = None,
     reserved_cpu: str = "100m",
     hpa_sync_period: str = HPA_SYNC_PERIOD,
-    metrics_interval_s: float = 5.0,
+    metrics_interval_s: float = 2.0,
     ready_timeout_s: float = READY_TIMEOUT_S,
 ) -> Layout:
     """Start everything; on any failure take down what was started, then raise `NodeError`."""

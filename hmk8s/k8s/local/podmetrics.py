@@ -4,8 +4,13 @@ serves them, so the backend and the real HPA controller read the standard API un
 Every `--interval` seconds it reads the kubelet's `/stats/summary` through the API server's node
 proxy and writes, for each running pod, the CPU its containers used between the kubelet's last
 two samples (`usageCoreNanoSeconds` over the samples' own times, as metrics-server computes it)
-with the pod's labels. PodMetrics of pods that are gone are deleted. Nothing here is modelled:
-a pod the kubelet has not sampled twice yet has no PodMetrics, as with metrics-server.
+with the pod's labels. PodMetrics of pods that are gone are deleted. Nothing here is modelled.
+
+A container the writer sees for the first time is read from its start: the counter starts at
+zero with the container, so its first sample over the time since `startTime` is a real mean.
+metrics-server waits for a second sample instead; reading from the start gives a new pod its
+PodMetrics one kubelet sample earlier, which is what a controller stepping every few seconds
+needs after a scale-up.
 """
 
 from __future__ import annotations
@@ -49,6 +54,28 @@ def container_samples(summary: dict) -> dict[PodKey, dict[str, Sample]]:
         if per:
             out[(ref.get("namespace"), ref.get("name"))] = per
     return out
+
+
+def container_starts(summary: dict) -> dict[PodKey, dict[str, Sample]]:
+    """(namespace, pod) -> container -> a zero reading at its start (the counter's origin)."""
+    out: dict[PodKey, dict[str, Sample]] = {}
+    for pod in summary.get("pods") or []:
+        ref = pod.get("podRef") or {}
+        per = {
+            ct["name"]: Sample(parse_time(ct["startTime"]), 0.0)
+            for ct in pod.get("containers") or []
+            if ct.get("startTime")
+        }
+        if per:
+            out[(ref.get("namespace"), ref.get("name"))] = per
+    return out
+
+
+def since_start(
+    last: dict[PodKey, dict[str, Sample]], starts: dict[PodKey, dict[str, Sample]]
+) -> dict[PodKey, dict[str, Sample]]:
+    """The earlier sample of every container: the last one seen, else its start."""
+    return {key: {**starts.get(key, {}), **last.get(key, {})} for key in set(last) | set(starts)}
 
 
 def usage_cores(old: Sample, new: Sample) -> float | None:
@@ -116,7 +143,9 @@ class Writer:
         self.written: set[PodKey] = set()
 
     def once(self) -> int:
-        now = container_samples(kubelet_summary(self.core, self.node))
+        summary = kubelet_summary(self.core, self.node)
+        now = container_samples(summary)
+        before = since_start(self.last, container_starts(summary))
         pods = {
             (p.metadata.namespace, p.metadata.name): p
             for p in self.core.list_pod_for_all_namespaces(
@@ -124,12 +153,12 @@ class Writer:
             ).items
         }
         written = set()
-        for key, usage in window_usage(self.last, now).items():
+        for key, usage in window_usage(before, now).items():
             pod = pods.get(key)
             if pod is None:
                 continue
             at = max(s.at for s in now[key].values())
-            window = at - max(self.last[key][c].at for c in usage)
+            window = at - max(before[key][c].at for c in usage)
             self.put(pod_metrics(key, dict(pod.metadata.labels or {}), usage, at, window))
             written.add(key)
         for key, containers in now.items():
@@ -176,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--node", required=True)
-    parser.add_argument("--interval", type=float, default=5.0)
+    parser.add_argument("--interval", type=float, default=2.0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     writer = Writer(args.kubeconfig, args.node)
