@@ -64,10 +64,19 @@ def test_evaluate_config_is_the_training_tree_plus_evaluate(evaluate_schema):
         "ehr": {"updates_per_step": 0.078125, "sla_penalty": 0.3},
         "stream": {"updates_per_step": 0.09375},
     }
-    for name, decay in (("ml", 13_600), ("ehr", 22_700), ("stream", 27_200)):
-        agent = usecase_agent(typed.agent, name, typed.evaluate)
-        run = resolve(dataclasses.replace(typed, usecase=None, agent=agent))
+    # STREAM trains twice as long (600,000 steps), with both schedules: its 55,3xx updates
+    assert typed.evaluate.budget_by_usecase == {"stream": 2.0}
+    for name, decay in (("ml", 13_600), ("ehr", 22_700), ("stream", 55_400)):
+        run = resolve(
+            usecase_config(dataclasses.replace(typed, usecase=None), name, typed.evaluate)
+        )
         assert run.config.agent.lr_decay_updates == decay
+    stream = usecase_config(typed, "stream", typed.evaluate)
+    assert (stream.total_steps, stream.agent.epsilon.steps, stream.haql.xi.steps) == (
+        600_000,
+        300_000,
+        300_000,
+    )
     assert cli.usecases("ml", cfg.usecase)["ml"]["chain"] == ["firewall", "encrypt"]
 
 
