@@ -9,10 +9,12 @@ It needs root, cgroups, Debian's containerd/runc/CNI plugins/iptables/umoci/etcd
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -74,6 +76,33 @@ def kubectl(layout: node.Layout, *args: str) -> str:
         check=True,
     )
     return done.stdout
+
+
+def test_a_node_not_ready_in_time_is_refused_with_the_kubelets_last_error_and_taken_down(
+    tmp_path,
+):
+    """Runs before the module's node is up (the bridge is free): `up` gives the node no time to
+    get Ready, names the kubelet's last log line, and leaves nothing behind."""
+    root = tmp_path / "late"
+    with pytest.raises(node.NodeError, match=r"Ready not within 0 s \(last error: .+\)$"):
+        node.up(root, ready_timeout_s=0.0)
+    layout = node.Layout(root)
+    assert node.leftovers(layout, node.NodeState.load(layout)) == []
+
+
+def test_a_missing_command_and_a_busy_kubelet_port_are_refused_in_one_line(monkeypatch):
+    monkeypatch.setattr(node.os, "geteuid", lambda: 0)
+    real_which = node.shutil.which
+    monkeypatch.setattr(node.shutil, "which", lambda c: None if c == "umoci" else real_which(c))
+    with pytest.raises(node.NodeError, match=r"^missing: umoci \(apt-get install umoci\)$"):
+        node.preflight(node.node_dir_default())
+    monkeypatch.setattr(node.shutil, "which", real_which)
+    monkeypatch.setattr(node, "BRIDGE", "hmk8s-absent")  # whether or not a node is up
+    with socket.socket() as holder:
+        with contextlib.suppress(OSError):  # something already holds it: refused all the same
+            holder.bind(("127.0.0.1", node.KUBELET_PORT))
+        with pytest.raises(node.NodeError, match=r"^busy: port 10250 \(the kubelet's\) is in use$"):
+            node.preflight(node.node_dir_default())
 
 
 @pytest.fixture(scope="module")
