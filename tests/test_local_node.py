@@ -301,7 +301,7 @@ def test_image_build_fails_clearly(tmp_path):
 
 def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
     """`scripts/fidelity.py` at a tiny size: two 3-step episodes of ML's load on the node, then
-    the calibration (fit on one, checked on the other)."""
+    the calibration (fit on both; each checked against a fit on the other)."""
     out = tmp_path / "fidelity"
     tiny = ["--episodes", "2", "--steps", "3", "--step-seconds", "3", "--out", str(out)]
     measure = run_script("fidelity.py", tmp_path, "measure", str(up.root), "--usecase", "ml", *tiny)
@@ -309,15 +309,24 @@ def test_fidelity_records_and_calibrates_on_the_node(up, tmp_path):
     recorded = json.loads((out / "episode-0.json").read_text())
     assert np.asarray(recorded["sent"]).sum() > 0
     assert 0 < recorded["load_scale"] <= 1
+    second = json.loads((out / "episode-1.json").read_text())
+    assert second["load_scale"] == recorded["load_scale"]  # one scale for the episodes
     assert recorded["start_delays_s"]["medium"]  # measured, creation to Ready
     calibrate = run_script("fidelity.py", tmp_path, "calibrate", str(out))
     assert calibrate.returncode == 0, calibrate.stderr[-2000:]
     report = json.loads((out / "report.json").read_text())
+    assert set(report["held_out"]) == {"episode-0.json", "episode-1.json"}
+    assert report["fitted_on"] == ["episode-0.json", "episode-1.json"]
+    # episode 1 is predicted with the start-up episode 0 measured (at least the 1 s floor)
     check = report["held_out"]["episode-1.json"]
-    assert set(check) == {"before", "after"}
     assert check["after"]["start_delay_s_sim"]["medium"] == pytest.approx(
-        report["fitted"]["startup_s"]["medium"]
+        max(1.0, float(np.median(recorded["start_delays_s"]["medium"])))
     )
+    pooled = report["cross_validated"]
+    assert set(pooled) == {"before", "after"}
+    # the same instances over the same steps in both episodes: the pooled mean is their mean
+    each = [report["held_out"][e]["before"]["cpu_util_node_mean"] for e in report["fitted_on"]]
+    assert pooled["before"]["cpu_util_node_mean"] == pytest.approx(np.mean(each))
     assert (out / "usecase" / "ml-calibrated.yaml").is_file()
 
 

@@ -206,3 +206,15 @@ def test_calibrate_recovers_service_time_its_variation_and_the_network_delay():
     _, fitted = fidelity.calibrate(model, recs)
     assert (fitted["service_factor"], fitted["service_cv2"]) == (0.5, 0.0)
     assert fitted["network_delay_ms"] == pytest.approx(3.0, abs=0.01)
+
+
+def test_a_rate_factor_is_kept_only_where_it_predicts_the_episode_left_out():
+    """Two episodes 1.2 and 0.8 times the model: each left-out episode is predicted worse by
+    the other's factor (error 0.4 against 0.2 per unit), so the model's rate stays; two
+    episodes both 1.25 times the model keep the fitted factor."""
+    from hmk8s.k8s.local.fidelity import holds_out
+
+    model = np.array([0.5, 0.7, 0.9])
+    assert not holds_out([1.2 * model, 0.8 * model], [model, model])
+    assert holds_out([1.25 * model, 1.25 * model], [model, model])
+    assert holds_out([1.2 * model], [model])  # one episode: nothing to check it on

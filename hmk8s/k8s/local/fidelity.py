@@ -294,18 +294,33 @@ def sla_violated(latency_s: np.ndarray, weights: np.ndarray, sla_s: float) -> np
     return (latency_s * weights).sum(axis=1) / total / sla_s > 1.0
 
 
-def fidelity(usecase: UseCase, rec: Recording) -> dict[str, Any]:
-    """How far the simulator's prediction is from the node, on one recording."""
-    sim = predict(usecase, rec)
-    placed = np.asarray(rec.placement["ready"]) > 0
-    node_util, sim_util = rec.node_util[:, placed], sim["util"][:, placed]
-    served = rec.sent > 0
-    node_lat, sim_lat = rec.node_latency_s[served], sim["latency_s"][served]
-    sla_s = usecase.sla_ms / 1000
+def fidelity(pairs: list[tuple[UseCase, Recording]]) -> dict[str, Any]:
+    """How far the simulator's prediction is from the node, over recordings pooled, each
+    predicted with its own use case (one calibrated without it, when cross-validating)."""
+    node_util, sim_util, node_lat, sim_lat, node_sla, sim_sla = ([] for _ in range(6))
+    delays: dict[str, list[float]] = {}
+    for usecase, rec in pairs:
+        sim = predict(usecase, rec)
+        placed = np.asarray(rec.placement["ready"]) > 0
+        node_util.append(rec.node_util[:, placed].ravel())
+        sim_util.append(sim["util"][:, placed].ravel())
+        served = rec.sent > 0
+        node_lat.append(rec.node_latency_s[served])
+        sim_lat.append(sim["latency_s"][served])
+        sla_s = usecase.sla_ms / 1000
+        node_sla.append(sla_violated(rec.node_latency_s, rec.sent, sla_s))
+        sim_sla.append(sla_violated(sim["latency_s"], rec.rates, sla_s))
+        for config, measured in rec.start_delays_s.items():
+            delays.setdefault(config, []).extend(measured)
+    node_util, sim_util, node_lat, sim_lat, node_sla, sim_sla = (
+        np.concatenate(a) for a in (node_util, sim_util, node_lat, sim_lat, node_sla, sim_sla)
+    )
+    last = pairs[-1][0]
     modelled = {
-        name: usecase.functions.ordered()[usecase.chain_indices[0]].configs()[i].startup_s
+        name: last.functions.ordered()[last.chain_indices[0]].configs()[i].startup_s
         for i, name in enumerate(CONFIG_NAMES)
     }
+    recs = [rec for _, rec in pairs]
     return {
         "cpu_util_mae": float(np.abs(node_util - sim_util).mean()),
         "cpu_util_node_mean": float(node_util.mean()),
@@ -313,11 +328,11 @@ def fidelity(usecase: UseCase, rec: Recording) -> dict[str, Any]:
         "latency_ks": float(stats.ks_2samp(node_lat, sim_lat).statistic),
         "latency_ms_node_p50": float(np.median(node_lat) * 1000),
         "latency_ms_sim_p50": float(np.median(sim_lat) * 1000),
-        "sla_violation_node": float(sla_violated(rec.node_latency_s, rec.sent, sla_s).mean()),
-        "sla_violation_sim": float(sla_violated(sim["latency_s"], rec.rates, sla_s).mean()),
-        "answered": float(rec.ok.sum() / max(rec.sent.sum(), 1)),
-        "start_delay_s_node": {c: float(np.median(v)) for c, v in rec.start_delays_s.items() if v},
-        "start_delay_s_sim": {c: modelled[c] for c, v in rec.start_delays_s.items() if v},
+        "sla_violation_node": float(node_sla.mean()),
+        "sla_violation_sim": float(sim_sla.mean()),
+        "answered": float(sum(r.ok.sum() for r in recs) / max(sum(r.sent.sum() for r in recs), 1)),
+        "start_delay_s_node": {c: float(np.median(v)) for c, v in delays.items() if v},
+        "start_delay_s_sim": {c: modelled[c] for c, v in delays.items() if v},
     }
 
 
@@ -329,6 +344,30 @@ def weighted_median(values: np.ndarray, weights: np.ndarray) -> float:
     return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
+def rate_factor(node: np.ndarray, model: np.ndarray) -> float:
+    """The scale of the model's utilisation with the least absolute error against the node's."""
+    return weighted_median(node / np.maximum(model, 1e-9), model)
+
+
+def holds_out(node: list[np.ndarray], model: list[np.ndarray]) -> bool:
+    """Whether a service-rate factor fitted on all episodes but one predicts the one left out
+    better than the model unchanged, summed over every episode left out in turn (with one
+    episode there is nothing to check, and the fit is taken). Where the node's readings only
+    swing around the model, a fitted factor follows the swing of the episodes it saw and makes
+    the next one worse: the model's rate is kept."""
+    if len(node) < 2:
+        return True
+    fitted_error = unchanged_error = 0.0
+    for i in range(len(node)):
+        rest = [j for j in range(len(node)) if j != i]
+        factor = rate_factor(
+            np.concatenate([node[j] for j in rest]), np.concatenate([model[j] for j in rest])
+        )
+        fitted_error += float(np.abs(node[i] - factor * model[i]).sum())
+        unchanged_error += float(np.abs(node[i] - model[i]).sum())
+    return fitted_error < unchanged_error
+
+
 def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[str, Any]]:
     """Fit the simulator to recordings (their steps pooled); the calibrated use case and what
     was fitted.
@@ -337,7 +376,8 @@ def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[st
       function's mu is divided by the factor between node and predicted utilisation of its
       placed instances that minimises their absolute error (the error the fidelity report
       gives), on the steps the model does not saturate them: one disturbed step (the machine
-      busy, the load stopped) moves it no more than any other;
+      busy, the load stopped) moves it no more than any other. A factor that does not predict
+      an episode left out better than the model (`holds_out`) is not applied (`mu_kept`);
     - service time: the multiple of 1 / mu (`service_ms`) and the squared coefficient of
       variation (`service_cv2`, the M/G/1 wait) whose predicted latency distribution is closest
       to the node's (KS distance, then mean absolute error): a pod under a CPU quota serves a
@@ -358,7 +398,7 @@ def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[st
     cap = (np.asarray(params.cpu_limit) / np.asarray(params.cpu_request))[None, None]
     placed = [np.asarray(r.placement["ready"]) > 0 for r in recs]
     functions = usecase.functions.model_dump()
-    fitted: dict[str, Any] = {"mu_factor": {}, "episodes": len(recs)}
+    fitted: dict[str, Any] = {"mu_factor": {}, "mu_kept": [], "episodes": len(recs)}
     predicted = [predict(usecase, r)["util"] for r in recs]
     for f_index in usecase.chain_indices:
         name = list(functions)[f_index]
@@ -373,7 +413,10 @@ def calibrate(usecase: UseCase, recs: list[Recording]) -> tuple[UseCase, dict[st
         node_all, model_all = np.concatenate(node), np.concatenate(model)
         if not model_all.any():
             continue
-        factor = weighted_median(node_all / np.maximum(model_all, 1e-9), model_all)
+        factor = rate_factor(node_all, model_all)
+        if not holds_out(node, model):
+            fitted["mu_kept"].append(name)
+            continue
         fitted["mu_factor"][name] = factor
         for config in functions[name].values():
             config["mu"] = config["mu"] / factor

@@ -4,10 +4,10 @@
     python scripts/fidelity.py calibrate fidelity/ml
 
 `measure` needs a node from `scripts/local_cluster.py up DIR --usecase <the same>`; it writes
-`episode-<seed>.json` per episode. `calibrate` fits the simulator on every episode but the last
-(their steps pooled), reports fidelity before and after calibration on the last one (held out),
-and writes `report.json` and
-`usecase/<usecase>-calibrated.yaml`, which trains as
+`episode-<seed>.json` per episode. `calibrate` fits the simulator on every episode (their steps
+pooled) and writes `usecase/<usecase>-calibrated.yaml`; `report.json` holds what was fitted and
+the fidelity before and after calibration, cross-validated: each episode predicted by a
+calibration fitted on the others, and the episodes pooled. The calibrated use case trains as
 `python scripts/train.py --config-dir <recordings> usecase=<usecase>-calibrated`.
 """
 
@@ -42,7 +42,7 @@ def measure(args: argparse.Namespace) -> int:
             load_scale=scale,
         )
         target.write_text(json.dumps(rec.to_json()))
-        print(f"episode {seed}: {json.dumps(fidelity.fidelity(usecase, rec))}")
+        print(f"episode {seed}: {json.dumps(fidelity.fidelity([(usecase, rec)]))}")
     return 0
 
 
@@ -53,19 +53,31 @@ def calibrate(args: argparse.Namespace) -> int:
     episodes.sort(key=lambda p: int(p.stem.split("-")[1]))  # episode-10 after episode-9
     recs = [fidelity.Recording.from_json(json.loads(p.read_text())) for p in episodes]
     usecase = load_usecase(recs[0].usecase)
-    calibrated, fitted = fidelity.calibrate(usecase, recs[:-1])
+    calibrated, fitted = fidelity.calibrate(usecase, recs)
+    # each episode checked against a calibration that never saw it
+    folds = {
+        p.name: fidelity.calibrate(usecase, recs[:i] + recs[i + 1 :])[0]
+        for i, p in enumerate(episodes)
+    }
+    held_out = {
+        p.name: {
+            "before": fidelity.fidelity([(usecase, rec)]),
+            "after": fidelity.fidelity([(folds[p.name], rec)]),
+        }
+        for p, rec in zip(episodes, recs, strict=True)
+    }
     report = {
-        "fitted_on": [p.name for p in episodes[:-1]],
+        "fitted_on": [p.name for p in episodes],
         "fitted": fitted,
         "load_scale": recs[0].load_scale,
         "step_seconds": recs[0].step_seconds,
-        "held_out": {
-            p.name: {
-                "before": fidelity.fidelity(usecase, rec),
-                "after": fidelity.fidelity(calibrated, rec),
-            }
-            for p, rec in zip(episodes[-1:], recs[-1:], strict=True)
+        "cross_validated": {
+            "before": fidelity.fidelity([(usecase, rec) for rec in recs]),
+            "after": fidelity.fidelity(
+                [(folds[p.name], rec) for p, rec in zip(episodes, recs, strict=True)]
+            ),
         },
+        "held_out": held_out,
     }
     out = args.recordings / "usecase" / f"{usecase.name}-calibrated.yaml"
     out.parent.mkdir(exist_ok=True)
@@ -95,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         help="default: the largest at which every episode's busiest step fits 1.2 cores",
     )
     m.add_argument("--out", type=Path, required=True)
-    c = sub.add_parser("calibrate", help="fit on every episode but the last, check on the last")
+    c = sub.add_parser("calibrate", help="fit on every episode; check each on the others' fit")
     c.add_argument("recordings", type=Path)
     args = parser.parse_args(argv)
     try:
