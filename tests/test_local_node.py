@@ -345,6 +345,23 @@ def test_sim_to_real_runs_an_agent_the_rulebook_and_the_real_hpa(up, tmp_path):
     assert set(summary["results"]) == {"holder", "rulebook", "hpa"}
     assert summary["results"]["holder"]["node"]["changes"] == 0
     assert summary["results"]["holder"]["sim"]["changes"] == 0
+    # the same recordings predicted again without the node: the node's columns unchanged
+    again = run_script(
+        "sim_to_real.py",
+        tmp_path,
+        "--usecase",
+        "ml",
+        *agent,
+        "--predict-from",
+        str(out / "episodes.json"),
+        "--out",
+        str(tmp_path / "again"),
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    repeated = json.loads((tmp_path / "again" / "results.json").read_text())
+    for name, policy in summary["results"].items():
+        assert repeated["results"][name]["node"] == policy["node"]
+        assert repeated["results"][name]["sim"] == policy["sim"]  # the same simulator
     for policy in summary["results"].values():
         assert set(policy["node"]) == {"return", "sla_violation_rate", "pods_mean", "changes"}
         assert policy["node"]["pods_mean"] >= 2  # the minimal start: a pod per chain function

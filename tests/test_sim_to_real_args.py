@@ -31,3 +31,14 @@ def test_the_command_refuses_a_taken_name_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "hpa=x" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_the_node_or_earlier_episodes_one_of_them_is_needed(tmp_path, capsys):
+    out = str(tmp_path / "out")
+    assert main(["--out", out]) == 2
+    assert main([str(tmp_path), "--predict-from", str(tmp_path / "e.json"), "--out", out]) == 2
+    assert capsys.readouterr().err.count("--predict-from an earlier run's episodes") == 2
+    (tmp_path / "e.json").write_text("[{}]")
+    assert main(["--predict-from", str(tmp_path / "e.json"), "--out", out]) == 2
+    assert "not a sim_to_real episodes.json" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

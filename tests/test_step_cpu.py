@@ -218,3 +218,20 @@ def test_a_rate_factor_is_kept_only_where_it_predicts_the_episode_left_out():
     assert not holds_out([1.2 * model, 0.8 * model], [model, model])
     assert holds_out([1.25 * model, 1.25 * model], [model, model])
     assert holds_out([1.2 * model], [model])  # one episode: nothing to check it on
+
+
+def test_a_predicted_episode_starts_from_a_reading_of_its_first_rates():
+    """The simulator's first observation of a recorded episode is the start placement measured
+    on the first step's rates (as its reset and the node's first reading are), not zeros."""
+    from hmk8s.domain.settings import params_from_usecase
+    from hmk8s.domain.usecases import load_usecase
+    from hmk8s.k8s.local import fidelity
+
+    usecase = load_usecase("ml")
+    rec = synthetic_recording(usecase, 0)
+    params = params_from_usecase(fidelity.quiet(usecase, rec.rates, rec.step_seconds))
+    start = fidelity.start_state(params, rec)
+    placed = np.asarray(rec.placement["ready"]) > 0
+    first = np.asarray(start.measurement.instance_util)
+    assert (first[placed] > 0).all()
+    np.testing.assert_allclose(first, fidelity.predict(usecase, rec)["util"][0], rtol=1e-6)

@@ -16,6 +16,8 @@ placement):
 The simulator's prediction runs the same policy (for `hpa` the simulator's `hpa_exact` baseline)
 from the recorded start on the recorded rates, with the calibrated use case when given.
 Writes `episodes.json` (every recording and prediction) and `results.json` (means per policy).
+`--predict-from <run>/episodes.json` predicts an earlier run's recordings again (a changed
+simulator, another calibration) without a node.
 """
 
 from __future__ import annotations
@@ -110,6 +112,17 @@ def named_agents(specs: list[str]) -> dict[str, Path]:
     return agents
 
 
+def recorded_episodes(path: Path) -> dict[tuple[str, int], fidelity.Recording]:
+    """An earlier run's recordings by (policy, seed), from its `episodes.json`."""
+    try:
+        found = json.loads(path.read_text())
+        return {
+            (e["policy"], e["seed"]): fidelity.Recording.from_json(e["recording"]) for e in found
+        }
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise AgentError(f"{path}: not a sim_to_real episodes.json ({err})") from None
+
+
 def run(args: argparse.Namespace) -> dict:
     usecase = load_usecase(args.usecase)
     predicted_on: UseCase = load_usecase(args.calibrated) if args.calibrated else usecase
@@ -123,21 +136,30 @@ def run(args: argparse.Namespace) -> dict:
         HpaPlayer(args.hpa_target),
     ]
     players = [p for p in every if args.policies is None or p.name in args.policies]
+    earlier = recorded_episodes(args.predict_from) if args.predict_from else None
+    if earlier is not None:
+        missing = [p.name for p in players if (p.name, 0) not in earlier]
+        if missing:
+            raise AgentError(f"{args.predict_from}: no episodes of {', '.join(missing)}")
+        args.episodes = max(seed for _, seed in earlier) + 1
     scale = args.load_scale or fidelity.episodes_load_scale(usecase, args.steps, args.episodes)
     args.out.mkdir(parents=True)
     episodes, results = [], {}
     for player in players:
         node, sim = [], []
         for seed in range(args.episodes):
-            rec = fidelity.replay(
-                args.node,
-                usecase,
-                steps=args.steps,
-                step_seconds=args.step_seconds,
-                seed=seed,
-                load_scale=scale,
-                player=player,
-            )
+            if earlier is not None:
+                rec = earlier[(player.name, seed)]
+            else:
+                rec = fidelity.replay(
+                    args.node,
+                    usecase,
+                    steps=args.steps,
+                    step_seconds=args.step_seconds,
+                    seed=seed,
+                    load_scale=scale,
+                    player=player,
+                )
             measured = fidelity.node_summary(rec)
             predicted = fidelity.simulate(predicted_on, rec, player.prediction)
             node.append(measured)
@@ -195,7 +217,10 @@ def table(summary: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "node", type=Path, help="the node's directory (scripts/local_cluster.py up)"
+        "node",
+        type=Path,
+        nargs="?",
+        help="the node's directory (scripts/local_cluster.py up); not with --predict-from",
     )
     parser.add_argument("--usecase", default="ml")
     parser.add_argument(
@@ -221,8 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="a subset of the agents' names, rulebook and hpa (default all)",
     )
+    parser.add_argument(
+        "--predict-from",
+        type=Path,
+        default=None,
+        help="an earlier run's episodes.json: predict its recordings again, the node untouched",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    if (args.node is None) == (args.predict_from is None):
+        return refuse("give the node's directory, or --predict-from an earlier run's episodes")
     if args.out.exists():
         return refuse(f"{args.out} exists; write into a new --out")
     try:

@@ -216,11 +216,13 @@ def predict(usecase: UseCase, rec: Recording) -> dict[str, np.ndarray]:
 
 
 def start_state(params: Any, rec: Recording) -> EnvState:
-    """The simulator's state at the recorded start placement (nothing pending or queued)."""
+    """The simulator's state at the recorded start placement (nothing pending or queued), with
+    the start measured on the first step's rates, as the simulator's reset and the node's
+    first reading both do: a policy's first observation is a reading, not zeros."""
     ready = jnp.asarray(rec.placement["ready"], jnp.int32)
     k, f, c = ready.shape
     num_proxies = rec.rates.shape[1]
-    return EnvState(
+    state = EnvState(
         ready=ready,
         pending=jnp.zeros((k, f, c, params.pending_depth), jnp.int32),
         routes=jnp.asarray(rec.placement["routes"], jnp.int32),
@@ -236,6 +238,8 @@ def start_state(params: Any, rec: Recording) -> EnvState:
             latency_s=jnp.zeros(num_proxies, jnp.float32),
         ),
     )
+    measurement, _, _, _ = _measure(jax.random.PRNGKey(0), state, params)
+    return state.replace(measurement=measurement)
 
 
 def simulate(usecase: UseCase, rec: Recording, policy: Any) -> dict[str, float]:
