@@ -79,11 +79,12 @@ def kubectl(layout: node.Layout, *args: str) -> str:
 
 
 def test_a_node_not_ready_in_time_is_refused_with_the_kubelets_last_error_and_taken_down(
-    tmp_path,
+    tmp_path_factory,
 ):
     """Runs before the module's node is up (the bridge is free): `up` gives the node no time to
-    get Ready, names the kubelet's last log line, and leaves nothing behind."""
-    root = tmp_path / "late"
+    get Ready, names the kubelet's last log line, and leaves nothing behind. (A short root, as
+    the module's node has: containerd's socket path must stay under 104 bytes.)"""
+    root = tmp_path_factory.mktemp("late")
     with pytest.raises(node.NodeError, match=r"Ready not within 0 s \(last error: .+\)$"):
         node.up(root, ready_timeout_s=0.0)
     layout = node.Layout(root)
