@@ -24,8 +24,10 @@ is damaged.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
+import traceback
 import warnings
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -71,10 +73,28 @@ def _reason(err: BaseException) -> str:
     return (str(err).splitlines() or [type(err).__name__])[0][:300]
 
 
+def _from_orbax(tb: Any) -> bool:
+    return any("orbax" in frame.f_code.co_filename for frame, _ in traceback.walk_tb(tb))
+
+
+class _OrbaxLeftoverTasks(logging.Filter):
+    """Drops asyncio's 'Task exception was never retrieved' for orbax's own read tasks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        leftover = "never retrieved" in record.getMessage()
+        return not (leftover and error is not None and _from_orbax(error.__traceback__))
+
+
 def _silence_orbax_leftovers() -> None:
-    """A failed orbax read leaves its other array reads' coroutines unawaited; when they are
-    collected Python prints their errors as 'Exception ignored' tracebacks. The damage is
-    already reported (once, as a warning), so those leftovers are dropped, and only those."""
+    """A failed orbax read leaves its other array reads unfinished; when they are collected
+    Python prints their errors as 'Exception ignored' tracebacks (unawaited coroutines) or
+    asyncio logs them as 'Task exception was never retrieved' (tasks), depending on how far
+    each got. The damage is already reported (once, as a warning), so those leftovers are
+    dropped, and only those."""
+    asyncio_log = logging.getLogger("asyncio")
+    if not any(isinstance(f, _OrbaxLeftoverTasks) for f in asyncio_log.filters):
+        asyncio_log.addFilter(_OrbaxLeftoverTasks())
     previous = sys.unraisablehook
     if getattr(previous, "hmk8s_orbax_filter", False):
         return
