@@ -137,29 +137,29 @@ def run(args: argparse.Namespace) -> dict:
     ]
     players = [p for p in every if args.policies is None or p.name in args.policies]
     earlier = recorded_episodes(args.predict_from) if args.predict_from else None
+    count = args.episodes
     if earlier is not None:
         missing = [p.name for p in players if (p.name, 0) not in earlier]
         if missing:
             raise AgentError(f"{args.predict_from}: no episodes of {', '.join(missing)}")
-        args.episodes = max(seed for _, seed in earlier) + 1
-    scale = args.load_scale or fidelity.episodes_load_scale(usecase, args.steps, args.episodes)
+        count = max(seed for _, seed in earlier) + 1
     args.out.mkdir(parents=True)
     episodes, results = [], {}
     for player in players:
         node, sim = [], []
-        for seed in range(args.episodes):
-            if earlier is not None:
-                rec = earlier[(player.name, seed)]
-            else:
-                rec = fidelity.replay(
-                    args.node,
-                    usecase,
-                    steps=args.steps,
-                    step_seconds=args.step_seconds,
-                    seed=seed,
-                    load_scale=scale,
-                    player=player,
-                )
+        if earlier is not None:
+            recordings = (earlier[(player.name, seed)] for seed in range(count))
+        else:
+            recordings = fidelity.replay_episodes(
+                args.node,
+                usecase,
+                steps=args.steps,
+                step_seconds=args.step_seconds,
+                episodes=count,
+                load_scale=args.load_scale,
+                player=player,
+            )
+        for seed, rec in enumerate(recordings):
             measured = fidelity.node_summary(rec)
             predicted = fidelity.simulate(predicted_on, rec, player.prediction)
             node.append(measured)
@@ -187,9 +187,9 @@ def run(args: argparse.Namespace) -> dict:
         "usecase": usecase.name,
         "agents": args.agent or [],
         "predicted_with": str(args.calibrated or f"usecase={usecase.name}"),
-        "episodes": args.episodes,
-        "steps": args.steps,
-        "step_seconds": args.step_seconds,
+        "episodes": count,
+        "steps": len(episodes[0]["recording"]["rates"]),
+        "step_seconds": episodes[0]["recording"]["step_seconds"],
         "load_scale": episodes[0]["recording"]["load_scale"],
         "results": results,
     }

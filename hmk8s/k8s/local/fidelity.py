@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -570,6 +571,31 @@ def wait_proxies_ready(apps: Any, env: Any, timeout_s: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"proxy {name} not ready within {timeout_s:.0f} s")
             time.sleep(0.5)
+
+
+def replay_episodes(
+    node_dir: Path,
+    usecase: UseCase,
+    *,
+    steps: int,
+    step_seconds: float,
+    episodes: int,
+    load_scale: float | None = None,
+    player: Player | None = None,
+) -> Iterator[Recording]:
+    """Episodes of seeds 0..episodes-1 on the node, one after the other as they are asked for,
+    all at `load_scale` (default: `episodes_load_scale`)."""
+    scale = load_scale or episodes_load_scale(usecase, steps, episodes)
+    for seed in range(episodes):
+        yield replay(
+            node_dir,
+            usecase,
+            steps=steps,
+            step_seconds=step_seconds,
+            seed=seed,
+            load_scale=scale,
+            player=player,
+        )
 
 
 def replay(

@@ -27,22 +27,22 @@ from hmk8s.shell.exit import refuse
 def measure(args: argparse.Namespace) -> int:
     usecase = load_usecase(args.usecase)
     args.out.mkdir(parents=True, exist_ok=True)
-    scale = args.load_scale or fidelity.episodes_load_scale(usecase, args.steps, args.episodes)
-    print(f"load scale {scale:.4f} for every episode")
+    recordings = fidelity.replay_episodes(
+        args.node,
+        usecase,
+        steps=args.steps,
+        step_seconds=args.step_seconds,
+        episodes=args.episodes,
+        load_scale=args.load_scale,
+    )
     for seed in range(args.episodes):
         target = args.out / f"episode-{seed}.json"
         if target.exists():
             return refuse(f"{target} exists; record into a new --out")
-        rec = fidelity.replay(
-            args.node,
-            usecase,
-            steps=args.steps,
-            step_seconds=args.step_seconds,
-            seed=seed,
-            load_scale=scale,
-        )
+        rec = next(recordings)
         target.write_text(json.dumps(rec.to_json()))
-        print(f"episode {seed}: {json.dumps(fidelity.fidelity([(usecase, rec)]))}")
+        report = json.dumps(fidelity.fidelity([(usecase, rec)]))
+        print(f"episode {seed} (load scale {rec.load_scale:.4f}): {report}")
     return 0
 
 
